@@ -1,0 +1,425 @@
+//! Dynamic configuration of a cluster: committed through Raft, the same for
+//! every node, changed with `pgquorum config set KEY=VALUE`.
+//!
+//! Every key is validated here, in one place, so that the API, the CLI and
+//! the state machine refuse the same bad values with the same message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How commits wait for standbys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Asynchronous replication.
+    #[default]
+    Off,
+    /// `FIRST k (…)`: commits wait for the first `sync_count` standbys listed.
+    On,
+    /// `ANY k (…)`: commits wait for any `sync_count` standbys of the set.
+    Quorum,
+}
+
+impl fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SyncMode::Off => "off",
+            SyncMode::On => "on",
+            SyncMode::Quorum => "quorum",
+        })
+    }
+}
+
+/// The prefix of keys that set PostgreSQL parameters on every node.
+pub const PARAMETER_PREFIX: &str = "postgresql.parameters.";
+
+/// Parameters pgquorum sets itself; letting an operator override them would
+/// break replication or the safety argument.
+const MANAGED_PARAMETERS: &[&str] = &[
+    "synchronous_standby_names",
+    "primary_conninfo",
+    "primary_slot_name",
+    "hot_standby",
+    "port",
+    "listen_addresses",
+    "data_directory",
+    "hba_file",
+    "ident_file",
+    "config_file",
+    "restore_command",
+    "recovery_target_timeline",
+];
+
+/// The committed dynamic configuration of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DynamicConfig {
+    /// Primary lease length in milliseconds.
+    pub ttl_ms: u64,
+    /// How often agents report, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Extra wait beyond a lease's end for clock drift and the time a fence
+    /// takes, in milliseconds.
+    pub lease_margin_ms: u64,
+    pub sync_mode: SyncMode,
+    /// How many synchronous standbys a commit waits for.
+    pub sync_count: u32,
+    /// In sync mode, refuse writes rather than fall back to asynchronous
+    /// replication when no standby is available.
+    pub sync_strict: bool,
+    /// Asynchronous mode: a replica more than this many bytes behind the last
+    /// known primary LSN is never promoted automatically.
+    pub maximum_lag_on_failover: u64,
+    /// How long a crashed primary whose agent still answers may take to come
+    /// back before a replica is promoted instead, in milliseconds.
+    pub primary_start_timeout_ms: u64,
+    /// Re-clone a node whose pg_rewind failed instead of leaving it down.
+    pub reclone_on_rewind_failure: bool,
+    /// PostgreSQL parameters applied on every node.
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl Default for DynamicConfig {
+    fn default() -> Self {
+        DynamicConfig {
+            ttl_ms: 2000,
+            heartbeat_interval_ms: 250,
+            lease_margin_ms: 500,
+            sync_mode: SyncMode::Off,
+            sync_count: 1,
+            sync_strict: false,
+            maximum_lag_on_failover: 1024 * 1024,
+            primary_start_timeout_ms: 10_000,
+            reclone_on_rewind_failure: true,
+            parameters: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration change was refused; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "unknown configuration key {key:?}; known keys: {known}, and postgresql.parameters.NAME"
+    )]
+    UnknownKey { key: String, known: String },
+    #[error("invalid value {value:?} for {key}: {expected}")]
+    BadValue {
+        key: String,
+        value: String,
+        expected: String,
+    },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// A scalar key: its name, how to read it and how to write it.
+struct Key {
+    name: &'static str,
+    get: fn(&DynamicConfig) -> String,
+    set: fn(&mut DynamicConfig, &str) -> Result<(), String>,
+}
+
+fn duration_ms(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    let ms = match value.trim().parse::<u64>() {
+        Ok(ms) => ms,
+        Err(_) => humantime::parse_duration(value.trim())
+            .map_err(|_| {
+                format!("a duration such as 2s or 500ms (bare numbers are milliseconds), from {min}ms to {max}ms")
+            })?
+            .as_millis() as u64,
+    };
+    if !(min..=max).contains(&ms) {
+        return Err(format!("a duration from {min}ms to {max}ms"));
+    }
+    Ok(ms)
+}
+
+fn integer(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("a whole number from {min} to {max}")),
+    }
+}
+
+fn boolean(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err("on or off".to_string()),
+    }
+}
+
+fn on_off(b: bool) -> String {
+    if b { "on" } else { "off" }.to_string()
+}
+
+fn fmt_ms(ms: u64) -> String {
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
+}
+
+const KEYS: &[Key] = &[
+    Key {
+        name: "ttl",
+        get: |c| fmt_ms(c.ttl_ms),
+        set: |c, v| {
+            c.ttl_ms = duration_ms(v, 1000, 60_000)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "heartbeat_interval",
+        get: |c| fmt_ms(c.heartbeat_interval_ms),
+        set: |c, v| {
+            c.heartbeat_interval_ms = duration_ms(v, 50, 5000)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "lease_margin",
+        get: |c| fmt_ms(c.lease_margin_ms),
+        set: |c, v| {
+            c.lease_margin_ms = duration_ms(v, 100, 10_000)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "sync_mode",
+        get: |c| c.sync_mode.to_string(),
+        set: |c, v| {
+            c.sync_mode = match v.trim().to_ascii_lowercase().as_str() {
+                "off" | "false" | "async" => SyncMode::Off,
+                "on" | "true" | "first" => SyncMode::On,
+                "quorum" | "any" => SyncMode::Quorum,
+                _ => return Err("off, on or quorum".to_string()),
+            };
+            Ok(())
+        },
+    },
+    Key {
+        name: "sync_count",
+        get: |c| c.sync_count.to_string(),
+        set: |c, v| {
+            c.sync_count = integer(v, 1, 16)? as u32;
+            Ok(())
+        },
+    },
+    Key {
+        name: "sync_strict",
+        get: |c| on_off(c.sync_strict),
+        set: |c, v| {
+            c.sync_strict = boolean(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "maximum_lag_on_failover",
+        get: |c| c.maximum_lag_on_failover.to_string(),
+        set: |c, v| {
+            c.maximum_lag_on_failover = integer(v, 0, u64::MAX / 2)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "primary_start_timeout",
+        get: |c| fmt_ms(c.primary_start_timeout_ms),
+        set: |c, v| {
+            c.primary_start_timeout_ms = duration_ms(v, 0, 3_600_000)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "reclone_on_rewind_failure",
+        get: |c| on_off(c.reclone_on_rewind_failure),
+        set: |c, v| {
+            c.reclone_on_rewind_failure = boolean(v)?;
+            Ok(())
+        },
+    },
+];
+
+fn known_keys() -> String {
+    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+impl DynamicConfig {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn lease_margin(&self) -> Duration {
+        Duration::from_millis(self.lease_margin_ms)
+    }
+
+    /// Every key with its current value, as `config show` prints it.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        let mut map: BTreeMap<String, String> = KEYS
+            .iter()
+            .map(|k| (k.name.to_string(), (k.get)(self)))
+            .collect();
+        for (name, value) in &self.parameters {
+            map.insert(format!("{PARAMETER_PREFIX}{name}"), value.clone());
+        }
+        map
+    }
+
+    /// Apply `changes` (key → value; an empty value resets to the default)
+    /// to a copy of `self` and return it, or refuse the whole set.
+    pub fn with_changes(&self, changes: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let defaults = DynamicConfig::default();
+        let mut next = self.clone();
+        for (key, value) in changes {
+            if let Some(name) = key.strip_prefix(PARAMETER_PREFIX) {
+                validate_parameter_name(key, name)?;
+                if value.is_empty() {
+                    next.parameters.remove(name);
+                } else {
+                    next.parameters.insert(name.to_string(), value.clone());
+                }
+                continue;
+            }
+            let spec =
+                KEYS.iter()
+                    .find(|k| k.name == key)
+                    .ok_or_else(|| ConfigError::UnknownKey {
+                        key: key.clone(),
+                        known: known_keys(),
+                    })?;
+            let value = if value.is_empty() {
+                (spec.get)(&defaults)
+            } else {
+                value.clone()
+            };
+            (spec.set)(&mut next, &value).map_err(|expected| ConfigError::BadValue {
+                key: key.clone(),
+                value: value.clone(),
+                expected,
+            })?;
+        }
+        next.validate()?;
+        Ok(next)
+    }
+
+    /// Checks that concern several keys at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval_ms * 3 > self.ttl_ms {
+            return Err(ConfigError::Inconsistent(format!(
+                "heartbeat_interval ({}) must be at most a third of ttl ({}) so that a \
+                 healthy primary renews its lease before it ends",
+                fmt_ms(self.heartbeat_interval_ms),
+                fmt_ms(self.ttl_ms)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn validate_parameter_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let well_formed = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if !well_formed {
+        return Err(ConfigError::BadValue {
+            key: key.to_string(),
+            value: name.to_string(),
+            expected: "a PostgreSQL parameter name (letters, digits, _ and .)".to_string(),
+        });
+    }
+    if MANAGED_PARAMETERS.contains(&name) {
+        return Err(ConfigError::BadValue {
+            key: key.to_string(),
+            value: name.to_string(),
+            expected: format!(
+                "a parameter pgquorum does not manage itself ({} are set by pgquorum)",
+                MANAGED_PARAMETERS.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn accepts_units_and_bare_milliseconds() {
+        let c = DynamicConfig::default()
+            .with_changes(&changes(&[("ttl", "3s"), ("heartbeat_interval", "400")]))
+            .unwrap();
+        assert_eq!(c.ttl_ms, 3000);
+        assert_eq!(c.heartbeat_interval_ms, 400);
+        assert_eq!(c.to_map()["ttl"], "3s");
+    }
+
+    #[test]
+    fn refuses_out_of_range_with_the_range() {
+        let err = DynamicConfig::default()
+            .with_changes(&changes(&[("ttl", "100ms")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("1000ms to 60000ms"), "{err}");
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_managed_parameters() {
+        let err = DynamicConfig::default()
+            .with_changes(&changes(&[("tll", "2s")]))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownKey { .. }));
+        let err = DynamicConfig::default()
+            .with_changes(&changes(&[(
+                "postgresql.parameters.synchronous_standby_names",
+                "*",
+            )]))
+            .unwrap_err();
+        assert!(err.to_string().contains("does not manage"), "{err}");
+    }
+
+    #[test]
+    fn all_or_nothing() {
+        let base = DynamicConfig::default();
+        let err = base.with_changes(&changes(&[("sync_mode", "on"), ("sync_count", "99")]));
+        assert!(err.is_err());
+        assert_eq!(base.sync_mode, SyncMode::Off);
+    }
+
+    #[test]
+    fn heartbeat_must_fit_in_ttl() {
+        let err = DynamicConfig::default()
+            .with_changes(&changes(&[("heartbeat_interval", "1s")]))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Inconsistent(_)));
+    }
+
+    #[test]
+    fn empty_value_resets_to_default() {
+        let c = DynamicConfig::default()
+            .with_changes(&changes(&[
+                ("sync_count", "3"),
+                ("postgresql.parameters.work_mem", "8MB"),
+            ]))
+            .unwrap();
+        let c = c
+            .with_changes(&changes(&[
+                ("sync_count", ""),
+                ("postgresql.parameters.work_mem", ""),
+            ]))
+            .unwrap();
+        assert_eq!(c, DynamicConfig::default());
+    }
+}

@@ -1,0 +1,16 @@
+//! The pure core: committed cluster state, the commands that change it, the
+//! messages agents and the leader exchange, and the decisions taken from
+//! them. Nothing in here does I/O or reads a clock; time is passed in.
+
+pub mod command;
+pub mod config;
+pub mod lsn;
+pub mod state;
+pub mod wire;
+
+pub use command::{
+    Applied, ClusterCommand, CommandResponse, CommandResult, Rejection, RejectionKind,
+};
+pub use config::{DynamicConfig, SyncMode};
+pub use lsn::Lsn;
+pub use state::{Cluster, ClusterState, Member, Tags};

@@ -1,0 +1,272 @@
+//! What travels between an agent and the manager leader.
+//!
+//! Reports go up with every heartbeat; lease grants and epoch-stamped
+//! commands come down. The decision core consumes [`NodeReport`]s and
+//! produces [`AgentCommand`]s, so these types are shared by both ends and by
+//! the simulation.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::lsn::Lsn;
+use super::state::Tags;
+
+/// The first message an agent sends: who it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub cluster: String,
+    pub node: String,
+    /// Address other nodes use to reach this node's PostgreSQL.
+    pub host: String,
+    pub port: u16,
+    /// The agent's HTTP address.
+    pub http: String,
+    pub tags: Tags,
+}
+
+/// The manager's answer to a registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationReply {
+    pub epoch: u64,
+    pub primary: Option<String>,
+}
+
+/// What the agent is busy with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentPhase {
+    /// Waiting for a command; PostgreSQL may or may not run.
+    #[default]
+    Idle,
+    Bootstrapping,
+    Cloning,
+    Rewinding,
+    Starting,
+    Stopping,
+    Promoting,
+    /// PostgreSQL was stopped because the lease ran out (or on command).
+    Fenced,
+}
+
+impl AgentPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentPhase::Idle => "idle",
+            AgentPhase::Bootstrapping => "bootstrapping",
+            AgentPhase::Cloning => "cloning",
+            AgentPhase::Rewinding => "rewinding",
+            AgentPhase::Starting => "starting",
+            AgentPhase::Stopping => "stopping",
+            AgentPhase::Promoting => "promoting",
+            AgentPhase::Fenced => "fenced",
+        }
+    }
+}
+
+/// What the agent found in its data directory (read without a running
+/// server, from the files and `pg_controldata`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataDirState {
+    /// Missing or empty: can be bootstrapped or cloned into.
+    #[default]
+    Empty,
+    /// A PostgreSQL data directory.
+    Valid {
+        system_identifier: u64,
+        /// Timeline of the latest checkpoint.
+        timeline: u32,
+        /// `standby.signal` is present.
+        standby: bool,
+        /// Shut down cleanly (pg_rewind needs that).
+        clean_shutdown: bool,
+    },
+    /// Something else is there: the agent refuses to touch it.
+    Foreign { reason: String },
+}
+
+/// A replica connected to this primary (`pg_stat_replication`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaConnection {
+    pub application_name: String,
+    pub state: String,
+    pub flush_lsn: Lsn,
+    pub replay_lsn: Lsn,
+    /// `async`, `sync`, `quorum` or `potential`.
+    pub sync_state: String,
+}
+
+/// This standby's WAL receiver (`pg_stat_wal_receiver`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalReceiver {
+    pub status: String,
+    pub sender_host: String,
+    pub sender_port: u16,
+}
+
+/// A running, reachable PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PgStatus {
+    /// `pg_is_in_recovery()`: the only source of truth for the role.
+    pub in_recovery: bool,
+    pub timeline: u32,
+    pub system_identifier: u64,
+    /// Primary: `pg_current_wal_lsn()`. Replica: replay LSN.
+    pub lsn: Lsn,
+    /// Primary: `pg_current_wal_flush_lsn()`. Replica: `pg_last_wal_receive_lsn()`
+    /// (or the replay LSN when nothing was received yet).
+    pub received_lsn: Lsn,
+    pub replay_lsn: Lsn,
+    pub wal_receiver: Option<WalReceiver>,
+    pub replicas: Vec<ReplicaConnection>,
+    /// `synchronous_standby_names` in effect.
+    pub synchronous_standby_names: String,
+    /// A changed parameter waits for a restart.
+    pub pending_restart: bool,
+}
+
+/// One heartbeat from an agent.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub cluster: String,
+    pub node: String,
+    /// Increases with every report of one agent process; lease grants name
+    /// the report they answer.
+    pub seq: u64,
+    /// Random per agent process, so that a restarted agent's sequence
+    /// numbers are never confused with its predecessor's.
+    pub session: u64,
+    /// Highest epoch this agent has seen and persisted.
+    pub epoch: u64,
+    pub phase: AgentPhase,
+    pub data: DataDirState,
+    /// `None` while PostgreSQL is down or does not answer.
+    pub postgres: Option<PgStatus>,
+    /// The agent runs PostgreSQL as a primary (or is about to) and wants
+    /// its lease renewed.
+    pub wants_lease: bool,
+    /// The agent believes it holds a valid lease right now.
+    pub holds_lease: bool,
+    /// Id of the last command the agent finished, and how.
+    pub last_command: Option<CommandOutcome>,
+    /// Operator action ids the agent has carried out.
+    pub completed_action: Option<u64>,
+    /// Version of the dynamic configuration the agent has applied.
+    pub config_version: u64,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandOutcome {
+    pub id: u64,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// A PostgreSQL server as other nodes reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub node: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Permission to run as the primary of `epoch` until the agent's clock
+/// passes (send time of report `seq`) + `ttl_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    pub epoch: u64,
+    pub session: u64,
+    pub seq: u64,
+    pub ttl_ms: u64,
+}
+
+/// PostgreSQL settings the manager wants on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ManagedSettings {
+    /// Operator parameters from the dynamic configuration.
+    pub parameters: BTreeMap<String, String>,
+    pub config_version: u64,
+    /// `synchronous_standby_names` for a primary; empty for asynchronous.
+    pub synchronous_standby_names: String,
+}
+
+/// An order to an agent. Every order is idempotent: replaying it does no harm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Create the first primary: initdb on an empty data directory, or adopt
+    /// the one that is there; start it as primary (needs the lease).
+    Bootstrap { settings: ManagedSettings },
+    /// Start a stopped primary of the current epoch (needs the lease).
+    StartPrimary { settings: ManagedSettings },
+    /// Promote this standby (needs the lease). `settings` carries the
+    /// synchronous standby names the new primary must have from its first
+    /// commit on.
+    Promote { settings: ManagedSettings },
+    /// Be a streaming replica of `upstream`: clone when the data directory is
+    /// empty, stop a running primary, rewind when the timeline diverged
+    /// (re-clone when that fails and `reclone` allows), point
+    /// `primary_conninfo` at it and (re)start or reload.
+    Follow {
+        upstream: Upstream,
+        settings: ManagedSettings,
+        reclone: bool,
+    },
+    /// Planned switchover: checkpoint, then stop the primary cleanly so that
+    /// its replicas receive every byte of WAL; report the final LSN.
+    Demote,
+    /// Wipe the data directory and clone again from `upstream`.
+    Reinit { upstream: Upstream, action_id: u64 },
+    /// Stop PostgreSQL immediately (no shutdown checkpoint, sessions cut).
+    Fence { reason: String },
+    /// Restart PostgreSQL in its current role.
+    Restart { action_id: u64 },
+    /// Apply managed settings and reload.
+    Configure { settings: ManagedSettings },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Bootstrap { .. } => "bootstrap",
+            Action::StartPrimary { .. } => "start_primary",
+            Action::Promote { .. } => "promote",
+            Action::Follow { .. } => "follow",
+            Action::Demote => "demote",
+            Action::Reinit { .. } => "reinit",
+            Action::Fence { .. } => "fence",
+            Action::Restart { .. } => "restart",
+            Action::Configure { .. } => "configure",
+        }
+    }
+}
+
+/// An epoch-stamped order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCommand {
+    /// Unique per leader term and node; echoed in [`CommandOutcome`].
+    pub id: u64,
+    pub epoch: u64,
+    pub action: Action,
+}
+
+/// Everything the leader sends down an agent's session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ManagerMessage {
+    /// First message of a session.
+    Welcome {
+        leader: u64,
+        epoch: u64,
+        heartbeat_interval_ms: u64,
+        ttl_ms: u64,
+    },
+    Lease(LeaseGrant),
+    Command(AgentCommand),
+    /// The session is refused (unknown node, other cluster…).
+    Refused {
+        reason: String,
+    },
+}

@@ -1,0 +1,11 @@
+//! pgquorum: a high-availability manager for PostgreSQL with its own Raft
+//! quorum of managers.
+//!
+//! * [`cluster`] — the pure core: committed state, commands, decisions.
+//! * [`manager`] — a Raft member: storage, network, API, control loop.
+//! * [`agent`] — drives one PostgreSQL server.
+//! * [`cli`] — the `pgquorum` command line.
+
+pub mod cluster;
+pub mod manager;
+pub mod proto;

@@ -1,0 +1,1 @@
+//! Raft storage (log, vote, state machine) on an embedded key-value engine.
