@@ -116,6 +116,8 @@ pub enum ClusterCommand {
         bump: u64,
         at_unix_ms: u64,
     },
+    /// A manager left the Raft group; its id must never be used again.
+    RetireManager { id: u64 },
 }
 
 /// What a successful command did.
@@ -251,7 +253,7 @@ impl ClusterCommand {
             | CancelSwitchover { cluster, .. }
             | RequestNodeAction { cluster, .. }
             | CompleteNodeAction { cluster, .. } => Some(cluster),
-            Recover { .. } => None,
+            Recover { .. } | RetireManager { .. } => None,
         }
     }
 
@@ -269,6 +271,13 @@ impl ClusterCommand {
                 http,
                 tags,
             } => register(state, cluster, name, host, *port, http, tags),
+            RetireManager { id } => {
+                state.retired_managers.insert(*id);
+                Ok(Applied {
+                    message: format!("manager id {id} retired"),
+                    ..Applied::default()
+                })
+            }
             Recover { bump, at_unix_ms } => {
                 if *bump == 0 {
                     return Err(Rejection::invalid(
@@ -308,7 +317,7 @@ impl ClusterCommand {
     fn apply_to_cluster(&self, c: &mut Cluster) -> CommandResult {
         use ClusterCommand::*;
         match self {
-            RegisterNode { .. } | Recover { .. } => {
+            RegisterNode { .. } | Recover { .. } | RetireManager { .. } => {
                 Err(Rejection::invalid("internal: not a single-cluster command"))
             }
             RemoveNode { name, .. } => {

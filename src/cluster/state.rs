@@ -19,6 +19,10 @@ pub const HISTORY_LIMIT: usize = 1000;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub clusters: BTreeMap<String, Cluster>,
+    /// Raft ids of managers that were removed: never to be reused, since a
+    /// new manager under an old id could inherit votes it never cast.
+    #[serde(default)]
+    pub retired_managers: BTreeSet<u64>,
 }
 
 impl ClusterState {
