@@ -3,9 +3,11 @@
 //!
 //! * [`cluster`] — the pure core: committed state, commands, decisions.
 //! * [`manager`] — a Raft member: storage, network, API, control loop.
-//! * [`agent`] — drives one PostgreSQL server.
 //! * [`cli`] — the `pgquorum` command line.
 
+pub mod cli;
 pub mod cluster;
+pub mod logging;
 pub mod manager;
 pub mod proto;
+pub mod transport;

@@ -1,0 +1,104 @@
+//! The CLI's connection to the managers: any of them will do. A manager that
+//! is down, or has no leader for a moment, is skipped or retried until a
+//! deadline, so that commands keep working through a leader change.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic::{Code, Response, Status};
+
+use crate::proto::api::pg_quorum_client::PgQuorumClient;
+use crate::transport;
+
+/// How long the CLI keeps trying before it reports the managers unreachable.
+const RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// A client of the public API over a list of manager addresses.
+pub struct ApiClient {
+    addresses: Vec<String>,
+    channels: Vec<Channel>,
+    /// Per-call timeout.
+    pub timeout: Duration,
+}
+
+/// The call failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The managers answered with a refusal (bad argument, not found…).
+    #[error("{}", .0.message())]
+    Refused(Status),
+    #[error("no manager answered at {addresses} within {seconds}s (last error: {last}); are the managers running? (--managers / PGQUORUM_MANAGERS)")]
+    Unreachable {
+        addresses: String,
+        seconds: u64,
+        last: String,
+    },
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Refused(s) => Some(s.code()),
+            ClientError::Unreachable { .. } => None,
+        }
+    }
+}
+
+fn retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
+}
+
+impl ApiClient {
+    /// `addresses` is the `--managers` list; every entry is checked.
+    pub fn new(addresses: &[String]) -> Result<Self, transport::BadAddress> {
+        let mut channels = Vec::new();
+        for a in addresses {
+            channels.push(transport::lazy_channel(a)?);
+        }
+        Ok(ApiClient {
+            addresses: addresses.to_vec(),
+            channels,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Call `f` on each manager in turn until one answers or the deadline
+    /// passes. Refusals (anything but "unavailable") end the call at once.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(PgQuorumClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + RETRY_FOR.max(self.timeout);
+        let mut last = String::from("none");
+        loop {
+            for channel in &self.channels {
+                let client = PgQuorumClient::new(channel.clone());
+                match f(client, self.timeout).await {
+                    Ok(response) => return Ok(response.into_inner()),
+                    Err(status) if retryable(&status) => {
+                        tracing::debug!(code = ?status.code(), message = status.message(), "manager unavailable, trying the next");
+                        last = status.message().to_string();
+                    }
+                    Err(status) => return Err(ClientError::Refused(status)),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Unreachable {
+                    addresses: self.addresses.join(","),
+                    seconds: RETRY_FOR.max(self.timeout).as_secs(),
+                    last,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A request with the per-call timeout set.
+pub fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(timeout);
+    r
+}

@@ -1,0 +1,429 @@
+//! Operator commands: configuration, pause/resume, history, switchover,
+//! failover and node actions.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::client::request;
+use super::output::{print, table, Failure};
+use super::GlobalArgs;
+use crate::proto::api::{
+    ClusterRequest, ConfigResponse, FailoverRequest, NodeRequest, OperationResponse, SetConfigRequest,
+    SwitchoverRequest,
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArg {
+    /// Cluster name (needed only when the managers serve several).
+    #[arg(long, default_value = "")]
+    pub cluster: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the dynamic configuration.
+    Show(ClusterArg),
+    /// Change keys: `ttl=3s`, `sync_mode=on`, `postgresql.parameters.work_mem=8MB`;
+    /// an empty value resets a key to its default.
+    Set {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        changes: Vec<String>,
+    },
+    /// Edit the configuration in $EDITOR; checked before it is committed.
+    Edit(ClusterArg),
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchoverArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArg,
+    /// The replica to promote (default: the best one).
+    #[arg(long, value_name = "NODE")]
+    pub to: Option<String>,
+    /// Not before this time (RFC 3339, e.g. 2026-11-27T22:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArg,
+    /// The replica to promote.
+    #[arg(long, value_name = "NODE", required = true)]
+    pub to: String,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Restart PostgreSQL on a node.
+    Restart {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        name: String,
+        /// Only if a parameter change waits for a restart.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Wipe a replica's data directory and clone it again from the primary.
+    Reinit {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct OperationJson {
+    message: String,
+    epoch: u64,
+    primary: Option<String>,
+}
+
+fn print_operation(global: &GlobalArgs, r: &OperationResponse) {
+    let json = OperationJson {
+        message: r.message.clone(),
+        epoch: r.epoch,
+        primary: (!r.primary.is_empty()).then(|| r.primary.clone()),
+    };
+    print(global.json, &json, || r.message.clone());
+}
+
+/// Ask `question` on the terminal; without a terminal the answer is no.
+fn confirm(question: &str, force: bool) -> Result<(), Failure> {
+    if force {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::failed(format!(
+            "{question} — refusing without a terminal to confirm; add --force to go ahead"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::failed(format!("cannot read the answer: {e}")))?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(Failure::failed("aborted"))
+    }
+}
+
+#[derive(Serialize)]
+struct ConfigJson {
+    cluster: String,
+    version: u64,
+    config: BTreeMap<String, String>,
+    pending_restart: Vec<String>,
+}
+
+fn print_config(global: &GlobalArgs, r: ConfigResponse) {
+    let config: BTreeMap<String, String> = r.config.into_iter().collect();
+    let json = ConfigJson {
+        cluster: r.cluster,
+        version: r.version,
+        config,
+        pending_restart: r.pending_restart,
+    };
+    print(global.json, &json, || {
+        let mut out = format!("# cluster {} — configuration version {}\n", json.cluster, json.version);
+        for (k, v) in &json.config {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        if !json.pending_restart.is_empty() {
+            out.push_str(&format!("# pending restart: {}\n", json.pending_restart.join(", ")));
+        }
+        out
+    });
+}
+
+/// Parse `KEY=VALUE` arguments.
+pub fn parse_changes(items: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    let mut changes = BTreeMap::new();
+    for item in items {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("{item:?} is not KEY=VALUE (example: ttl=3s)")))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(Failure::usage(format!("{item:?} has no key")));
+        }
+        changes.insert(k.to_string(), v.trim().to_string());
+    }
+    Ok(changes)
+}
+
+pub async fn config(global: &GlobalArgs, command: ConfigCommand) -> Result<(), Failure> {
+    let client = super::connect(global)?;
+    match command {
+        ConfigCommand::Show(c) => {
+            let r = client
+                .call(|mut api, t| {
+                    let cluster = c.cluster.clone();
+                    async move { api.get_config(request(ClusterRequest { cluster, local: false }, t)).await }
+                })
+                .await?;
+            print_config(global, r);
+        }
+        ConfigCommand::Set { cluster, changes } => {
+            let changes = parse_changes(&changes)?;
+            let r = set_config(&client, &cluster.cluster, changes).await?;
+            print_config(global, r);
+        }
+        ConfigCommand::Edit(c) => {
+            let current = client
+                .call(|mut api, t| {
+                    let cluster = c.cluster.clone();
+                    async move { api.get_config(request(ClusterRequest { cluster, local: false }, t)).await }
+                })
+                .await?;
+            let before: BTreeMap<String, String> = current.config.clone().into_iter().collect();
+            let after = edit_in_editor(&current.cluster, &before)?;
+            let mut changes: BTreeMap<String, String> = after
+                .iter()
+                .filter(|(k, v)| before.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for k in before.keys().filter(|k| !after.contains_key(*k)) {
+                changes.insert(k.clone(), String::new());
+            }
+            if changes.is_empty() {
+                eprintln!("no change");
+                return Ok(());
+            }
+            let r = set_config(&client, &current.cluster, changes).await?;
+            print_config(global, r);
+        }
+    }
+    Ok(())
+}
+
+async fn set_config(
+    client: &super::ApiClient,
+    cluster: &str,
+    changes: BTreeMap<String, String>,
+) -> Result<ConfigResponse, Failure> {
+    Ok(client
+        .call(|mut api, t| {
+            let req = SetConfigRequest {
+                cluster: cluster.to_string(),
+                changes: changes.clone().into_iter().collect(),
+            };
+            async move { api.set_config(request(req, t)).await }
+        })
+        .await?)
+}
+
+/// Let the operator edit `key = value` lines; returns the edited map.
+fn edit_in_editor(cluster: &str, config: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, Failure> {
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".to_string());
+    let file = tempfile::Builder::new()
+        .prefix("pgquorum-config-")
+        .suffix(".conf")
+        .tempfile()
+        .map_err(|e| Failure::failed(format!("cannot create a temporary file: {e}")))?;
+    let mut text = format!("# pgquorum configuration of cluster {cluster}: one `key = value` a line.\n# Delete a line to reset it to its default. Checked before it is committed.\n");
+    for (k, v) in config {
+        text.push_str(&format!("{k} = {v}\n"));
+    }
+    std::fs::write(file.path(), text).map_err(|e| Failure::failed(format!("cannot write the temporary file: {e}")))?;
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(file.path())
+        .status()
+        .map_err(|e| Failure::failed(format!("cannot run the editor {editor:?}: {e}")))?;
+    if !status.success() {
+        return Err(Failure::failed(format!("the editor {editor:?} failed ({status}); nothing changed")));
+    }
+    let edited = std::fs::read_to_string(file.path()).map_err(|e| Failure::failed(format!("cannot read the edited file: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (n, line) in edited.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').ok_or_else(|| {
+            Failure::failed(format!("line {}: {line:?} is not `key = value`; nothing changed", n + 1))
+        })?;
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+pub async fn pause(global: &GlobalArgs, args: ClusterArg, paused: bool) -> Result<(), Failure> {
+    let client = super::connect(global)?;
+    let r = client
+        .call(|mut api, t| {
+            let req = ClusterRequest {
+                cluster: args.cluster.clone(),
+                local: false,
+            };
+            async move {
+                if paused {
+                    api.pause(request(req, t)).await
+                } else {
+                    api.resume(request(req, t)).await
+                }
+            }
+        })
+        .await?;
+    print_operation(global, &r);
+    Ok(())
+}
+
+pub async fn history(global: &GlobalArgs, args: ClusterArg) -> Result<(), Failure> {
+    let client = super::connect(global)?;
+    let r = client
+        .call(|mut api, t| {
+            let req = ClusterRequest {
+                cluster: args.cluster.clone(),
+                local: false,
+            };
+            async move { api.history(request(req, t)).await }
+        })
+        .await?;
+    #[derive(Serialize)]
+    struct EventJson {
+        time: String,
+        kind: String,
+        reason: String,
+        old_primary: Option<String>,
+        new_primary: Option<String>,
+        epoch: u64,
+        timeline: u32,
+        lsn: String,
+    }
+    let events: Vec<EventJson> = r
+        .events
+        .iter()
+        .map(|e| EventJson {
+            time: e.time.clone(),
+            kind: e.kind.clone(),
+            reason: e.reason.clone(),
+            old_primary: (!e.old_primary.is_empty()).then(|| e.old_primary.clone()),
+            new_primary: (!e.new_primary.is_empty()).then(|| e.new_primary.clone()),
+            epoch: e.epoch,
+            timeline: e.timeline,
+            lsn: e.lsn.clone(),
+        })
+        .collect();
+    print(global.json, &events, || {
+        table(
+            &["TIME", "KIND", "OLD PRIMARY", "NEW PRIMARY", "EPOCH", "TL", "LSN", "REASON"],
+            r.events
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.time.clone(),
+                        e.kind.clone(),
+                        e.old_primary.clone(),
+                        e.new_primary.clone(),
+                        e.epoch.to_string(),
+                        e.timeline.to_string(),
+                        e.lsn.clone(),
+                        e.reason.clone(),
+                    ]
+                })
+                .collect(),
+        )
+    });
+    Ok(())
+}
+
+pub async fn switchover(global: &GlobalArgs, args: SwitchoverArgs) -> Result<(), Failure> {
+    let client = super::connect(global)?;
+    let target = args.to.clone().unwrap_or_else(|| "the best replica".into());
+    let when = args.at.clone().map(|at| format!(" at {at}")).unwrap_or_default();
+    confirm(&format!("Switch the primary over to {target}{when}?"), args.force)?;
+    let req = SwitchoverRequest {
+        cluster: args.cluster.cluster.clone(),
+        to: args.to.clone().unwrap_or_default(),
+        at: args.at.clone().unwrap_or_default(),
+        from: String::new(),
+    };
+    let r = client
+        .call(|mut api, t| {
+            let req = req.clone();
+            async move { api.switchover(request(req, t)).await }
+        })
+        .await?;
+    print_operation(global, &r);
+    Ok(())
+}
+
+pub async fn failover(global: &GlobalArgs, args: FailoverArgs) -> Result<(), Failure> {
+    let client = super::connect(global)?;
+    confirm(
+        &format!("Promote {} now? Writes not yet replicated to it may be lost", args.to),
+        args.force,
+    )?;
+    let req = FailoverRequest {
+        cluster: args.cluster.cluster.clone(),
+        to: args.to.clone(),
+    };
+    let r = client
+        .call(|mut api, t| {
+            let req = req.clone();
+            async move { api.failover(request(req, t)).await }
+        })
+        .await?;
+    print_operation(global, &r);
+    Ok(())
+}
+
+pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failure> {
+    let client = super::connect(global)?;
+    let r = match command {
+        NodeCommand::Restart { cluster, name, pending } => {
+            let req = NodeRequest {
+                cluster: cluster.cluster,
+                node: name,
+                pending_only: pending,
+            };
+            client
+                .call(|mut api, t| {
+                    let req = req.clone();
+                    async move { api.restart_node(request(req, t)).await }
+                })
+                .await?
+        }
+        NodeCommand::Reinit { cluster, name, force } => {
+            confirm(&format!("Wipe {name}'s data directory and clone it again?"), force)?;
+            let req = NodeRequest {
+                cluster: cluster.cluster,
+                node: name,
+                pending_only: false,
+            };
+            client
+                .call(|mut api, t| {
+                    let req = req.clone();
+                    async move { api.reinit_node(request(req, t)).await }
+                })
+                .await?
+        }
+    };
+    print_operation(global, &r);
+    Ok(())
+}

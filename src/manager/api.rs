@@ -1,0 +1,433 @@
+//! The public gRPC API (`pgquorum.v1.PgQuorum`).
+//!
+//! Any manager answers. A follower forwards each call to the leader, once
+//! (a forwarded call that lands on a non-leader fails with UNAVAILABLE and
+//! the client retries), so clients never need to know who leads.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use super::control::Control;
+use super::node::{ManagerNode, ManagerView, NodeError};
+use super::status;
+use crate::cluster::{Cluster, ClusterCommand, ClusterState, RejectionKind};
+use crate::proto::api::pg_quorum_client::PgQuorumClient;
+use crate::proto::api::pg_quorum_server::PgQuorum;
+use crate::proto::api::*;
+use crate::proto::raft::raft_client::RaftClient;
+use crate::proto::raft::RaftMessage;
+
+/// Metadata set on a call a follower forwarded to the leader.
+const FORWARDED: &str = "pgquorum-forwarded";
+/// Metadata naming the leader's address on an UNAVAILABLE answer.
+pub const LEADER_HEADER: &str = "pgquorum-leader";
+
+/// Map an internal error to a gRPC status a person can act on.
+pub fn status_of(error: NodeError) -> Status {
+    match error {
+        NodeError::NotLeader { leader } => {
+            let mut status = Status::unavailable(NodeError::NotLeader { leader: leader.clone() }.to_string());
+            if let Some((_, address)) = leader {
+                if let Ok(value) = MetadataValue::try_from(address.as_str()) {
+                    status.metadata_mut().insert(LEADER_HEADER, value);
+                }
+            }
+            status
+        }
+        NodeError::Rejected(r) => match r.kind {
+            RejectionKind::NotFound => Status::not_found(r.message),
+            RejectionKind::InvalidArgument => Status::invalid_argument(r.message),
+            RejectionKind::FailedPrecondition => Status::failed_precondition(r.message),
+        },
+        NodeError::Timeout(_) => Status::unavailable(error.to_string()),
+        NodeError::Invalid(m) => Status::invalid_argument(m),
+        NodeError::NotFound(m) => Status::not_found(m),
+        NodeError::Precondition(m) => Status::failed_precondition(m),
+        NodeError::Raft(m) => Status::internal(m),
+    }
+}
+
+/// Pick the cluster a request names; an empty name means "the only one".
+pub fn pick_cluster<'a>(state: &'a ClusterState, name: &str) -> Result<&'a Cluster, Status> {
+    if let Some(c) = state.cluster(name) {
+        return Ok(c);
+    }
+    let names: Vec<&str> = state.clusters.keys().map(String::as_str).collect();
+    if name.is_empty() {
+        if names.is_empty() {
+            Err(Status::not_found(
+                "no cluster is registered yet: start an agent, it registers its cluster",
+            ))
+        } else {
+            Err(Status::invalid_argument(format!(
+                "this manager group serves several clusters ({}); name one with --cluster",
+                names.join(", ")
+            )))
+        }
+    } else {
+        Err(Status::not_found(format!(
+            "no cluster named {name:?}; known clusters: {}",
+            if names.is_empty() { "none yet".to_string() } else { names.join(", ") }
+        )))
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Serves the public API of one manager.
+pub struct ApiService {
+    node: Arc<ManagerNode>,
+    control: Control,
+}
+
+impl ApiService {
+    pub fn new(node: Arc<ManagerNode>, control: Control) -> Self {
+        ApiService { node, control }
+    }
+
+    /// `Some(client)` when the call must be served by the leader elsewhere.
+    fn forward_client<T>(&self, request: &Request<T>) -> Result<Option<PgQuorumClient<tonic::transport::Channel>>, Status> {
+        if self.node.is_leader() {
+            return Ok(None);
+        }
+        let leader = self.node.leader().filter(|(id, _)| *id != self.node.id);
+        if request.metadata().contains_key(FORWARDED) || leader.is_none() {
+            return Err(status_of(NodeError::NotLeader { leader }));
+        }
+        let (_, address) = leader.ok_or_else(|| Status::unavailable("no leader"))?;
+        let channel = self.node.channel(&address).map_err(status_of)?;
+        Ok(Some(PgQuorumClient::new(channel)))
+    }
+
+    /// A linearizable read on the leader, or this manager's own state when
+    /// the caller accepts it (`local`).
+    async fn read_state(&self, local: bool) -> Result<Arc<ClusterState>, Status> {
+        let applied = if local {
+            self.node.local_state()
+        } else {
+            self.node.linearizable_state().await.map_err(status_of)?
+        };
+        Ok(Arc::new(applied.state.clone()))
+    }
+
+    async fn propose(&self, command: ClusterCommand) -> Result<OperationResponse, Status> {
+        let applied = self.node.propose(command).await.map_err(status_of)?;
+        Ok(OperationResponse {
+            message: applied.message,
+            epoch: applied.epoch,
+            primary: applied.primary.unwrap_or_default(),
+        })
+    }
+
+    /// Every manager's own view; the unreachable ones say so.
+    async fn managers(&self) -> Vec<ManagerInfo> {
+        let members = self.node.members();
+        let asks = members.into_iter().map(|(id, address, _)| async move {
+            if id == self.node.id {
+                return self.node.view();
+            }
+            self.ask_view(id, &address).await.unwrap_or(ManagerView {
+                id,
+                address,
+                role: "unreachable".to_string(),
+                term: 0,
+                last_applied: 0,
+                leader: None,
+            })
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .map(|v| ManagerInfo {
+                id: v.id,
+                address: v.address,
+                role: v.role,
+                term: v.term,
+                last_applied: v.last_applied,
+            })
+            .collect()
+    }
+
+    async fn ask_view(&self, id: u64, address: &str) -> Option<ManagerView> {
+        let channel = self.node.channel(address).ok()?;
+        let mut request = Request::new(RaftMessage {
+            target: id,
+            from: self.node.id,
+            group: self.node.identity.group(),
+            payload: Vec::new(),
+        });
+        request.set_timeout(Duration::from_millis(700));
+        let reply = RaftClient::new(channel).node_info(request).await.ok()?;
+        let mut view: ManagerView = serde_json::from_slice(&reply.into_inner().payload).ok()?;
+        view.address = address.to_string();
+        Some(view)
+    }
+
+    async fn cluster_status(&self, request: GetStatusRequest) -> Result<ClusterStatus, Status> {
+        let state = self.read_state(request.local).await?;
+        let cluster = pick_cluster(&state, &request.cluster)?;
+        let soft = if request.local { None } else { Some(self.control.soft_view(&cluster.name)) };
+        Ok(status::build(cluster, soft.as_ref(), self.managers().await))
+    }
+}
+
+/// Forward the call to the leader when this manager is not it.
+macro_rules! forward {
+    ($self:ident, $request:ident, $method:ident) => {
+        if let Some(mut client) = $self.forward_client(&$request)? {
+            let (mut metadata, _, message) = $request.into_parts();
+            metadata.insert(FORWARDED, MetadataValue::from_static("1"));
+            let forwarded = Request::from_parts(metadata, Default::default(), message);
+            return client.$method(forwarded).await;
+        }
+    };
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<ClusterStatus, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl PgQuorum for ApiService {
+    async fn list_clusters(&self, request: Request<ListClustersRequest>) -> Result<Response<ListClustersResponse>, Status> {
+        if !request.get_ref().local {
+            forward!(self, request, list_clusters);
+        }
+        let state = self.read_state(request.get_ref().local).await?;
+        Ok(Response::new(ListClustersResponse {
+            clusters: state.clusters.keys().cloned().collect(),
+        }))
+    }
+
+    async fn get_status(&self, request: Request<GetStatusRequest>) -> Result<Response<ClusterStatus>, Status> {
+        if !request.get_ref().local {
+            forward!(self, request, get_status);
+        }
+        Ok(Response::new(self.cluster_status(request.into_inner()).await?))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<GetStatusRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        if let Some(mut client) = self.forward_client(&request)? {
+            let (mut metadata, _, message) = request.into_parts();
+            metadata.insert(FORWARDED, MetadataValue::from_static("1"));
+            let stream = client
+                .watch(Request::from_parts(metadata, Default::default(), message))
+                .await?
+                .into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
+        let request = request.into_inner();
+        // Fail early on an unknown cluster.
+        self.cluster_status(request.clone()).await?;
+        let api = ApiService {
+            node: self.node.clone(),
+            control: self.control.clone(),
+        };
+        let mut changes = self.control.changes();
+        let stream = async_stream::stream! {
+            let mut last: Option<ClusterStatus> = None;
+            loop {
+                match api.cluster_status(request.clone()).await {
+                    Ok(status) => {
+                        if last.as_ref() != Some(&status) {
+                            last = Some(status.clone());
+                            yield Ok(status);
+                        }
+                    }
+                    Err(e) => {
+                        yield Err(e);
+                        break;
+                    }
+                }
+                // Wake on a change, and at least every second (lag, last seen).
+                let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn switchover(&self, request: Request<SwitchoverRequest>) -> Result<Response<OperationResponse>, Status> {
+        forward!(self, request, switchover);
+        let r = request.into_inner();
+        let state = self.read_state(false).await?;
+        let cluster = pick_cluster(&state, &r.cluster)?;
+        let not_before_unix_ms = if r.at.is_empty() {
+            None
+        } else {
+            let at = humantime::parse_rfc3339_weak(&r.at).map_err(|e| {
+                Status::invalid_argument(format!("--at {:?}: {e}; use RFC 3339, e.g. 2026-11-27T22:00:00Z", r.at))
+            })?;
+            Some(at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+        };
+        let to = (!r.to.is_empty()).then(|| r.to.clone());
+        self.control.check_switchover(cluster, to.as_deref()).map_err(status_of)?;
+        let response = self
+            .propose(ClusterCommand::RequestSwitchover {
+                cluster: cluster.name.clone(),
+                from: (!r.from.is_empty()).then(|| r.from.clone()),
+                to,
+                not_before_unix_ms,
+                requested_unix_ms: now_unix_ms(),
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn failover(&self, request: Request<FailoverRequest>) -> Result<Response<OperationResponse>, Status> {
+        forward!(self, request, failover);
+        let r = request.into_inner();
+        let state = self.read_state(false).await?;
+        let cluster = pick_cluster(&state, &r.cluster)?;
+        let applied = self.control.manual_failover(cluster, &r.to).await.map_err(status_of)?;
+        Ok(Response::new(OperationResponse {
+            message: applied.message,
+            epoch: applied.epoch,
+            primary: applied.primary.unwrap_or_default(),
+        }))
+    }
+
+    async fn pause(&self, request: Request<ClusterRequest>) -> Result<Response<OperationResponse>, Status> {
+        forward!(self, request, pause);
+        let state = self.read_state(false).await?;
+        let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
+        let response = self
+            .propose(ClusterCommand::SetPaused {
+                cluster: cluster.name.clone(),
+                paused: true,
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn resume(&self, request: Request<ClusterRequest>) -> Result<Response<OperationResponse>, Status> {
+        forward!(self, request, resume);
+        let state = self.read_state(false).await?;
+        let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
+        let response = self
+            .propose(ClusterCommand::SetPaused {
+                cluster: cluster.name.clone(),
+                paused: false,
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_config(&self, request: Request<ClusterRequest>) -> Result<Response<ConfigResponse>, Status> {
+        if !request.get_ref().local {
+            forward!(self, request, get_config);
+        }
+        let state = self.read_state(request.get_ref().local).await?;
+        let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
+        Ok(Response::new(self.config_response(cluster)))
+    }
+
+    async fn set_config(&self, request: Request<SetConfigRequest>) -> Result<Response<ConfigResponse>, Status> {
+        forward!(self, request, set_config);
+        let r = request.into_inner();
+        let state = self.read_state(false).await?;
+        let cluster = pick_cluster(&state, &r.cluster)?;
+        let changes: BTreeMap<String, String> = r.changes.into_iter().collect();
+        // Validate before proposing so that a bad value costs no log entry;
+        // the state machine checks again at apply time.
+        cluster.config.with_changes(&changes).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.propose(ClusterCommand::SetConfig {
+            cluster: cluster.name.clone(),
+            changes,
+        })
+        .await?;
+        let state = self.read_state(false).await?;
+        let cluster = pick_cluster(&state, &cluster.name)?;
+        Ok(Response::new(self.config_response(cluster)))
+    }
+
+    async fn history(&self, request: Request<ClusterRequest>) -> Result<Response<HistoryResponse>, Status> {
+        if !request.get_ref().local {
+            forward!(self, request, history);
+        }
+        let state = self.read_state(request.get_ref().local).await?;
+        let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
+        Ok(Response::new(HistoryResponse {
+            events: cluster.history.iter().map(status::history_event).collect(),
+        }))
+    }
+
+    async fn restart_node(&self, request: Request<NodeRequest>) -> Result<Response<OperationResponse>, Status> {
+        forward!(self, request, restart_node);
+        let r = request.into_inner();
+        let kind = if r.pending_only {
+            crate::cluster::state::NodeActionKind::RestartPending
+        } else {
+            crate::cluster::state::NodeActionKind::Restart
+        };
+        self.node_action(&r, kind).await
+    }
+
+    async fn reinit_node(&self, request: Request<NodeRequest>) -> Result<Response<OperationResponse>, Status> {
+        forward!(self, request, reinit_node);
+        let r = request.into_inner();
+        self.node_action(&r, crate::cluster::state::NodeActionKind::Reinit).await
+    }
+
+    async fn list_managers(&self, _request: Request<ListManagersRequest>) -> Result<Response<ListManagersResponse>, Status> {
+        Ok(Response::new(ListManagersResponse {
+            managers: self.managers().await,
+        }))
+    }
+
+    async fn add_manager(&self, request: Request<AddManagerRequest>) -> Result<Response<ListManagersResponse>, Status> {
+        forward!(self, request, add_manager);
+        let r = request.into_inner();
+        self.node.add_manager(r.id, &r.address).await.map_err(status_of)?;
+        Ok(Response::new(ListManagersResponse {
+            managers: self.managers().await,
+        }))
+    }
+
+    async fn remove_manager(&self, request: Request<RemoveManagerRequest>) -> Result<Response<ListManagersResponse>, Status> {
+        forward!(self, request, remove_manager);
+        let r = request.into_inner();
+        self.node.remove_manager(r.id).await.map_err(status_of)?;
+        Ok(Response::new(ListManagersResponse {
+            managers: self.managers().await,
+        }))
+    }
+}
+
+impl ApiService {
+    fn config_response(&self, cluster: &Cluster) -> ConfigResponse {
+        ConfigResponse {
+            cluster: cluster.name.clone(),
+            config: cluster.config.to_map().into_iter().collect(),
+            version: cluster.config_version,
+            pending_restart: self.control.soft_view(&cluster.name).pending_restart(),
+        }
+    }
+
+    async fn node_action(
+        &self,
+        r: &NodeRequest,
+        kind: crate::cluster::state::NodeActionKind,
+    ) -> Result<Response<OperationResponse>, Status> {
+        let state = self.read_state(false).await?;
+        let cluster = pick_cluster(&state, &r.cluster)?;
+        let response = self
+            .propose(ClusterCommand::RequestNodeAction {
+                cluster: cluster.name.clone(),
+                node: r.node.clone(),
+                kind,
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+}

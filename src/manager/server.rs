@@ -1,0 +1,155 @@
+//! Start one manager: check the data directory, open the store, start Raft,
+//! serve gRPC, form the group when this is a fresh initial voter, and shut
+//! down cleanly on SIGTERM.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use super::agents::AgentService;
+use super::api::ApiService;
+use super::config::{ManagerConfig, Membership};
+use super::control::Control;
+use super::identity::Identity;
+use super::network::Network;
+use super::node::ManagerNode;
+use super::raft_service::RaftService;
+use super::store::{self, Durability};
+use super::types::Raft;
+use crate::proto;
+use crate::proto::agent::agent_channel_server::AgentChannelServer;
+use crate::proto::api::pg_quorum_server::PgQuorumServer;
+use crate::proto::raft::raft_server::RaftServer;
+
+/// Resolves when the process is asked to stop (SIGTERM or SIGINT).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn raft_config(config: &ManagerConfig) -> anyhow::Result<openraft::Config> {
+    let raft = openraft::Config {
+        cluster_name: "pgquorum".to_string(),
+        heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: config.election_timeout_min.as_millis() as u64,
+        election_timeout_max: config.election_timeout_max.as_millis() as u64,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        max_in_snapshot_log_to_keep: config.snapshot_logs / 2,
+        ..openraft::Config::default()
+    };
+    raft.validate().context("invalid raft timing")
+}
+
+/// Run a manager until SIGTERM.
+pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
+    let (identity, fresh) = Identity::prepare(&config)?;
+    let durability = if config.fsync {
+        Durability::Fsync
+    } else {
+        Durability::SledFlushOnly
+    };
+    let (log_store, state_machine) = store::open(&config.data_dir.join("raft"), durability)
+        .with_context(|| format!("cannot open the Raft store in {}", config.data_dir.display()))?;
+    let state = state_machine.watch();
+
+    // Bind before starting Raft so that a taken port fails fast and cleanly.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config(&config)?),
+        Network::new(identity.clone()),
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("cannot start Raft")?;
+    let node = Arc::new(ManagerNode::new(
+        config.id,
+        config.advertise.clone(),
+        raft.clone(),
+        identity.clone(),
+        state,
+    ));
+    let control = Control::new(node.clone());
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PgQuorumServer<ApiService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build gRPC reflection")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .add_service(RaftServer::new(RaftService::new(node.clone())).max_decoding_message_size(64 * 1024 * 1024))
+        .add_service(PgQuorumServer::new(ApiService::new(node.clone(), control.clone())))
+        .add_service(AgentChannelServer::new(AgentService::new(node.clone(), control.clone())))
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let server = tokio::spawn(server);
+    tracing::info!(id = config.id, listen = %config.listen, advertise = %config.advertise, fresh, "manager started");
+
+    if let Membership::Peers(peers) = &config.membership {
+        if !raft.is_initialized().await.context("raft stopped")? {
+            form_group(&raft, peers).await?;
+        }
+    }
+    let control_task = control.spawn();
+
+    shutdown_signal().await;
+    tracing::info!("stopping: closing the gRPC server, then Raft");
+    control_task.abort();
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+    }
+    raft.shutdown().await.context("raft shutdown")?;
+    tracing::info!("manager stopped");
+    Ok(())
+}
+
+/// Initialize Raft with the initial voters. Every initial voter does this
+/// with the same membership, which openraft allows; whoever is not pristine
+/// any more (it already heard from a leader) is told so, which is fine.
+async fn form_group(raft: &Raft, peers: &BTreeMap<u64, String>) -> anyhow::Result<()> {
+    let members: BTreeMap<u64, BasicNode> = peers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode::new(addr)))
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!(voters = ?peers.keys().collect::<Vec<_>>(), "formed the manager group");
+            Ok(())
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("cannot form the manager group: {e}")),
+    }
+}
