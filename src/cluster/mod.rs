@@ -4,8 +4,11 @@
 
 pub mod command;
 pub mod config;
+pub mod decide;
 pub mod lsn;
+pub mod soft;
 pub mod state;
+pub mod sync;
 pub mod wire;
 
 pub use command::{

@@ -81,6 +81,9 @@ pub enum DataDirState {
         standby: bool,
         /// Shut down cleanly (pg_rewind needs that).
         clean_shutdown: bool,
+        /// "Latest checkpoint location": after a clean shutdown, the end of
+        /// everything this server wrote.
+        checkpoint_lsn: Lsn,
     },
     /// Something else is there: the agent refuses to touch it.
     Foreign { reason: String },
@@ -154,6 +157,8 @@ pub struct NodeReport {
     pub completed_action: Option<u64>,
     /// Version of the dynamic configuration the agent has applied.
     pub config_version: u64,
+    /// The node this agent's PostgreSQL is configured to follow.
+    pub upstream: Option<String>,
 }
 
 /// How a command ended.

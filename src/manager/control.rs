@@ -1,14 +1,29 @@
-//! The leader's control loop: soft state from agent reports, decisions from
-//! the pure core, commits through Raft, commands to agents.
+//! The leader's control loop.
+//!
+//! Agents' reports land in the soft state (one [`Soft`] per cluster). The
+//! loop, on every report and at least every tick, confirms leadership with a
+//! quorum round, asks the pure decision core what to do, commits its
+//! decision through Raft *before* acting on it, then sends commands and
+//! lease grants down the agents' sessions. A manager that is not the leader
+//! keeps no soft state and no sessions.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::node::{ManagerNode, NodeError};
-use crate::cluster::wire::NodeReport;
-use crate::cluster::{Applied, Cluster};
+use crate::cluster::decide::{self, Input};
+use crate::cluster::soft::{LeaseBook, Soft};
+use crate::cluster::state::EventKind;
+use crate::cluster::wire::{AgentCommand, ManagerMessage, NodeReport};
+use crate::cluster::{Applied, Cluster, ClusterCommand};
+
+/// The loop runs at least this often.
+const TICK: Duration = Duration::from_millis(100);
+/// At most this many commits per cluster and pass (then the next pass).
+const COMMITS_PER_PASS: usize = 4;
 
 /// What the leader knows of one node beyond the committed state.
 #[derive(Debug, Clone)]
@@ -22,6 +37,8 @@ pub struct NodeSoft {
 #[derive(Debug, Clone, Default)]
 pub struct SoftView {
     pub nodes: BTreeMap<String, NodeSoft>,
+    /// Why the leader is waiting, if it is.
+    pub waiting: Vec<String>,
 }
 
 impl SoftView {
@@ -35,47 +52,444 @@ impl SoftView {
     }
 }
 
+/// One connected agent.
+struct Session {
+    id: u64,
+    tx: mpsc::Sender<ManagerMessage>,
+}
+
+/// Soft state of a leader; empty on followers.
+#[derive(Default)]
+struct Leadership {
+    /// The term this manager leads in, if it leads.
+    term: Option<u64>,
+    /// Monotonic ms when it became leader.
+    since: u64,
+    clusters: BTreeMap<String, Soft>,
+    waiting: BTreeMap<String, Vec<String>>,
+    sessions: HashMap<(String, String), Session>,
+    next_session: u64,
+}
+
+struct Inner {
+    node: Arc<ManagerNode>,
+    started: Instant,
+    leadership: Mutex<Leadership>,
+    wake: Notify,
+    changes: watch::Sender<u64>,
+}
+
 /// Handle on the control loop, shared by the API and agent services.
 #[derive(Clone)]
 pub struct Control {
-    node: Arc<ManagerNode>,
-    changes: watch::Receiver<u64>,
-    _changes_tx: Arc<watch::Sender<u64>>,
+    inner: Arc<Inner>,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Control {
     pub fn new(node: Arc<ManagerNode>) -> Self {
-        let (tx, rx) = watch::channel(0);
+        let (changes, _) = watch::channel(0);
         Control {
-            node,
-            changes: rx,
-            _changes_tx: Arc::new(tx),
+            inner: Arc::new(Inner {
+                node,
+                started: Instant::now(),
+                leadership: Mutex::new(Leadership::default()),
+                wake: Notify::new(),
+                changes,
+            }),
+        }
+    }
+
+    /// Milliseconds on this manager's monotonic clock.
+    fn now(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Leadership> {
+        match self.inner.leadership.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
     /// Start the control loop (it acts only while this manager leads).
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async {})
-    }
-
-    /// The soft state of `cluster` (empty on a follower).
-    pub fn soft_view(&self, _cluster: &str) -> SoftView {
-        SoftView::default()
+        let control = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = tokio::time::timeout(TICK, control.inner.wake.notified()).await;
+                if let Err(e) = control.pass().await {
+                    tracing::debug!(error = %e, "control pass ended early");
+                }
+            }
+        })
     }
 
     /// Ticks whenever something a status reader cares about changed.
     pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.clone()
+        self.inner.changes.subscribe()
     }
 
-    /// Refuse a switchover that cannot work before it is committed.
-    pub fn check_switchover(&self, _cluster: &Cluster, _to: Option<&str>) -> Result<(), NodeError> {
+    fn changed(&self) {
+        self.inner.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Follow leadership changes: a new leader starts from scratch (and
+    /// cautiously); a former leader drops its sessions so agents redial.
+    fn track_leadership(&self) -> bool {
+        let metrics = self.inner.node.raft.metrics().borrow().clone();
+        let leading = metrics.current_leader == Some(self.inner.node.id);
+        let now = self.now();
+        let mut l = self.lock();
+        if !leading {
+            if l.term.is_some() {
+                tracing::info!("no longer the leader: dropping agent sessions and soft state");
+                *l = Leadership {
+                    next_session: l.next_session,
+                    ..Leadership::default()
+                };
+            }
+            return false;
+        }
+        if l.term != Some(metrics.current_term) {
+            tracing::info!(term = metrics.current_term, "leading: soft state starts empty; no promotion before ttl + margin");
+            l.term = Some(metrics.current_term);
+            l.since = now;
+            l.clusters.clear();
+            l.waiting.clear();
+            l.sessions.clear();
+        }
+        true
+    }
+
+    /// One pass: confirm leadership, then decide and act for every cluster.
+    async fn pass(&self) -> Result<(), NodeError> {
+        if !self.track_leadership() {
+            return Ok(());
+        }
+        let confirm_started = self.now();
+        self.inner.node.linearizable_state().await?;
+        {
+            let mut l = self.lock();
+            for soft in l.clusters.values_mut() {
+                soft.confirmed_at = Some(confirm_started);
+            }
+        }
+        let names: Vec<String> = self.inner.node.local_state().state.clusters.keys().cloned().collect();
+        for name in names {
+            self.drive(&name).await?;
+        }
+        self.changed();
         Ok(())
     }
 
-    /// An operator's failover to `to`.
-    pub async fn manual_failover(&self, _cluster: &Cluster, _to: &str) -> Result<Applied, NodeError> {
-        let _ = &self.node;
-        Err(NodeError::Precondition("manual failover is not available yet".into()))
+    /// Decide and act for one cluster until nothing more is to be committed.
+    async fn drive(&self, name: &str) -> Result<(), NodeError> {
+        for _ in 0..COMMITS_PER_PASS {
+            let applied = self.inner.node.local_state();
+            let Some(cluster) = applied.state.clusters.get(name) else {
+                return Ok(());
+            };
+            let now = self.now();
+            let decision = {
+                let mut l = self.lock();
+                let since = l.since;
+                let soft = l.clusters.entry(name.to_string()).or_insert_with(|| new_soft(since));
+                let d = decide::decide(&Input {
+                    cluster,
+                    soft,
+                    now,
+                    wall_ms: wall_ms(),
+                });
+                l.waiting.insert(name.to_string(), d.waiting.clone());
+                d
+            };
+            if let Some(commit) = decision.commit {
+                let promotes = matches!(commit, ClusterCommand::Promote { .. });
+                tracing::info!(cluster = name, command = ?commit, "committing decision");
+                match self.inner.node.propose(commit).await {
+                    Ok(_) => {
+                        if promotes {
+                            if let Some(soft) = self.lock().clusters.get_mut(name) {
+                                soft.epoch_changed();
+                            }
+                        }
+                    }
+                    Err(NodeError::Rejected(r)) => {
+                        tracing::warn!(cluster = name, reason = %r, "decision refused by the state machine");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            self.send(cluster, decision.commands, decision.grant, now);
+            return Ok(());
+        }
+        Ok(())
     }
+
+    /// Send commands, then the lease grant, and book both.
+    fn send(
+        &self,
+        cluster: &Cluster,
+        commands: Vec<(String, crate::cluster::wire::Action)>,
+        grant: Option<(String, crate::cluster::wire::LeaseGrant)>,
+        now: u64,
+    ) {
+        let mut l = self.lock();
+        let mut outgoing = Vec::new();
+        if let Some(soft) = l.clusters.get_mut(&cluster.name) {
+            for (node, action) in commands {
+                let id = soft.sent(&node, &action, cluster.epoch, now);
+                tracing::info!(cluster = %cluster.name, node = %node, id, action = action.name(), epoch = cluster.epoch, "command");
+                outgoing.push((
+                    node,
+                    ManagerMessage::Command(AgentCommand {
+                        id,
+                        epoch: cluster.epoch,
+                        action,
+                    }),
+                ));
+            }
+            if let Some((node, g)) = grant {
+                if let Some(o) = soft.nodes.get(&node) {
+                    // The agent's lease ends at send time + ttl, before
+                    // receive time + ttl on this clock.
+                    let expires_at = o.received_at + g.ttl_ms;
+                    let book = soft.lease.get_or_insert(LeaseBook {
+                        epoch: g.epoch,
+                        node: node.clone(),
+                        expires_at,
+                    });
+                    if book.epoch != g.epoch || book.node != node {
+                        *book = LeaseBook {
+                            epoch: g.epoch,
+                            node: node.clone(),
+                            expires_at,
+                        };
+                    }
+                    book.expires_at = book.expires_at.max(expires_at);
+                    outgoing.push((node, ManagerMessage::Lease(g)));
+                }
+            }
+        }
+        for (node, message) in outgoing {
+            match l.sessions.get(&(cluster.name.clone(), node.clone())) {
+                Some(session) => {
+                    if session.tx.try_send(message).is_err() {
+                        tracing::warn!(node, "agent session is full or gone; message dropped");
+                    }
+                }
+                None => tracing::debug!(node, "no session to the agent; message dropped"),
+            }
+        }
+    }
+
+    /// An agent opened a session; returns its id and the receiving end.
+    pub fn attach(&self, cluster: &str, node: &str) -> Option<(u64, mpsc::Receiver<ManagerMessage>)> {
+        let mut l = self.lock();
+        l.term?;
+        let (tx, rx) = mpsc::channel(64);
+        l.next_session += 1;
+        let id = l.next_session;
+        l.sessions.insert((cluster.to_string(), node.to_string()), Session { id, tx });
+        Some((id, rx))
+    }
+
+    /// The session ended.
+    pub fn detach(&self, cluster: &str, node: &str, id: u64) {
+        let mut l = self.lock();
+        let key = (cluster.to_string(), node.to_string());
+        if l.sessions.get(&key).is_some_and(|s| s.id == id) {
+            l.sessions.remove(&key);
+        }
+    }
+
+    /// A report arrived on a session.
+    pub fn report(&self, report: NodeReport) {
+        let now = self.now();
+        let applied = self.inner.node.local_state();
+        let Some(cluster) = applied.state.clusters.get(&report.cluster) else {
+            return;
+        };
+        {
+            let mut l = self.lock();
+            if l.term.is_none() {
+                return;
+            }
+            let since = l.since;
+            let soft = l.clusters.entry(report.cluster.clone()).or_insert_with(|| new_soft(since));
+            soft.observe(cluster, report, now);
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// The soft state of `cluster` (empty on a follower).
+    pub fn soft_view(&self, cluster: &str) -> SoftView {
+        let now = self.now();
+        let l = self.lock();
+        let Some(soft) = l.clusters.get(cluster) else {
+            return SoftView::default();
+        };
+        SoftView {
+            nodes: soft
+                .nodes
+                .iter()
+                .map(|(name, o)| {
+                    (
+                        name.clone(),
+                        NodeSoft {
+                            report: o.report.clone(),
+                            age_ms: now.saturating_sub(o.received_at),
+                        },
+                    )
+                })
+                .collect(),
+            waiting: l.waiting.get(cluster).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Refuse a switchover that cannot work before it is committed.
+    pub fn check_switchover(&self, cluster: &Cluster, to: Option<&str>) -> Result<(), NodeError> {
+        let Some(primary) = cluster.primary.as_deref() else {
+            return Err(NodeError::Precondition("the cluster has no primary yet".into()));
+        };
+        let view = self.soft_view(&cluster.name);
+        let stale = cluster.config.ttl_ms;
+        let primary_up = view
+            .nodes
+            .get(primary)
+            .is_some_and(|n| n.age_ms <= stale && n.report.postgres.as_ref().is_some_and(|p| !p.in_recovery));
+        if !primary_up {
+            return Err(NodeError::Precondition(format!(
+                "primary {primary} is not running: a switchover needs a healthy primary; use `pgquorum failover --to NODE`"
+            )));
+        }
+        let streaming = |name: &str| {
+            view.nodes.get(name).is_some_and(|n| {
+                n.age_ms <= stale
+                    && n.report
+                        .postgres
+                        .as_ref()
+                        .is_some_and(|p| p.in_recovery && p.wal_receiver.as_ref().is_some_and(|w| w.status == "streaming"))
+            })
+        };
+        match to {
+            Some(to) => {
+                let Some(member) = cluster.member(to) else {
+                    return Err(NodeError::NotFound(format!(
+                        "cluster {:?} has no node named {to:?}",
+                        cluster.name
+                    )));
+                };
+                if to == primary {
+                    return Err(NodeError::Precondition(format!("{to} is already the primary; name a replica")));
+                }
+                if member.tags.nofailover {
+                    return Err(NodeError::Precondition(format!("{to} is tagged nofailover and cannot become primary")));
+                }
+                if !streaming(to) {
+                    return Err(NodeError::Precondition(format!(
+                        "{to} is not a streaming replica right now; check `pgquorum status`"
+                    )));
+                }
+            }
+            None => {
+                if !cluster.members.keys().any(|m| m != primary && streaming(m)) {
+                    return Err(NodeError::Precondition("no streaming replica to switch over to".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An operator's failover to `to`: refused while a healthy primary holds
+    /// its lease; otherwise waits out the lease and promotes `to`.
+    pub async fn manual_failover(&self, cluster: &Cluster, to: &str) -> Result<Applied, NodeError> {
+        let Some(member) = cluster.member(to) else {
+            return Err(NodeError::NotFound(format!(
+                "cluster {:?} has no node named {to:?}; known nodes: {}",
+                cluster.name,
+                cluster.members.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        if cluster.is_primary(to) {
+            return Err(NodeError::Precondition(format!("{to} is already the primary")));
+        }
+        let view = self.soft_view(&cluster.name);
+        let stale = cluster.config.ttl_ms;
+        if let Some(primary) = cluster.primary.as_deref() {
+            let healthy = view.nodes.get(primary).is_some_and(|n| {
+                n.age_ms <= stale && n.report.holds_lease && n.report.postgres.as_ref().is_some_and(|p| !p.in_recovery)
+            });
+            if healthy {
+                return Err(NodeError::Precondition(format!(
+                    "primary {primary} is healthy and holds its lease: use `pgquorum switchover --to {to}` for a planned change"
+                )));
+            }
+        }
+        let replica = view
+            .nodes
+            .get(to)
+            .filter(|n| n.age_ms <= stale)
+            .and_then(|n| n.report.postgres.as_ref())
+            .filter(|p| p.in_recovery)
+            .cloned();
+        let Some(pg) = replica else {
+            return Err(NodeError::Precondition(format!(
+                "{to} is not a running replica right now; check `pgquorum status`"
+            )));
+        };
+        // Wait (bounded) until no old lease can still be valid.
+        let wait = {
+            let l = self.lock();
+            let soft = l.clusters.get(&cluster.name).cloned().unwrap_or_else(|| new_soft(l.since));
+            let input = Input {
+                cluster,
+                soft: &soft,
+                now: self.now(),
+                wall_ms: wall_ms(),
+            };
+            decide::promotion_allowed_at(&input).saturating_sub(input.now)
+        };
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        let mut sync_set = cluster.sync_set.clone();
+        sync_set.remove(&member.name);
+        let applied = self
+            .inner
+            .node
+            .propose(ClusterCommand::Promote {
+                cluster: cluster.name.clone(),
+                expected_epoch: cluster.epoch,
+                node: to.to_string(),
+                kind: EventKind::ManualFailover,
+                reason: "operator forced a failover".to_string(),
+                sync_set,
+                timeline: pg.timeline,
+                lsn: pg.received_lsn.max(pg.replay_lsn),
+                at_unix_ms: wall_ms(),
+            })
+            .await?;
+        if let Some(soft) = self.lock().clusters.get_mut(&cluster.name) {
+            soft.epoch_changed();
+        }
+        self.inner.wake.notify_one();
+        Ok(applied)
+    }
+}
+
+fn new_soft(leader_since: u64) -> Soft {
+    let mut soft = Soft::new(leader_since);
+    // Command ids must not repeat across leaders: start somewhere random.
+    soft.next_command = (rand::random::<u32>() as u64) << 16;
+    soft
 }

@@ -1,0 +1,808 @@
+//! The decision core: given the committed state of a cluster, the leader's
+//! soft state and the time, what to do now.
+//!
+//! A pure function, level-triggered: it compares what is committed with what
+//! the agents report and returns the steps that bring them together. Any
+//! step may be lost (a crash, a leader change): the next call simply finds
+//! the gap again, so an interrupted failover resumes by itself.
+//!
+//! The safety rules of `docs/architecture.md` live here:
+//! * a lease is granted only to the primary of the current epoch, only for
+//!   a report received before the latest confirmation of leadership;
+//! * nobody is promoted before the old primary's lease has ended on this
+//!   leader's clock plus a margin, nor before `ttl + margin` after this
+//!   leader was elected;
+//! * in synchronous mode only a member of the committed sync set is
+//!   promoted, after `n - k + 1` members reported after the lease ended;
+//! * in asynchronous mode no replica more than `maximum_lag_on_failover`
+//!   behind the last known primary LSN is promoted automatically.
+
+use std::collections::BTreeSet;
+
+use super::command::ClusterCommand;
+use super::config::SyncMode;
+use super::lsn::Lsn;
+use super::soft::{Observation, Soft};
+use super::state::{Cluster, EventKind, Member, NodeActionKind, SwitchoverPhase};
+use super::sync;
+use super::wire::{Action, DataDirState, LeaseGrant, ManagedSettings, NodeReport, Upstream};
+
+/// How long a command may stay unanswered before it is sent again.
+pub const RESEND_AFTER_MS: u64 = 5_000;
+/// How long a failover candidate may spend catching up from a more
+/// advanced replica before it is promoted anyway.
+pub const CATCH_UP_LIMIT_MS: u64 = 10_000;
+/// How long a switchover may wait for its target or for the old primary to
+/// stop before it is given up.
+pub const SWITCHOVER_LIMIT_MS: u64 = 30_000;
+
+/// Everything the decision depends on.
+pub struct Input<'a> {
+    pub cluster: &'a Cluster,
+    pub soft: &'a Soft,
+    /// Leader's monotonic clock, milliseconds.
+    pub now: u64,
+    /// Wall clock, Unix milliseconds (schedules and history only).
+    pub wall_ms: u64,
+}
+
+/// What to do now. The caller commits `commit` (if any) through Raft
+/// *before* sending anything that depends on it, then calls `decide` again.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Decision {
+    pub commit: Option<ClusterCommand>,
+    /// Commands to agents, in order, each for the cluster's current epoch.
+    pub commands: Vec<(String, Action)>,
+    /// Lease grant for the primary (after any command to it).
+    pub grant: Option<(String, LeaseGrant)>,
+    /// Why nothing (more) happens: for logs and status.
+    pub waiting: Vec<String>,
+}
+
+impl Decision {
+    fn wait(&mut self, why: impl Into<String>) {
+        self.waiting.push(why.into());
+    }
+}
+
+/// Is a report recent enough to act on?
+fn fresh<'a>(input: &'a Input, node: &str) -> Option<&'a Observation> {
+    let limit = input.cluster.config.ttl_ms;
+    input
+        .soft
+        .nodes
+        .get(node)
+        .filter(|o| input.now.saturating_sub(o.received_at) <= limit)
+}
+
+fn upstream_of(member: &Member) -> Upstream {
+    Upstream {
+        node: member.name.clone(),
+        host: member.host.clone(),
+        port: member.port,
+    }
+}
+
+/// Settings a node should run with; the sync names only matter on a primary.
+pub fn settings(cluster: &Cluster, sync_set: &BTreeSet<String>) -> ManagedSettings {
+    let c = &cluster.config;
+    ManagedSettings {
+        parameters: c.parameters.clone(),
+        config_version: cluster.config_version,
+        synchronous_standby_names: sync::render(c.sync_mode, c.sync_count, c.sync_strict, sync_set),
+    }
+}
+
+/// When the decision may next promote somebody: after every lease a
+/// predecessor or this leader may have granted has surely ended.
+pub fn promotion_allowed_at(input: &Input) -> u64 {
+    let c = &input.cluster.config;
+    let mut at = input.soft.leader_since + c.ttl_ms + c.lease_margin_ms;
+    if let Some(book) = &input.soft.lease {
+        at = at.max(book.expires_at + c.lease_margin_ms);
+    }
+    at
+}
+
+/// The report's PostgreSQL is running as a primary.
+fn is_writable(r: &NodeReport) -> bool {
+    r.postgres.as_ref().is_some_and(|pg| !pg.in_recovery)
+}
+
+fn is_streaming_from(r: &NodeReport, primary: &Member) -> bool {
+    r.postgres.as_ref().is_some_and(|pg| {
+        pg.in_recovery
+            && pg
+                .wal_receiver
+                .as_ref()
+                .is_some_and(|w| w.status == "streaming" && w.sender_port == primary.port && w.sender_host == primary.host)
+    })
+}
+
+/// Decide for one cluster.
+pub fn decide(input: &Input) -> Decision {
+    let mut d = Decision::default();
+    let cluster = input.cluster;
+    if cluster.epoch == 0 || cluster.primary.is_none() {
+        bootstrap(input, &mut d);
+        return d;
+    }
+    let Some(primary) = cluster.primary.as_deref().and_then(|p| cluster.member(p)) else {
+        d.wait("the committed primary is not a member");
+        return d;
+    };
+
+    if let Some(c) = system_identifier(input, primary) {
+        d.commit = Some(c);
+        return d;
+    }
+    if let Some(c) = complete_actions(input) {
+        d.commit = Some(c);
+        return d;
+    }
+
+    let primary_ok = primary_duties(input, primary, &mut d);
+    if d.commit.is_some() {
+        return d;
+    }
+    if primary_ok {
+        if let Some(c) = switchover(input, primary, &mut d) {
+            d.commit = Some(c);
+            return d;
+        }
+        if d.commit.is_none() {
+            if let Some(c) = manage_sync_set(input, primary, &mut d) {
+                d.commit = Some(c);
+                return d;
+            }
+        }
+    }
+    replicas(input, primary, primary_ok, &mut d);
+    d
+}
+
+/// Epoch 0: pick the node that creates (or adopts) the first primary.
+fn bootstrap(input: &Input, d: &mut Decision) {
+    let cluster = input.cluster;
+    if cluster.paused {
+        d.wait("paused: not bootstrapping");
+        return;
+    }
+    let reporting: Vec<(&Member, &Observation)> = cluster
+        .members
+        .values()
+        .filter_map(|m| fresh(input, &m.name).map(|o| (m, o)))
+        .collect();
+    // Existing data is adopted rather than overwritten: prefer a node that
+    // has a PostgreSQL data directory, a primary's over a standby's.
+    let with_data = reporting
+        .iter()
+        .filter_map(|(m, o)| match &o.report.data {
+            DataDirState::Valid { standby, timeline, checkpoint_lsn, .. } => {
+                Some((!*standby, *timeline, *checkpoint_lsn, std::cmp::Reverse(m.registered), m))
+            }
+            _ => None,
+        })
+        .max_by_key(|(a, b, c, r, _)| (*a, *b, *c, *r))
+        .map(|(_, _, _, _, m)| *m);
+    let first_empty = reporting
+        .iter()
+        .filter(|(_, o)| o.report.data == DataDirState::Empty)
+        .min_by_key(|(m, _)| m.registered)
+        .map(|(m, _)| *m);
+    match with_data.or(first_empty) {
+        Some(m) => {
+            d.commit = Some(ClusterCommand::Bootstrap {
+                cluster: cluster.name.clone(),
+                node: m.name.clone(),
+                at_unix_ms: input.wall_ms,
+            })
+        }
+        None => d.wait("waiting for a node to report before bootstrapping"),
+    }
+}
+
+/// Remember the database system the cluster holds, once the primary tells.
+fn system_identifier(input: &Input, primary: &Member) -> Option<ClusterCommand> {
+    if input.cluster.system_identifier.is_some() {
+        return None;
+    }
+    let o = fresh(input, &primary.name)?;
+    let id = match (&o.report.postgres, &o.report.data) {
+        (Some(pg), _) if !pg.in_recovery && pg.system_identifier != 0 => pg.system_identifier,
+        _ => return None,
+    };
+    Some(ClusterCommand::SetSystemIdentifier {
+        cluster: input.cluster.name.clone(),
+        id,
+    })
+}
+
+/// Operator actions the agents report done.
+fn complete_actions(input: &Input) -> Option<ClusterCommand> {
+    input.cluster.members.values().find_map(|m| {
+        let action = m.action.as_ref()?;
+        let o = fresh(input, &m.name)?;
+        (o.report.completed_action == Some(action.id)).then(|| ClusterCommand::CompleteNodeAction {
+            cluster: input.cluster.name.clone(),
+            node: m.name.clone(),
+            id: action.id,
+        })
+    })
+}
+
+fn pending(input: &Input, node: &str, action: &str) -> bool {
+    input.soft.pending.get(node).is_some_and(|p| {
+        p.action == action && p.epoch == input.cluster.epoch && input.now.saturating_sub(p.sent_at) < RESEND_AFTER_MS
+    })
+}
+
+fn busy(input: &Input, node: &str) -> bool {
+    input
+        .soft
+        .pending
+        .get(node)
+        .is_some_and(|p| p.epoch == input.cluster.epoch && input.now.saturating_sub(p.sent_at) < RESEND_AFTER_MS)
+        || fresh(input, node).is_some_and(|o| o.report.phase != super::wire::AgentPhase::Idle && o.report.phase != super::wire::AgentPhase::Fenced)
+}
+
+fn command(input: &Input, d: &mut Decision, node: &str, action: Action) {
+    if pending(input, node, action.name()) {
+        return;
+    }
+    d.commands.push((node.to_string(), action));
+}
+
+fn grant(input: &Input, d: &mut Decision, node: &str, o: &Observation) {
+    let Some(confirmed) = input.soft.confirmed_at else {
+        d.wait("leadership not yet confirmed: no lease granted");
+        return;
+    };
+    if o.received_at > confirmed {
+        // Answered after the next confirmation round.
+        return;
+    }
+    d.grant = Some((
+        node.to_string(),
+        LeaseGrant {
+            epoch: input.cluster.epoch,
+            session: o.report.session,
+            seq: o.report.seq,
+            ttl_ms: input.cluster.config.ttl_ms,
+        },
+    ));
+}
+
+/// Keep the primary running and leased, or promote a replica when it has
+/// failed. Returns whether the primary is up and taking writes.
+fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
+    let cluster = input.cluster;
+    let c = &cluster.config;
+    let demoting = matches!(
+        cluster.switchover.as_ref().map(|s| &s.phase),
+        Some(SwitchoverPhase::Demoting { .. })
+    );
+    let obs = fresh(input, &primary.name);
+    let settings_now = settings(cluster, &cluster.sync_set);
+
+    if let Some(o) = obs {
+        let r = &o.report;
+        let data_gone = match &r.data {
+            DataDirState::Empty => cluster.system_identifier.is_some(),
+            DataDirState::Foreign { .. } => true,
+            DataDirState::Valid { system_identifier, .. } => {
+                cluster.system_identifier.is_some_and(|id| id != *system_identifier)
+            }
+        };
+        match &r.postgres {
+            Some(pg) if !pg.in_recovery => {
+                if r.epoch == cluster.epoch && r.wants_lease && !demoting {
+                    grant(input, d, &primary.name, o);
+                }
+                if demoting {
+                    // Keep the lease while it shuts down cleanly.
+                    grant(input, d, &primary.name, o);
+                }
+                return r.epoch == cluster.epoch && !demoting;
+            }
+            Some(_) => {
+                // Committed primary still in recovery: the promotion is
+                // not done (or was lost with a previous leader). Finished
+                // even while paused: the decision is already committed.
+                command(input, d, &primary.name, Action::Promote { settings: settings_now });
+                grant(input, d, &primary.name, o);
+                return false;
+            }
+            None if demoting => {
+                // Stopped for the switchover: see `switchover`.
+                return false;
+            }
+            None if data_gone => {
+                d.wait(format!("primary {} has lost its data", primary.name));
+            }
+            None => {
+                let down_for = input.now.saturating_sub(input.soft.primary_down_since.unwrap_or(input.now));
+                if down_for < c.primary_start_timeout_ms && !cluster.paused && !busy(input, &primary.name) {
+                    let action = if cluster.system_identifier.is_none() && r.data == DataDirState::Empty {
+                        Action::Bootstrap { settings: settings_now }
+                    } else {
+                        Action::StartPrimary { settings: settings_now }
+                    };
+                    command(input, d, &primary.name, action);
+                    grant(input, d, &primary.name, o);
+                    return false;
+                }
+                if busy(input, &primary.name) && down_for < c.primary_start_timeout_ms.max(120_000) {
+                    // Bootstrapping or starting: keep the lease alive.
+                    if r.wants_lease {
+                        grant(input, d, &primary.name, o);
+                    }
+                    d.wait(format!("primary {} is {}", primary.name, r.phase.as_str()));
+                    return false;
+                }
+                if cluster.paused {
+                    if r.wants_lease {
+                        grant(input, d, &primary.name, o);
+                    }
+                    d.wait("paused: the primary is down and nothing is done about it");
+                    return false;
+                }
+                d.wait(format!(
+                    "primary {} did not come back within {}ms",
+                    primary.name, c.primary_start_timeout_ms
+                ));
+            }
+        }
+    } else {
+        d.wait(format!("no report from primary {}", primary.name));
+    }
+
+    // The primary has failed.
+    if cluster.paused {
+        d.wait("paused: no automatic failover");
+        return false;
+    }
+    let allowed = promotion_allowed_at(input);
+    if input.now < allowed {
+        d.wait(format!(
+            "waiting {}ms for the old primary's lease to end",
+            allowed - input.now
+        ));
+        return false;
+    }
+    failover(input, primary, d);
+    false
+}
+
+/// A candidate for promotion and what we know of it.
+struct Candidate<'a> {
+    member: &'a Member,
+    received: Lsn,
+    replay: Lsn,
+    timeline: u32,
+}
+
+/// Replicas that could be promoted (by health and tags; lag and sync set
+/// are checked by the callers), most advanced first.
+fn candidates<'a>(input: &'a Input, exclude: &str, since: u64) -> Vec<Candidate<'a>> {
+    let mut list: Vec<Candidate> = input
+        .cluster
+        .members
+        .values()
+        .filter(|m| m.name != exclude)
+        .filter_map(|m| {
+            let o = fresh(input, &m.name)?;
+            if o.received_at < since {
+                return None;
+            }
+            let pg = o.report.postgres.as_ref()?;
+            if !pg.in_recovery {
+                return None;
+            }
+            if input.cluster.system_identifier.is_some_and(|id| id != pg.system_identifier) {
+                return None;
+            }
+            Some(Candidate {
+                member: m,
+                received: pg.received_lsn.max(pg.replay_lsn),
+                replay: pg.replay_lsn,
+                timeline: pg.timeline,
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| {
+        (b.received, b.member.tags.priority, std::cmp::Reverse(b.member.registered))
+            .cmp(&(a.received, a.member.tags.priority, std::cmp::Reverse(a.member.registered)))
+    });
+    list
+}
+
+/// The committed sync set protects acknowledged commits only if it is
+/// non-empty under a synchronous mode.
+fn sync_protected(cluster: &Cluster) -> bool {
+    cluster.config.sync_mode != SyncMode::Off && !cluster.sync_set.is_empty()
+}
+
+fn effective_k(cluster: &Cluster) -> u32 {
+    let n = cluster.sync_set.len() as u32;
+    if cluster.config.sync_strict {
+        cluster.config.sync_count
+    } else {
+        cluster.config.sync_count.min(n.max(1))
+    }
+}
+
+/// Choose and promote a replica after the primary failed.
+fn failover(input: &Input, old: &Member, d: &mut Decision) {
+    let cluster = input.cluster;
+    let lease_end = input.soft.lease.as_ref().map(|b| b.expires_at).unwrap_or(0);
+    // LSNs are final only in reports sent after the old primary stopped.
+    let all = candidates(input, &old.name, lease_end);
+    let top_timeline = all.iter().map(|c| c.timeline).max().unwrap_or(0);
+    let timeline = input.soft.last_primary_lsn.map(|(_, tl)| tl).unwrap_or(top_timeline);
+
+    let eligible: Vec<&Candidate> = if sync_protected(cluster) {
+        let reported = all.iter().filter(|c| cluster.sync_set.contains(&c.member.name)).count();
+        let needed = sync::reports_needed(cluster.sync_set.len(), effective_k(cluster));
+        if reported < needed {
+            d.wait(format!(
+                "synchronous mode: {reported} of the sync set reported, {needed} needed to know who has every acknowledged commit"
+            ));
+            return;
+        }
+        all.iter()
+            .filter(|c| cluster.sync_set.contains(&c.member.name) && c.timeline == timeline)
+            .collect()
+    } else {
+        let reference = input.soft.last_primary_lsn.map(|(lsn, _)| lsn);
+        all.iter()
+            .filter(|c| c.timeline == timeline)
+            .filter(|c| match reference {
+                Some(lsn) => c.received.bytes_until(lsn) <= cluster.config.maximum_lag_on_failover,
+                None => true,
+            })
+            .collect()
+    };
+    // The best by LSN first; nofailover nodes are never promoted.
+    let Some(best) = eligible.iter().find(|c| !c.member.tags.nofailover) else {
+        d.wait(if all.is_empty() {
+            "no replica reports: nobody to promote".to_string()
+        } else {
+            "no replica qualifies for promotion (lag, timeline, tags or sync set); `pgquorum failover --to NODE` can force one".to_string()
+        });
+        return;
+    };
+    // A reachable replica that is further ahead (a nofailover one, say):
+    // let the candidate catch up from it first, for a bounded time.
+    if let Some(ahead) = all
+        .iter()
+        .find(|c| c.timeline == best.timeline && c.received > best.received && c.member.name != best.member.name)
+    {
+        let since = input.soft.catch_up_since.unwrap_or(input.now);
+        if input.now.saturating_sub(since) < CATCH_UP_LIMIT_MS {
+            let following_ahead = fresh(input, &best.member.name)
+                .and_then(|o| o.report.upstream.clone())
+                .is_some_and(|u| u == ahead.member.name);
+            if !following_ahead {
+                command(
+                    input,
+                    d,
+                    &best.member.name,
+                    Action::Follow {
+                        upstream: upstream_of(ahead.member),
+                        settings: settings(cluster, &BTreeSet::new()),
+                        reclone: false,
+                    },
+                );
+            }
+            d.wait(format!(
+                "{} catches up from {} before promotion",
+                best.member.name, ahead.member.name
+            ));
+            return;
+        }
+    }
+    let mut next_sync = cluster.sync_set.clone();
+    next_sync.remove(&best.member.name);
+    d.commit = Some(ClusterCommand::Promote {
+        cluster: cluster.name.clone(),
+        expected_epoch: cluster.epoch,
+        node: best.member.name.clone(),
+        kind: EventKind::Failover,
+        reason: format!("primary {} failed", old.name),
+        sync_set: next_sync,
+        timeline,
+        lsn: best.received.max(best.replay),
+        at_unix_ms: input.wall_ms,
+    });
+}
+
+/// Drive a planned switchover; returns a commit when one is due.
+fn switchover(input: &Input, primary: &Member, d: &mut Decision) -> Option<ClusterCommand> {
+    let cluster = input.cluster;
+    let s = cluster.switchover.as_ref()?;
+    if s.phase != SwitchoverPhase::Scheduled {
+        return None;
+    }
+    if s.not_before_unix_ms.is_some_and(|t| input.wall_ms < t) {
+        d.wait("switchover scheduled for later");
+        return None;
+    }
+    if s.from != primary.name {
+        return Some(ClusterCommand::CancelSwitchover {
+            cluster: cluster.name.clone(),
+            reason: format!("{} is no longer the primary", s.from),
+        });
+    }
+    let target = match &s.to {
+        Some(to) => cluster.member(to),
+        None => candidates(input, &primary.name, 0)
+            .into_iter()
+            .filter(|c| !c.member.tags.nofailover)
+            .filter(|c| !sync_protected(cluster) || cluster.sync_set.contains(&c.member.name))
+            .map(|c| c.member)
+            .find(|m| fresh(input, &m.name).is_some_and(|o| is_streaming_from(&o.report, primary))),
+    };
+    let ready = target.filter(|m| fresh(input, &m.name).is_some_and(|o| is_streaming_from(&o.report, primary)));
+    match ready {
+        Some(target) => Some(ClusterCommand::AdvanceSwitchover {
+            cluster: cluster.name.clone(),
+            epoch: cluster.epoch,
+            phase: SwitchoverPhase::Demoting {
+                target: target.name.clone(),
+            },
+        }),
+        None if input.wall_ms.saturating_sub(s.not_before_unix_ms.unwrap_or(s.requested_unix_ms))
+            > SWITCHOVER_LIMIT_MS =>
+        {
+            Some(ClusterCommand::CancelSwitchover {
+                cluster: cluster.name.clone(),
+                reason: "no streaming replica to switch over to".to_string(),
+            })
+        }
+        None => {
+            d.wait("switchover waits for its target to stream");
+            None
+        }
+    }
+}
+
+/// Keep the committed sync set and the primary's synchronous_standby_names
+/// in step: widen the committed set first, narrow PostgreSQL's first.
+fn manage_sync_set(input: &Input, primary: &Member, d: &mut Decision) -> Option<ClusterCommand> {
+    let cluster = input.cluster;
+    let c = &cluster.config;
+    let o = fresh(input, &primary.name)?;
+    let pg = o.report.postgres.as_ref()?;
+    let committed = &cluster.sync_set;
+    let in_pg = sync::parse_names(&pg.synchronous_standby_names);
+
+    let streaming: BTreeSet<String> = pg
+        .replicas
+        .iter()
+        .filter(|r| r.state == "streaming")
+        .map(|r| r.application_name.clone())
+        .filter(|n| cluster.member(n).is_some_and(|m| !m.tags.nosync && m.name != primary.name))
+        .collect();
+    let desired: BTreeSet<String> = if c.sync_mode == SyncMode::Off {
+        BTreeSet::new()
+    } else {
+        // Members stay while absent for less than a ttl (a restart, a
+        // re-point after failover); longer absences drop out unless strict.
+        let mut keep: BTreeSet<String> = streaming.clone();
+        for member in committed {
+            if streaming.contains(member) {
+                continue;
+            }
+            let since = input.soft.sync_absent_since.get(member).copied().unwrap_or(input.now);
+            if c.sync_strict || input.now.saturating_sub(since) < c.ttl_ms {
+                keep.insert(member.clone());
+            }
+        }
+        keep
+    };
+
+    let added: BTreeSet<String> = desired.difference(committed).cloned().collect();
+    if !added.is_empty() {
+        // Widen the committed set before PostgreSQL's.
+        let mut next = committed.clone();
+        next.extend(added);
+        return Some(ClusterCommand::SetSyncSet {
+            cluster: cluster.name.clone(),
+            epoch: cluster.epoch,
+            sync_set: next,
+        });
+    }
+    let wanted_pg = sync::render(c.sync_mode, c.sync_count, c.sync_strict, &desired);
+    let wanted_names = sync::parse_names(&wanted_pg);
+    if pg.synchronous_standby_names != wanted_pg {
+        // PostgreSQL's set first (it is a subset of the committed one).
+        if wanted_names.is_subset(committed) {
+            command(
+                input,
+                d,
+                &primary.name,
+                Action::Configure {
+                    settings: ManagedSettings {
+                        synchronous_standby_names: wanted_pg,
+                        ..settings(cluster, committed)
+                    },
+                },
+            );
+        }
+        return None;
+    }
+    let removed: BTreeSet<String> = committed.difference(&desired).cloned().collect();
+    if !removed.is_empty() && in_pg.is_subset(&desired) {
+        // PostgreSQL no longer waits for them: narrow the committed set.
+        return Some(ClusterCommand::SetSyncSet {
+            cluster: cluster.name.clone(),
+            epoch: cluster.epoch,
+            sync_set: desired,
+        });
+    }
+    None
+}
+
+/// Point every other node at the primary; fence any second writer.
+fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mut Decision) {
+    let cluster = input.cluster;
+    let demoting_target = match cluster.switchover.as_ref().map(|s| &s.phase) {
+        Some(SwitchoverPhase::Demoting { target }) => Some(target.clone()),
+        _ => None,
+    };
+    if let Some(target) = &demoting_target {
+        demote_step(input, primary, target, d);
+    }
+    for m in cluster.members.values().filter(|m| m.name != primary.name) {
+        let Some(o) = fresh(input, &m.name) else { continue };
+        let r = &o.report;
+        // A second writer is fenced whatever else is going on.
+        if is_writable(r) {
+            command(
+                input,
+                d,
+                &m.name,
+                Action::Fence {
+                    reason: format!("{} is the primary of epoch {}", primary.name, cluster.epoch),
+                },
+            );
+            continue;
+        }
+        if cluster.paused && m.action.is_none() {
+            continue;
+        }
+        if let Some(action) = &m.action {
+            if r.completed_action != Some(action.id) && primary_ok && !busy(input, &m.name) {
+                let a = match action.kind {
+                    NodeActionKind::Reinit => Action::Reinit {
+                        upstream: upstream_of(primary),
+                        action_id: action.id,
+                    },
+                    NodeActionKind::Restart | NodeActionKind::RestartPending => Action::Restart { action_id: action.id },
+                };
+                command(input, d, &m.name, a);
+                continue;
+            }
+        }
+        if demoting_target.as_deref() == Some(m.name.as_str()) || !primary_ok || busy(input, &m.name) {
+            continue;
+        }
+        if let DataDirState::Valid { system_identifier, .. } = &r.data {
+            if cluster.system_identifier.is_some_and(|id| id != *system_identifier) {
+                d.wait(format!(
+                    "{} holds another database (system {system_identifier}): `pgquorum node reinit {}` replaces it",
+                    m.name, m.name
+                ));
+                continue;
+            }
+        }
+        if matches!(r.data, DataDirState::Foreign { .. }) {
+            d.wait(format!("{}: its data directory is not PostgreSQL's; fix it by hand", m.name));
+            continue;
+        }
+        let follows = r.upstream.as_deref() == Some(primary.name.as_str())
+            && r.epoch == cluster.epoch
+            && r.postgres.as_ref().is_some_and(|pg| pg.in_recovery);
+        // A receiver that does not stream for a while is nudged by
+        // following again (the agent restarts it when it is stuck).
+        let stuck = follows
+            && input
+                .soft
+                .not_streaming_since
+                .get(&m.name)
+                .is_some_and(|since| input.now.saturating_sub(*since) > RESEND_AFTER_MS);
+        if !follows || stuck {
+            command(
+                input,
+                d,
+                &m.name,
+                Action::Follow {
+                    upstream: upstream_of(primary),
+                    settings: settings(cluster, &BTreeSet::new()),
+                    reclone: cluster.config.reclone_on_rewind_failure,
+                },
+            );
+        } else if r.config_version < cluster.config_version {
+            command(
+                input,
+                d,
+                &m.name,
+                Action::Configure {
+                    settings: settings(cluster, &BTreeSet::new()),
+                },
+            );
+        }
+    }
+    if primary_ok {
+        if let Some(o) = fresh(input, &primary.name) {
+            if o.report.config_version < cluster.config_version && !busy(input, &primary.name) {
+                command(
+                    input,
+                    d,
+                    &primary.name,
+                    Action::Configure {
+                        settings: settings(cluster, &cluster.sync_set),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Switchover, phase two: stop the old primary cleanly, and promote the
+/// target once it has replayed everything the old primary wrote.
+fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) {
+    let cluster = input.cluster;
+    let Some(o) = fresh(input, &primary.name) else {
+        d.wait("switchover: no report from the old primary");
+        return;
+    };
+    let r = &o.report;
+    if r.postgres.is_some() {
+        command(input, d, &primary.name, Action::Demote);
+        return;
+    }
+    let DataDirState::Valid {
+        clean_shutdown: true,
+        checkpoint_lsn,
+        timeline,
+        ..
+    } = r.data
+    else {
+        d.wait("switchover: the old primary did not stop cleanly");
+        return;
+    };
+    if r.holds_lease {
+        d.wait("switchover: waiting for the old primary to release its lease");
+        return;
+    }
+    let Some(t) = fresh(input, target) else {
+        d.wait("switchover: no report from the target");
+        return;
+    };
+    let caught_up = t
+        .report
+        .postgres
+        .as_ref()
+        .is_some_and(|pg| pg.in_recovery && pg.replay_lsn > checkpoint_lsn);
+    if !caught_up {
+        d.wait(format!("switchover: {target} replays up to {checkpoint_lsn}"));
+        return;
+    }
+    if d.commit.is_none() {
+        let mut next_sync = cluster.sync_set.clone();
+        next_sync.remove(target);
+        d.commit = Some(ClusterCommand::Promote {
+            cluster: cluster.name.clone(),
+            expected_epoch: cluster.epoch,
+            node: target.to_string(),
+            kind: EventKind::Switchover,
+            reason: format!("planned switchover from {}", primary.name),
+            sync_set: next_sync,
+            timeline,
+            lsn: checkpoint_lsn,
+            at_unix_ms: input.wall_ms,
+        });
+    }
+}

@@ -1,0 +1,147 @@
+//! The leader's soft state of one cluster: latest reports and the leader's
+//! own bookkeeping (leases granted, commands in flight). Lost on a leader
+//! change and rebuilt from the next heartbeats — which is why a new leader
+//! starts with the most cautious assumptions (see `Soft::new`).
+//!
+//! Time is a plain millisecond count on the leader's monotonic clock,
+//! passed in by the caller, so the simulation can drive it.
+
+use std::collections::BTreeMap;
+
+use super::lsn::Lsn;
+use super::state::Cluster;
+use super::wire::{Action, NodeReport};
+
+/// The latest report of one node and when it arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub report: NodeReport,
+    pub received_at: u64,
+}
+
+/// The leader's upper bound on the primary's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseBook {
+    pub epoch: u64,
+    pub node: String,
+    /// The agent's lease ends no later than this on the leader's clock
+    /// (the agent counts from the report's *send* time, which is earlier
+    /// than its receive time here).
+    pub expires_at: u64,
+}
+
+/// A command sent and not yet seen completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub id: u64,
+    pub action: &'static str,
+    pub epoch: u64,
+    pub sent_at: u64,
+}
+
+/// The leader's soft state of one cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Soft {
+    /// When this manager became leader: a predecessor may have granted a
+    /// lease this one does not know about, so nobody is promoted before
+    /// `leader_since + ttl + margin`.
+    pub leader_since: u64,
+    /// Start of the latest quorum round that confirmed this leadership.
+    /// Only reports received before it may be answered with a lease.
+    pub confirmed_at: Option<u64>,
+    pub nodes: BTreeMap<String, Observation>,
+    pub lease: Option<LeaseBook>,
+    pub pending: BTreeMap<String, Pending>,
+    /// Since when the primary's PostgreSQL has been seen down.
+    pub primary_down_since: Option<u64>,
+    /// Since when a sync set member has not been streaming from the primary.
+    pub sync_absent_since: BTreeMap<String, u64>,
+    /// Since when a replica of the primary has not been streaming.
+    pub not_streaming_since: BTreeMap<String, u64>,
+    /// The primary's last reported write LSN and timeline.
+    pub last_primary_lsn: Option<(Lsn, u32)>,
+    /// Since when the failover candidate has been catching up from a more
+    /// advanced replica.
+    pub catch_up_since: Option<u64>,
+    /// Next command id.
+    pub next_command: u64,
+}
+
+impl Soft {
+    /// The soft state of a leader elected at `now`.
+    pub fn new(now: u64) -> Self {
+        Soft {
+            leader_since: now,
+            confirmed_at: None,
+            nodes: BTreeMap::new(),
+            lease: None,
+            pending: BTreeMap::new(),
+            primary_down_since: None,
+            sync_absent_since: BTreeMap::new(),
+            not_streaming_since: BTreeMap::new(),
+            last_primary_lsn: None,
+            catch_up_since: None,
+            next_command: 1,
+        }
+    }
+
+    /// Take in a report that arrived at `now`.
+    pub fn observe(&mut self, cluster: &Cluster, report: NodeReport, now: u64) {
+        let node = report.node.clone();
+        if cluster.is_primary(&node) {
+            match &report.postgres {
+                Some(pg) if !pg.in_recovery => {
+                    self.primary_down_since = None;
+                    self.last_primary_lsn = Some((pg.lsn, pg.timeline));
+                }
+                Some(_) => {}
+                None => {
+                    self.primary_down_since.get_or_insert(now);
+                }
+            }
+        }
+        let streaming = report.postgres.as_ref().and_then(|pg| pg.wal_receiver.as_ref()).is_some_and(|w| w.status == "streaming");
+        if !cluster.is_primary(&node) && !streaming {
+            self.not_streaming_since.entry(node.clone()).or_insert(now);
+        } else {
+            self.not_streaming_since.remove(&node);
+        }
+        // A finished command is no longer pending.
+        if let (Some(done), Some(p)) = (&report.last_command, self.pending.get(&node)) {
+            if done.id == p.id {
+                self.pending.remove(&node);
+            }
+        }
+        self.nodes.insert(
+            node,
+            Observation {
+                report,
+                received_at: now,
+            },
+        );
+    }
+
+    /// Forget what belonged to the previous epoch after a promotion.
+    pub fn epoch_changed(&mut self) {
+        self.primary_down_since = None;
+        self.not_streaming_since.clear();
+        self.sync_absent_since.clear();
+        self.catch_up_since = None;
+    }
+
+    /// Record a command as sent; returns its id.
+    pub fn sent(&mut self, node: &str, action: &Action, epoch: u64, now: u64) -> u64 {
+        let id = self.next_command;
+        self.next_command += 1;
+        self.pending.insert(
+            node.to_string(),
+            Pending {
+                id,
+                action: action.name(),
+                epoch,
+                sent_at: now,
+            },
+        );
+        id
+    }
+}
