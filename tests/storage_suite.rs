@@ -262,3 +262,49 @@ fn store_in_use_is_a_typed_error() {
         Ok(_) => panic!("opened twice"),
     }
 }
+
+/// Latency of `append` (one entry, durable before the callback) with and
+/// without the fdatasync. Run with `scripts/bench-store`; set `BENCH_DIR`
+/// to measure another file system than the temporary directory's.
+#[test]
+#[ignore]
+fn bench_append_latency() {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(500);
+    let base = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for durability in [Durability::Fsync, Durability::SledFlushOnly] {
+        let dir = match &base {
+            Some(base) => TempDir::new_in(base).unwrap(),
+            None => TempDir::new().unwrap(),
+        };
+        let mut micros = rt.block_on(async {
+            let (mut log, _sm) = store::open(dir.path(), durability).unwrap();
+            let mut micros = Vec::with_capacity(rounds);
+            // Index 0 warms up sled and creates its files.
+            for i in 0..=rounds as u64 {
+                let entry = normal(i, register("node-1", 5432));
+                let start = std::time::Instant::now();
+                append(&mut log, vec![entry]).await;
+                if i > 0 {
+                    micros.push(start.elapsed().as_micros() as u64);
+                }
+            }
+            micros
+        });
+        micros.sort_unstable();
+        let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize];
+        let mean = micros.iter().sum::<u64>() / micros.len() as u64;
+        println!(
+            "bench append+flush {durability:?} in {}: {rounds} appends, mean {mean} µs, \
+             p50 {} µs, p90 {} µs, p99 {} µs, max {} µs",
+            dir.path().display(),
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            at(1.0),
+        );
+    }
+}
