@@ -8,7 +8,9 @@ use serde::Serialize;
 use super::client::request;
 use super::output::{print, table, Failure};
 use super::GlobalArgs;
-use crate::proto::api::{AddManagerRequest, ListManagersRequest, ManagerInfo, RemoveManagerRequest};
+use crate::proto::api::{
+    AddManagerRequest, ListManagersRequest, ManagerInfo, RemoveManagerRequest,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum ManagersCommand {
@@ -74,27 +76,37 @@ pub async fn run(global: &GlobalArgs, command: ManagersCommand) -> Result<(), Fa
     let managers = match command {
         ManagersCommand::List => {
             client
-                .call(|mut c, t| async move { c.list_managers(request(ListManagersRequest {}, t)).await })
+                .call(|mut c, t| async move {
+                    c.list_managers(request(ListManagersRequest {}, t)).await
+                })
                 .await?
                 .managers
         }
         ManagersCommand::Add { id, address } => {
             crate::transport::check_address(&address).map_err(Failure::usage)?;
             if id == 0 {
-                return Err(Failure::usage("manager id 0 is reserved: use a positive number"));
+                return Err(Failure::usage(
+                    "manager id 0 is reserved: use a positive number",
+                ));
             }
             client.timeout = Duration::from_secs(90);
             client
                 .call(|mut c, t| {
                     let address = address.clone();
-                    async move { c.add_manager(request(AddManagerRequest { id, address }, t)).await }
+                    async move {
+                        c.add_manager(request(AddManagerRequest { id, address }, t))
+                            .await
+                    }
                 })
                 .await?
                 .managers
         }
         ManagersCommand::Remove { id } => {
             client
-                .call(|mut c, t| async move { c.remove_manager(request(RemoveManagerRequest { id }, t)).await })
+                .call(|mut c, t| async move {
+                    c.remove_manager(request(RemoveManagerRequest { id }, t))
+                        .await
+                })
                 .await?
                 .managers
         }

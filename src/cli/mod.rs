@@ -76,7 +76,10 @@ pub enum Command {
 /// Parse the command line and run the command; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -96,7 +99,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
     match cli.command {
         Command::Manager(args) => {
-            let config = crate::manager::config::ManagerConfig::load(&args).map_err(Failure::usage)?;
+            let config =
+                crate::manager::config::ManagerConfig::load(&args).map_err(Failure::usage)?;
             crate::logging::init(config.json_logs, "info");
             crate::manager::server::run(config).await.map_err(|e| {
                 tracing::error!(error = format!("{e:#}"), "manager failed");
@@ -126,7 +130,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 /// The API client for `--managers`.
 pub(crate) fn connect(global: &GlobalArgs) -> Result<ApiClient, Failure> {
     if global.managers.is_empty() {
-        return Err(Failure::usage("no manager address: give --managers HOST:PORT[,...]"));
+        return Err(Failure::usage(
+            "no manager address: give --managers HOST:PORT[,...]",
+        ));
     }
     ApiClient::new(&global.managers).map_err(|e| Failure::usage(format!("--managers: {e}")))
 }

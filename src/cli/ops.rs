@@ -11,8 +11,8 @@ use super::client::request;
 use super::output::{print, table, Failure};
 use super::GlobalArgs;
 use crate::proto::api::{
-    ClusterRequest, ConfigResponse, FailoverRequest, NodeRequest, OperationResponse, SetConfigRequest,
-    SwitchoverRequest,
+    ClusterRequest, ConfigResponse, FailoverRequest, NodeRequest, OperationResponse,
+    SetConfigRequest, SwitchoverRequest,
 };
 
 #[derive(Debug, Clone, Args)]
@@ -144,12 +144,18 @@ fn print_config(global: &GlobalArgs, r: ConfigResponse) {
         pending_restart: r.pending_restart,
     };
     print(global.json, &json, || {
-        let mut out = format!("# cluster {} — configuration version {}\n", json.cluster, json.version);
+        let mut out = format!(
+            "# cluster {} — configuration version {}\n",
+            json.cluster, json.version
+        );
         for (k, v) in &json.config {
             out.push_str(&format!("{k} = {v}\n"));
         }
         if !json.pending_restart.is_empty() {
-            out.push_str(&format!("# pending restart: {}\n", json.pending_restart.join(", ")));
+            out.push_str(&format!(
+                "# pending restart: {}\n",
+                json.pending_restart.join(", ")
+            ));
         }
         out
     });
@@ -159,9 +165,9 @@ fn print_config(global: &GlobalArgs, r: ConfigResponse) {
 pub fn parse_changes(items: &[String]) -> Result<BTreeMap<String, String>, Failure> {
     let mut changes = BTreeMap::new();
     for item in items {
-        let (k, v) = item
-            .split_once('=')
-            .ok_or_else(|| Failure::usage(format!("{item:?} is not KEY=VALUE (example: ttl=3s)")))?;
+        let (k, v) = item.split_once('=').ok_or_else(|| {
+            Failure::usage(format!("{item:?} is not KEY=VALUE (example: ttl=3s)"))
+        })?;
         let k = k.trim();
         if k.is_empty() {
             return Err(Failure::usage(format!("{item:?} has no key")));
@@ -178,7 +184,16 @@ pub async fn config(global: &GlobalArgs, command: ConfigCommand) -> Result<(), F
             let r = client
                 .call(|mut api, t| {
                     let cluster = c.cluster.clone();
-                    async move { api.get_config(request(ClusterRequest { cluster, local: false }, t)).await }
+                    async move {
+                        api.get_config(request(
+                            ClusterRequest {
+                                cluster,
+                                local: false,
+                            },
+                            t,
+                        ))
+                        .await
+                    }
                 })
                 .await?;
             print_config(global, r);
@@ -192,7 +207,16 @@ pub async fn config(global: &GlobalArgs, command: ConfigCommand) -> Result<(), F
             let current = client
                 .call(|mut api, t| {
                     let cluster = c.cluster.clone();
-                    async move { api.get_config(request(ClusterRequest { cluster, local: false }, t)).await }
+                    async move {
+                        api.get_config(request(
+                            ClusterRequest {
+                                cluster,
+                                local: false,
+                            },
+                            t,
+                        ))
+                        .await
+                    }
                 })
                 .await?;
             let before: BTreeMap<String, String> = current.config.clone().into_iter().collect();
@@ -233,7 +257,10 @@ async fn set_config(
 }
 
 /// Let the operator edit `key = value` lines; returns the edited map.
-fn edit_in_editor(cluster: &str, config: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, Failure> {
+fn edit_in_editor(
+    cluster: &str,
+    config: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, Failure> {
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".to_string());
@@ -246,7 +273,8 @@ fn edit_in_editor(cluster: &str, config: &BTreeMap<String, String>) -> Result<BT
     for (k, v) in config {
         text.push_str(&format!("{k} = {v}\n"));
     }
-    std::fs::write(file.path(), text).map_err(|e| Failure::failed(format!("cannot write the temporary file: {e}")))?;
+    std::fs::write(file.path(), text)
+        .map_err(|e| Failure::failed(format!("cannot write the temporary file: {e}")))?;
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("{editor} \"$1\""))
@@ -255,9 +283,12 @@ fn edit_in_editor(cluster: &str, config: &BTreeMap<String, String>) -> Result<BT
         .status()
         .map_err(|e| Failure::failed(format!("cannot run the editor {editor:?}: {e}")))?;
     if !status.success() {
-        return Err(Failure::failed(format!("the editor {editor:?} failed ({status}); nothing changed")));
+        return Err(Failure::failed(format!(
+            "the editor {editor:?} failed ({status}); nothing changed"
+        )));
     }
-    let edited = std::fs::read_to_string(file.path()).map_err(|e| Failure::failed(format!("cannot read the edited file: {e}")))?;
+    let edited = std::fs::read_to_string(file.path())
+        .map_err(|e| Failure::failed(format!("cannot read the edited file: {e}")))?;
     let mut out = BTreeMap::new();
     for (n, line) in edited.lines().enumerate() {
         let line = line.trim();
@@ -265,7 +296,10 @@ fn edit_in_editor(cluster: &str, config: &BTreeMap<String, String>) -> Result<BT
             continue;
         }
         let (k, v) = line.split_once('=').ok_or_else(|| {
-            Failure::failed(format!("line {}: {line:?} is not `key = value`; nothing changed", n + 1))
+            Failure::failed(format!(
+                "line {}: {line:?} is not `key = value`; nothing changed",
+                n + 1
+            ))
         })?;
         out.insert(k.trim().to_string(), v.trim().to_string());
     }
@@ -331,7 +365,16 @@ pub async fn history(global: &GlobalArgs, args: ClusterArg) -> Result<(), Failur
         .collect();
     print(global.json, &events, || {
         table(
-            &["TIME", "KIND", "OLD PRIMARY", "NEW PRIMARY", "EPOCH", "TL", "LSN", "REASON"],
+            &[
+                "TIME",
+                "KIND",
+                "OLD PRIMARY",
+                "NEW PRIMARY",
+                "EPOCH",
+                "TL",
+                "LSN",
+                "REASON",
+            ],
             r.events
                 .iter()
                 .map(|e| {
@@ -355,8 +398,15 @@ pub async fn history(global: &GlobalArgs, args: ClusterArg) -> Result<(), Failur
 pub async fn switchover(global: &GlobalArgs, args: SwitchoverArgs) -> Result<(), Failure> {
     let client = super::connect(global)?;
     let target = args.to.clone().unwrap_or_else(|| "the best replica".into());
-    let when = args.at.clone().map(|at| format!(" at {at}")).unwrap_or_default();
-    confirm(&format!("Switch the primary over to {target}{when}?"), args.force)?;
+    let when = args
+        .at
+        .clone()
+        .map(|at| format!(" at {at}"))
+        .unwrap_or_default();
+    confirm(
+        &format!("Switch the primary over to {target}{when}?"),
+        args.force,
+    )?;
     let req = SwitchoverRequest {
         cluster: args.cluster.cluster.clone(),
         to: args.to.clone().unwrap_or_default(),
@@ -376,7 +426,10 @@ pub async fn switchover(global: &GlobalArgs, args: SwitchoverArgs) -> Result<(),
 pub async fn failover(global: &GlobalArgs, args: FailoverArgs) -> Result<(), Failure> {
     let client = super::connect(global)?;
     confirm(
-        &format!("Promote {} now? Writes not yet replicated to it may be lost", args.to),
+        &format!(
+            "Promote {} now? Writes not yet replicated to it may be lost",
+            args.to
+        ),
         args.force,
     )?;
     let req = FailoverRequest {
@@ -396,7 +449,11 @@ pub async fn failover(global: &GlobalArgs, args: FailoverArgs) -> Result<(), Fai
 pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failure> {
     let client = super::connect(global)?;
     let r = match command {
-        NodeCommand::Restart { cluster, name, pending } => {
+        NodeCommand::Restart {
+            cluster,
+            name,
+            pending,
+        } => {
             let req = NodeRequest {
                 cluster: cluster.cluster,
                 node: name,
@@ -409,8 +466,15 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
                 })
                 .await?
         }
-        NodeCommand::Reinit { cluster, name, force } => {
-            confirm(&format!("Wipe {name}'s data directory and clone it again?"), force)?;
+        NodeCommand::Reinit {
+            cluster,
+            name,
+            force,
+        } => {
+            confirm(
+                &format!("Wipe {name}'s data directory and clone it again?"),
+                force,
+            )?;
             let req = NodeRequest {
                 cluster: cluster.cluster,
                 node: name,

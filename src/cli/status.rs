@@ -116,7 +116,11 @@ pub fn render(s: &ClusterStatus) -> String {
         "Cluster: {}   epoch: {}   primary: {}   sync: {}{}\n",
         s.cluster,
         s.epoch,
-        if s.primary.is_empty() { "-" } else { &s.primary },
+        if s.primary.is_empty() {
+            "-"
+        } else {
+            &s.primary
+        },
         s.sync_mode,
         if s.paused { "   PAUSED" } else { "" }
     );
@@ -148,9 +152,19 @@ pub fn render(s: &ClusterStatus) -> String {
                 format!("{}:{}", n.host, n.port),
                 n.role.clone(),
                 n.state.clone(),
-                if n.timeline == 0 { "-".into() } else { n.timeline.to_string() },
-                if n.lsn.is_empty() { "-".into() } else { n.lsn.clone() },
-                n.lag_bytes.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                if n.timeline == 0 {
+                    "-".into()
+                } else {
+                    n.timeline.to_string()
+                },
+                if n.lsn.is_empty() {
+                    "-".into()
+                } else {
+                    n.lsn.clone()
+                },
+                n.lag_bytes
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 if n.healthy { "yes" } else { "no" }.to_string(),
                 n.epoch.to_string(),
                 tags.join(","),
@@ -158,7 +172,9 @@ pub fn render(s: &ClusterStatus) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["NODE", "HOST", "ROLE", "STATE", "TL", "LSN", "LAG", "HEALTHY", "EPOCH", "TAGS"],
+        &[
+            "NODE", "HOST", "ROLE", "STATE", "TL", "LSN", "LAG", "HEALTHY", "EPOCH", "TAGS",
+        ],
         rows,
     ));
     out.push('\n');
@@ -166,7 +182,14 @@ pub fn render(s: &ClusterStatus) -> String {
         &["MANAGER", "ADDRESS", "ROLE", "TERM"],
         s.managers
             .iter()
-            .map(|m| vec![m.id.to_string(), m.address.clone(), m.role.clone(), m.term.to_string()])
+            .map(|m| {
+                vec![
+                    m.id.to_string(),
+                    m.address.clone(),
+                    m.role.clone(),
+                    m.term.to_string(),
+                ]
+            })
             .collect(),
     ));
     out
@@ -211,7 +234,10 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<(), Failure> {
                     let _ = std::io::stdout().flush();
                 }
                 Ok(None) => break,
-                Err(status) if status.code() == tonic::Code::NotFound || status.code() == tonic::Code::InvalidArgument => {
+                Err(status)
+                    if status.code() == tonic::Code::NotFound
+                        || status.code() == tonic::Code::InvalidArgument =>
+                {
                     return Err(Failure::failed(status.message()));
                 }
                 Err(_) => break,

@@ -117,7 +117,9 @@ pub enum ClusterCommand {
         at_unix_ms: u64,
     },
     /// A manager left the Raft group; its id must never be used again.
-    RetireManager { id: u64 },
+    RetireManager {
+        id: u64,
+    },
 }
 
 /// What a successful command did.

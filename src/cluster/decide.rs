@@ -112,10 +112,11 @@ fn is_writable(r: &NodeReport) -> bool {
 fn is_streaming_from(r: &NodeReport, primary: &Member) -> bool {
     r.postgres.as_ref().is_some_and(|pg| {
         pg.in_recovery
-            && pg
-                .wal_receiver
-                .as_ref()
-                .is_some_and(|w| w.status == "streaming" && w.sender_port == primary.port && w.sender_host == primary.host)
+            && pg.wal_receiver.as_ref().is_some_and(|w| {
+                w.status == "streaming"
+                    && w.sender_port == primary.port
+                    && w.sender_host == primary.host
+            })
     })
 }
 
@@ -178,9 +179,18 @@ fn bootstrap(input: &Input, d: &mut Decision) {
     let with_data = reporting
         .iter()
         .filter_map(|(m, o)| match &o.report.data {
-            DataDirState::Valid { standby, timeline, checkpoint_lsn, .. } => {
-                Some((!*standby, *timeline, *checkpoint_lsn, std::cmp::Reverse(m.registered), m))
-            }
+            DataDirState::Valid {
+                standby,
+                timeline,
+                checkpoint_lsn,
+                ..
+            } => Some((
+                !*standby,
+                *timeline,
+                *checkpoint_lsn,
+                std::cmp::Reverse(m.registered),
+                m,
+            )),
             _ => None,
         })
         .max_by_key(|(a, b, c, r, _)| (*a, *b, *c, *r))
@@ -233,17 +243,19 @@ fn complete_actions(input: &Input) -> Option<ClusterCommand> {
 
 fn pending(input: &Input, node: &str, action: &str) -> bool {
     input.soft.pending.get(node).is_some_and(|p| {
-        p.action == action && p.epoch == input.cluster.epoch && input.now.saturating_sub(p.sent_at) < RESEND_AFTER_MS
+        p.action == action
+            && p.epoch == input.cluster.epoch
+            && input.now.saturating_sub(p.sent_at) < RESEND_AFTER_MS
     })
 }
 
 fn busy(input: &Input, node: &str) -> bool {
-    input
-        .soft
-        .pending
-        .get(node)
-        .is_some_and(|p| p.epoch == input.cluster.epoch && input.now.saturating_sub(p.sent_at) < RESEND_AFTER_MS)
-        || fresh(input, node).is_some_and(|o| o.report.phase != super::wire::AgentPhase::Idle && o.report.phase != super::wire::AgentPhase::Fenced)
+    input.soft.pending.get(node).is_some_and(|p| {
+        p.epoch == input.cluster.epoch && input.now.saturating_sub(p.sent_at) < RESEND_AFTER_MS
+    }) || fresh(input, node).is_some_and(|o| {
+        o.report.phase != super::wire::AgentPhase::Idle
+            && o.report.phase != super::wire::AgentPhase::Fenced
+    })
 }
 
 fn command(input: &Input, d: &mut Decision, node: &str, action: Action) {
@@ -290,9 +302,11 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
         let data_gone = match &r.data {
             DataDirState::Empty => cluster.system_identifier.is_some(),
             DataDirState::Foreign { .. } => true,
-            DataDirState::Valid { system_identifier, .. } => {
-                cluster.system_identifier.is_some_and(|id| id != *system_identifier)
-            }
+            DataDirState::Valid {
+                system_identifier, ..
+            } => cluster
+                .system_identifier
+                .is_some_and(|id| id != *system_identifier),
         };
         match &r.postgres {
             Some(pg) if !pg.in_recovery => {
@@ -309,7 +323,14 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
                 // Committed primary still in recovery: the promotion is
                 // not done (or was lost with a previous leader). Finished
                 // even while paused: the decision is already committed.
-                command(input, d, &primary.name, Action::Promote { settings: settings_now });
+                command(
+                    input,
+                    d,
+                    &primary.name,
+                    Action::Promote {
+                        settings: settings_now,
+                    },
+                );
                 grant(input, d, &primary.name, o);
                 return false;
             }
@@ -321,18 +342,29 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
                 d.wait(format!("primary {} has lost its data", primary.name));
             }
             None => {
-                let down_for = input.now.saturating_sub(input.soft.primary_down_since.unwrap_or(input.now));
-                if down_for < c.primary_start_timeout_ms && !cluster.paused && !busy(input, &primary.name) {
-                    let action = if cluster.system_identifier.is_none() && r.data == DataDirState::Empty {
-                        Action::Bootstrap { settings: settings_now }
-                    } else {
-                        Action::StartPrimary { settings: settings_now }
-                    };
+                let down_for = input
+                    .now
+                    .saturating_sub(input.soft.primary_down_since.unwrap_or(input.now));
+                if down_for < c.primary_start_timeout_ms
+                    && !cluster.paused
+                    && !busy(input, &primary.name)
+                {
+                    let action =
+                        if cluster.system_identifier.is_none() && r.data == DataDirState::Empty {
+                            Action::Bootstrap {
+                                settings: settings_now,
+                            }
+                        } else {
+                            Action::StartPrimary {
+                                settings: settings_now,
+                            }
+                        };
                     command(input, d, &primary.name, action);
                     grant(input, d, &primary.name, o);
                     return false;
                 }
-                if busy(input, &primary.name) && down_for < c.primary_start_timeout_ms.max(120_000) {
+                if busy(input, &primary.name) && down_for < c.primary_start_timeout_ms.max(120_000)
+                {
                     // Bootstrapping or starting: keep the lease alive.
                     if r.wants_lease {
                         grant(input, d, &primary.name, o);
@@ -399,7 +431,11 @@ fn candidates<'a>(input: &'a Input, exclude: &str, since: u64) -> Vec<Candidate<
             if !pg.in_recovery {
                 return None;
             }
-            if input.cluster.system_identifier.is_some_and(|id| id != pg.system_identifier) {
+            if input
+                .cluster
+                .system_identifier
+                .is_some_and(|id| id != pg.system_identifier)
+            {
                 return None;
             }
             Some(Candidate {
@@ -411,8 +447,16 @@ fn candidates<'a>(input: &'a Input, exclude: &str, since: u64) -> Vec<Candidate<
         })
         .collect();
     list.sort_by(|a, b| {
-        (b.received, b.member.tags.priority, std::cmp::Reverse(b.member.registered))
-            .cmp(&(a.received, a.member.tags.priority, std::cmp::Reverse(a.member.registered)))
+        (
+            b.received,
+            b.member.tags.priority,
+            std::cmp::Reverse(b.member.registered),
+        )
+            .cmp(&(
+                a.received,
+                a.member.tags.priority,
+                std::cmp::Reverse(a.member.registered),
+            ))
     });
     list
 }
@@ -439,10 +483,17 @@ fn failover(input: &Input, old: &Member, d: &mut Decision) {
     // LSNs are final only in reports sent after the old primary stopped.
     let all = candidates(input, &old.name, lease_end);
     let top_timeline = all.iter().map(|c| c.timeline).max().unwrap_or(0);
-    let timeline = input.soft.last_primary_lsn.map(|(_, tl)| tl).unwrap_or(top_timeline);
+    let timeline = input
+        .soft
+        .last_primary_lsn
+        .map(|(_, tl)| tl)
+        .unwrap_or(top_timeline);
 
     let eligible: Vec<&Candidate> = if sync_protected(cluster) {
-        let reported = all.iter().filter(|c| cluster.sync_set.contains(&c.member.name)).count();
+        let reported = all
+            .iter()
+            .filter(|c| cluster.sync_set.contains(&c.member.name))
+            .count();
         let needed = sync::reports_needed(cluster.sync_set.len(), effective_k(cluster));
         if reported < needed {
             d.wait(format!(
@@ -474,10 +525,11 @@ fn failover(input: &Input, old: &Member, d: &mut Decision) {
     };
     // A reachable replica that is further ahead (a nofailover one, say):
     // let the candidate catch up from it first, for a bounded time.
-    if let Some(ahead) = all
-        .iter()
-        .find(|c| c.timeline == best.timeline && c.received > best.received && c.member.name != best.member.name)
-    {
+    if let Some(ahead) = all.iter().find(|c| {
+        c.timeline == best.timeline
+            && c.received > best.received
+            && c.member.name != best.member.name
+    }) {
         let since = input.soft.catch_up_since.unwrap_or(input.now);
         if input.now.saturating_sub(since) < CATCH_UP_LIMIT_MS {
             let following_ahead = fresh(input, &best.member.name)
@@ -543,7 +595,8 @@ fn switchover(input: &Input, primary: &Member, d: &mut Decision) -> Option<Clust
             .map(|c| c.member)
             .find(|m| fresh(input, &m.name).is_some_and(|o| is_streaming_from(&o.report, primary))),
     };
-    let ready = target.filter(|m| fresh(input, &m.name).is_some_and(|o| is_streaming_from(&o.report, primary)));
+    let ready = target
+        .filter(|m| fresh(input, &m.name).is_some_and(|o| is_streaming_from(&o.report, primary)));
     match ready {
         Some(target) => Some(ClusterCommand::AdvanceSwitchover {
             cluster: cluster.name.clone(),
@@ -552,7 +605,9 @@ fn switchover(input: &Input, primary: &Member, d: &mut Decision) -> Option<Clust
                 target: target.name.clone(),
             },
         }),
-        None if input.wall_ms.saturating_sub(s.not_before_unix_ms.unwrap_or(s.requested_unix_ms))
+        None if input
+            .wall_ms
+            .saturating_sub(s.not_before_unix_ms.unwrap_or(s.requested_unix_ms))
             > SWITCHOVER_LIMIT_MS =>
         {
             Some(ClusterCommand::CancelSwitchover {
@@ -582,7 +637,11 @@ fn manage_sync_set(input: &Input, primary: &Member, d: &mut Decision) -> Option<
         .iter()
         .filter(|r| r.state == "streaming")
         .map(|r| r.application_name.clone())
-        .filter(|n| cluster.member(n).is_some_and(|m| !m.tags.nosync && m.name != primary.name))
+        .filter(|n| {
+            cluster
+                .member(n)
+                .is_some_and(|m| !m.tags.nosync && m.name != primary.name)
+        })
         .collect();
     let desired: BTreeSet<String> = if c.sync_mode == SyncMode::Off {
         BTreeSet::new()
@@ -594,7 +653,12 @@ fn manage_sync_set(input: &Input, primary: &Member, d: &mut Decision) -> Option<
             if streaming.contains(member) {
                 continue;
             }
-            let since = input.soft.sync_absent_since.get(member).copied().unwrap_or(input.now);
+            let since = input
+                .soft
+                .sync_absent_since
+                .get(member)
+                .copied()
+                .unwrap_or(input.now);
             if c.sync_strict || input.now.saturating_sub(since) < c.ttl_ms {
                 keep.insert(member.clone());
             }
@@ -655,7 +719,9 @@ fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mut Decision)
         demote_step(input, primary, target, d);
     }
     for m in cluster.members.values().filter(|m| m.name != primary.name) {
-        let Some(o) = fresh(input, &m.name) else { continue };
+        let Some(o) = fresh(input, &m.name) else {
+            continue;
+        };
         let r = &o.report;
         // A second writer is fenced whatever else is going on.
         if is_writable(r) {
@@ -679,17 +745,28 @@ fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mut Decision)
                         upstream: upstream_of(primary),
                         action_id: action.id,
                     },
-                    NodeActionKind::Restart | NodeActionKind::RestartPending => Action::Restart { action_id: action.id },
+                    NodeActionKind::Restart | NodeActionKind::RestartPending => Action::Restart {
+                        action_id: action.id,
+                    },
                 };
                 command(input, d, &m.name, a);
                 continue;
             }
         }
-        if demoting_target.as_deref() == Some(m.name.as_str()) || !primary_ok || busy(input, &m.name) {
+        if demoting_target.as_deref() == Some(m.name.as_str())
+            || !primary_ok
+            || busy(input, &m.name)
+        {
             continue;
         }
-        if let DataDirState::Valid { system_identifier, .. } = &r.data {
-            if cluster.system_identifier.is_some_and(|id| id != *system_identifier) {
+        if let DataDirState::Valid {
+            system_identifier, ..
+        } = &r.data
+        {
+            if cluster
+                .system_identifier
+                .is_some_and(|id| id != *system_identifier)
+            {
                 d.wait(format!(
                     "{} holds another database (system {system_identifier}): `pgquorum node reinit {}` replaces it",
                     m.name, m.name
@@ -698,7 +775,10 @@ fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mut Decision)
             }
         }
         if matches!(r.data, DataDirState::Foreign { .. }) {
-            d.wait(format!("{}: its data directory is not PostgreSQL's; fix it by hand", m.name));
+            d.wait(format!(
+                "{}: its data directory is not PostgreSQL's; fix it by hand",
+                m.name
+            ));
             continue;
         }
         let follows = r.upstream.as_deref() == Some(primary.name.as_str())
@@ -787,7 +867,9 @@ fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) 
         .as_ref()
         .is_some_and(|pg| pg.in_recovery && pg.replay_lsn > checkpoint_lsn);
     if !caught_up {
-        d.wait(format!("switchover: {target} replays up to {checkpoint_lsn}"));
+        d.wait(format!(
+            "switchover: {target} replays up to {checkpoint_lsn}"
+        ));
         return;
     }
     if d.commit.is_none() {

@@ -100,7 +100,11 @@ impl Soft {
                 }
             }
         }
-        let streaming = report.postgres.as_ref().and_then(|pg| pg.wal_receiver.as_ref()).is_some_and(|w| w.status == "streaming");
+        let streaming = report
+            .postgres
+            .as_ref()
+            .and_then(|pg| pg.wal_receiver.as_ref())
+            .is_some_and(|w| w.status == "streaming");
         if !cluster.is_primary(&node) && !streaming {
             self.not_streaming_since.entry(node.clone()).or_insert(now);
         } else {

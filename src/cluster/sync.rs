@@ -37,7 +37,11 @@ pub fn render(mode: SyncMode, count: u32, strict: bool, set: &BTreeSet<String>) 
         .map(|n| format!("\"{n}\""))
         .collect::<Vec<_>>()
         .join(",");
-    let method = if mode == SyncMode::Quorum { "ANY" } else { "FIRST" };
+    let method = if mode == SyncMode::Quorum {
+        "ANY"
+    } else {
+        "FIRST"
+    };
     format!("{method} {k} ({names})")
 }
 
@@ -72,8 +76,14 @@ mod tests {
 
     #[test]
     fn renders_first_and_any() {
-        assert_eq!(render(SyncMode::On, 1, false, &set(&["b", "c"])), "FIRST 1 (\"b\",\"c\")");
-        assert_eq!(render(SyncMode::Quorum, 2, false, &set(&["b", "c"])), "ANY 2 (\"b\",\"c\")");
+        assert_eq!(
+            render(SyncMode::On, 1, false, &set(&["b", "c"])),
+            "FIRST 1 (\"b\",\"c\")"
+        );
+        assert_eq!(
+            render(SyncMode::Quorum, 2, false, &set(&["b", "c"])),
+            "ANY 2 (\"b\",\"c\")"
+        );
         assert_eq!(render(SyncMode::Off, 1, false, &set(&["b"])), "");
     }
 
@@ -82,8 +92,14 @@ mod tests {
         assert_eq!(render(SyncMode::On, 1, false, &set(&[])), "");
         assert!(render(SyncMode::On, 1, true, &set(&[])).contains(NOBODY));
         // Non-strict clamps k to what exists; strict keeps k and waits.
-        assert_eq!(render(SyncMode::On, 2, false, &set(&["b"])), "FIRST 1 (\"b\")");
-        assert_eq!(render(SyncMode::On, 2, true, &set(&["b"])), "FIRST 2 (\"b\")");
+        assert_eq!(
+            render(SyncMode::On, 2, false, &set(&["b"])),
+            "FIRST 1 (\"b\")"
+        );
+        assert_eq!(
+            render(SyncMode::On, 2, true, &set(&["b"])),
+            "FIRST 2 (\"b\")"
+        );
     }
 
     #[test]
@@ -91,7 +107,10 @@ mod tests {
         assert_eq!(parse_names("ANY 2 (\"b\",\"c\")"), set(&["b", "c"]));
         assert_eq!(parse_names("b, c"), set(&["b", "c"]));
         assert_eq!(parse_names(""), set(&[]));
-        assert_eq!(parse_names(&render(SyncMode::On, 1, true, &set(&[]))), set(&[]));
+        assert_eq!(
+            parse_names(&render(SyncMode::On, 1, true, &set(&[]))),
+            set(&[])
+        );
     }
 
     #[test]

@@ -38,7 +38,8 @@ impl AgentService {
 }
 
 pub fn decode<T: serde::de::DeserializeOwned>(envelope: &AgentEnvelope) -> Result<T, Status> {
-    serde_json::from_slice(&envelope.payload).map_err(|e| Status::invalid_argument(format!("undecodable message: {e}")))
+    serde_json::from_slice(&envelope.payload)
+        .map_err(|e| Status::invalid_argument(format!("undecodable message: {e}")))
 }
 
 pub fn encode<T: serde::Serialize>(body: &T) -> Result<AgentEnvelope, Status> {
@@ -51,7 +52,10 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<AgentEnvelope, Status>> + 
 
 #[tonic::async_trait]
 impl AgentChannel for AgentService {
-    async fn register(&self, request: Request<AgentEnvelope>) -> Result<Response<AgentEnvelope>, Status> {
+    async fn register(
+        &self,
+        request: Request<AgentEnvelope>,
+    ) -> Result<Response<AgentEnvelope>, Status> {
         self.require_leader()?;
         let r: Registration = decode(request.get_ref())?;
         let applied = self
@@ -74,9 +78,14 @@ impl AgentChannel for AgentService {
 
     type SessionStream = SessionStream;
 
-    async fn session(&self, request: Request<Streaming<AgentEnvelope>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentEnvelope>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         self.require_leader()?;
         let _ = (&self.control, request);
-        Err(Status::unimplemented("agent sessions are not available yet"))
+        Err(Status::unimplemented(
+            "agent sessions are not available yet",
+        ))
     }
 }

@@ -32,7 +32,12 @@ pub const LEADER_HEADER: &str = "pgquorum-leader";
 pub fn status_of(error: NodeError) -> Status {
     match error {
         NodeError::NotLeader { leader } => {
-            let mut status = Status::unavailable(NodeError::NotLeader { leader: leader.clone() }.to_string());
+            let mut status = Status::unavailable(
+                NodeError::NotLeader {
+                    leader: leader.clone(),
+                }
+                .to_string(),
+            );
             if let Some((_, address)) = leader {
                 if let Ok(value) = MetadataValue::try_from(address.as_str()) {
                     status.metadata_mut().insert(LEADER_HEADER, value);
@@ -73,7 +78,11 @@ pub fn pick_cluster<'a>(state: &'a ClusterState, name: &str) -> Result<&'a Clust
     } else {
         Err(Status::not_found(format!(
             "no cluster named {name:?}; known clusters: {}",
-            if names.is_empty() { "none yet".to_string() } else { names.join(", ") }
+            if names.is_empty() {
+                "none yet".to_string()
+            } else {
+                names.join(", ")
+            }
         )))
     }
 }
@@ -97,7 +106,10 @@ impl ApiService {
     }
 
     /// `Some(client)` when the call must be served by the leader elsewhere.
-    fn forward_client<T>(&self, request: &Request<T>) -> Result<Option<PgQuorumClient<tonic::transport::Channel>>, Status> {
+    fn forward_client<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<PgQuorumClient<tonic::transport::Channel>>, Status> {
         if self.node.is_leader() {
             return Ok(None);
         }
@@ -177,7 +189,11 @@ impl ApiService {
     async fn cluster_status(&self, request: GetStatusRequest) -> Result<ClusterStatus, Status> {
         let state = self.read_state(request.local).await?;
         let cluster = pick_cluster(&state, &request.cluster)?;
-        let soft = if request.local { None } else { Some(self.control.soft_view(&cluster.name)) };
+        let soft = if request.local {
+            None
+        } else {
+            Some(self.control.soft_view(&cluster.name))
+        };
         Ok(status::build(cluster, soft.as_ref(), self.managers().await))
     }
 }
@@ -198,7 +214,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<ClusterStatus, Status>> + Se
 
 #[tonic::async_trait]
 impl PgQuorum for ApiService {
-    async fn list_clusters(&self, request: Request<ListClustersRequest>) -> Result<Response<ListClustersResponse>, Status> {
+    async fn list_clusters(
+        &self,
+        request: Request<ListClustersRequest>,
+    ) -> Result<Response<ListClustersResponse>, Status> {
         if !request.get_ref().local {
             forward!(self, request, list_clusters);
         }
@@ -208,16 +227,24 @@ impl PgQuorum for ApiService {
         }))
     }
 
-    async fn get_status(&self, request: Request<GetStatusRequest>) -> Result<Response<ClusterStatus>, Status> {
+    async fn get_status(
+        &self,
+        request: Request<GetStatusRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
         if !request.get_ref().local {
             forward!(self, request, get_status);
         }
-        Ok(Response::new(self.cluster_status(request.into_inner()).await?))
+        Ok(Response::new(
+            self.cluster_status(request.into_inner()).await?,
+        ))
     }
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, request: Request<GetStatusRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<GetStatusRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         if let Some(mut client) = self.forward_client(&request)? {
             let (mut metadata, _, message) = request.into_parts();
             metadata.insert(FORWARDED, MetadataValue::from_static("1"));
@@ -257,7 +284,10 @@ impl PgQuorum for ApiService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn switchover(&self, request: Request<SwitchoverRequest>) -> Result<Response<OperationResponse>, Status> {
+    async fn switchover(
+        &self,
+        request: Request<SwitchoverRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
         forward!(self, request, switchover);
         let r = request.into_inner();
         let state = self.read_state(false).await?;
@@ -266,12 +296,21 @@ impl PgQuorum for ApiService {
             None
         } else {
             let at = humantime::parse_rfc3339_weak(&r.at).map_err(|e| {
-                Status::invalid_argument(format!("--at {:?}: {e}; use RFC 3339, e.g. 2026-11-27T22:00:00Z", r.at))
+                Status::invalid_argument(format!(
+                    "--at {:?}: {e}; use RFC 3339, e.g. 2026-11-27T22:00:00Z",
+                    r.at
+                ))
             })?;
-            Some(at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+            Some(
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+            )
         };
         let to = (!r.to.is_empty()).then(|| r.to.clone());
-        self.control.check_switchover(cluster, to.as_deref()).map_err(status_of)?;
+        self.control
+            .check_switchover(cluster, to.as_deref())
+            .map_err(status_of)?;
         let response = self
             .propose(ClusterCommand::RequestSwitchover {
                 cluster: cluster.name.clone(),
@@ -284,12 +323,19 @@ impl PgQuorum for ApiService {
         Ok(Response::new(response))
     }
 
-    async fn failover(&self, request: Request<FailoverRequest>) -> Result<Response<OperationResponse>, Status> {
+    async fn failover(
+        &self,
+        request: Request<FailoverRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
         forward!(self, request, failover);
         let r = request.into_inner();
         let state = self.read_state(false).await?;
         let cluster = pick_cluster(&state, &r.cluster)?;
-        let applied = self.control.manual_failover(cluster, &r.to).await.map_err(status_of)?;
+        let applied = self
+            .control
+            .manual_failover(cluster, &r.to)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(OperationResponse {
             message: applied.message,
             epoch: applied.epoch,
@@ -297,7 +343,10 @@ impl PgQuorum for ApiService {
         }))
     }
 
-    async fn pause(&self, request: Request<ClusterRequest>) -> Result<Response<OperationResponse>, Status> {
+    async fn pause(
+        &self,
+        request: Request<ClusterRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
         forward!(self, request, pause);
         let state = self.read_state(false).await?;
         let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
@@ -310,7 +359,10 @@ impl PgQuorum for ApiService {
         Ok(Response::new(response))
     }
 
-    async fn resume(&self, request: Request<ClusterRequest>) -> Result<Response<OperationResponse>, Status> {
+    async fn resume(
+        &self,
+        request: Request<ClusterRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
         forward!(self, request, resume);
         let state = self.read_state(false).await?;
         let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
@@ -323,7 +375,10 @@ impl PgQuorum for ApiService {
         Ok(Response::new(response))
     }
 
-    async fn get_config(&self, request: Request<ClusterRequest>) -> Result<Response<ConfigResponse>, Status> {
+    async fn get_config(
+        &self,
+        request: Request<ClusterRequest>,
+    ) -> Result<Response<ConfigResponse>, Status> {
         if !request.get_ref().local {
             forward!(self, request, get_config);
         }
@@ -332,7 +387,10 @@ impl PgQuorum for ApiService {
         Ok(Response::new(self.config_response(cluster)))
     }
 
-    async fn set_config(&self, request: Request<SetConfigRequest>) -> Result<Response<ConfigResponse>, Status> {
+    async fn set_config(
+        &self,
+        request: Request<SetConfigRequest>,
+    ) -> Result<Response<ConfigResponse>, Status> {
         forward!(self, request, set_config);
         let r = request.into_inner();
         let state = self.read_state(false).await?;
@@ -340,7 +398,10 @@ impl PgQuorum for ApiService {
         let changes: BTreeMap<String, String> = r.changes.into_iter().collect();
         // Validate before proposing so that a bad value costs no log entry;
         // the state machine checks again at apply time.
-        cluster.config.with_changes(&changes).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        cluster
+            .config
+            .with_changes(&changes)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.propose(ClusterCommand::SetConfig {
             cluster: cluster.name.clone(),
             changes,
@@ -351,7 +412,10 @@ impl PgQuorum for ApiService {
         Ok(Response::new(self.config_response(cluster)))
     }
 
-    async fn history(&self, request: Request<ClusterRequest>) -> Result<Response<HistoryResponse>, Status> {
+    async fn history(
+        &self,
+        request: Request<ClusterRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
         if !request.get_ref().local {
             forward!(self, request, history);
         }
@@ -362,7 +426,10 @@ impl PgQuorum for ApiService {
         }))
     }
 
-    async fn restart_node(&self, request: Request<NodeRequest>) -> Result<Response<OperationResponse>, Status> {
+    async fn restart_node(
+        &self,
+        request: Request<NodeRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
         forward!(self, request, restart_node);
         let r = request.into_inner();
         let kind = if r.pending_only {
@@ -373,28 +440,44 @@ impl PgQuorum for ApiService {
         self.node_action(&r, kind).await
     }
 
-    async fn reinit_node(&self, request: Request<NodeRequest>) -> Result<Response<OperationResponse>, Status> {
+    async fn reinit_node(
+        &self,
+        request: Request<NodeRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
         forward!(self, request, reinit_node);
         let r = request.into_inner();
-        self.node_action(&r, crate::cluster::state::NodeActionKind::Reinit).await
+        self.node_action(&r, crate::cluster::state::NodeActionKind::Reinit)
+            .await
     }
 
-    async fn list_managers(&self, _request: Request<ListManagersRequest>) -> Result<Response<ListManagersResponse>, Status> {
+    async fn list_managers(
+        &self,
+        _request: Request<ListManagersRequest>,
+    ) -> Result<Response<ListManagersResponse>, Status> {
         Ok(Response::new(ListManagersResponse {
             managers: self.managers().await,
         }))
     }
 
-    async fn add_manager(&self, request: Request<AddManagerRequest>) -> Result<Response<ListManagersResponse>, Status> {
+    async fn add_manager(
+        &self,
+        request: Request<AddManagerRequest>,
+    ) -> Result<Response<ListManagersResponse>, Status> {
         forward!(self, request, add_manager);
         let r = request.into_inner();
-        self.node.add_manager(r.id, &r.address).await.map_err(status_of)?;
+        self.node
+            .add_manager(r.id, &r.address)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(ListManagersResponse {
             managers: self.managers().await,
         }))
     }
 
-    async fn remove_manager(&self, request: Request<RemoveManagerRequest>) -> Result<Response<ListManagersResponse>, Status> {
+    async fn remove_manager(
+        &self,
+        request: Request<RemoveManagerRequest>,
+    ) -> Result<Response<ListManagersResponse>, Status> {
         forward!(self, request, remove_manager);
         let r = request.into_inner();
         self.node.remove_manager(r.id).await.map_err(status_of)?;

@@ -166,8 +166,11 @@ fn duration(key: &str, value: Option<&str>, default_ms: u64) -> Result<Duration,
     };
     match value.parse::<u64>() {
         Ok(ms) => Ok(Duration::from_millis(ms)),
-        Err(_) => humantime::parse_duration(value)
-            .map_err(|_| invalid(format!("raft.{key}: {value:?} is not a duration such as 250ms"))),
+        Err(_) => humantime::parse_duration(value).map_err(|_| {
+            invalid(format!(
+                "raft.{key}: {value:?} is not a duration such as 250ms"
+            ))
+        }),
     }
 }
 
@@ -203,18 +206,15 @@ impl ManagerConfig {
     }
 
     fn resolve(file: ManagerFile, args: &ManagerArgs) -> Result<Self, ConfigError> {
-        let id = args
-            .id
-            .or(file.id)
-            .ok_or_else(|| invalid("missing manager id: give --id N or `id = N` in the config file"))?;
+        let id = args.id.or(file.id).ok_or_else(|| {
+            invalid("missing manager id: give --id N or `id = N` in the config file")
+        })?;
         if id == 0 {
             return Err(invalid("manager id 0 is reserved: use a positive number"));
         }
-        let data_dir = args
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .ok_or_else(|| invalid("missing data directory: give --data-dir DIR or `data_dir` in the config file"))?;
+        let data_dir = args.data_dir.clone().or(file.data_dir).ok_or_else(|| {
+            invalid("missing data directory: give --data-dir DIR or `data_dir` in the config file")
+        })?;
 
         let peers = match (&args.peers, &file.peers) {
             (Some(text), _) => Some(parse_peers(text)?),
@@ -285,14 +285,32 @@ impl ManagerConfig {
         let json_logs = match log_format {
             "text" => false,
             "json" => true,
-            other => return Err(invalid(format!("log_format {other:?}: use \"text\" or \"json\""))),
+            other => {
+                return Err(invalid(format!(
+                    "log_format {other:?}: use \"text\" or \"json\""
+                )))
+            }
         };
 
         let raft = &file.raft;
-        let heartbeat_interval = duration("heartbeat_interval", raft.heartbeat_interval.as_deref(), 100)?;
-        let election_timeout_min = duration("election_timeout_min", raft.election_timeout_min.as_deref(), 800)?;
-        let election_timeout_max = duration("election_timeout_max", raft.election_timeout_max.as_deref(), 1200)?;
-        if heartbeat_interval * 3 > election_timeout_min || election_timeout_min >= election_timeout_max {
+        let heartbeat_interval = duration(
+            "heartbeat_interval",
+            raft.heartbeat_interval.as_deref(),
+            100,
+        )?;
+        let election_timeout_min = duration(
+            "election_timeout_min",
+            raft.election_timeout_min.as_deref(),
+            800,
+        )?;
+        let election_timeout_max = duration(
+            "election_timeout_max",
+            raft.election_timeout_max.as_deref(),
+            1200,
+        )?;
+        if heartbeat_interval * 3 > election_timeout_min
+            || election_timeout_min >= election_timeout_max
+        {
             return Err(invalid(
                 "raft timing: need 3 × heartbeat_interval ≤ election_timeout_min < election_timeout_max",
             ));
@@ -320,8 +338,16 @@ impl ManagerConfig {
 
 /// A manager must listen where `--peers` says it can be reached (or on a
 /// wildcard address with that port).
-fn check_listen_matches(id: NodeId, listen: SocketAddr, peer_address: &str) -> Result<(), ConfigError> {
-    let Some(peer) = peer_address.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+fn check_listen_matches(
+    id: NodeId,
+    listen: SocketAddr,
+    peer_address: &str,
+) -> Result<(), ConfigError> {
+    let Some(peer) = peer_address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
         // A name that does not resolve here may resolve for the others;
         // only the port can be checked.
         return Ok(());
@@ -364,10 +390,15 @@ mod tests {
     #[test]
     fn id_must_match_its_peer_address() {
         let peers = "1=127.0.0.1:7001,2=127.0.0.1:7002";
-        assert!(ManagerConfig::resolve(ManagerFile::default(), &args(1, "127.0.0.1:7001", peers)).is_ok());
-        let err = ManagerConfig::resolve(ManagerFile::default(), &args(1, "127.0.0.1:7002", peers)).unwrap_err();
+        assert!(
+            ManagerConfig::resolve(ManagerFile::default(), &args(1, "127.0.0.1:7001", peers))
+                .is_ok()
+        );
+        let err = ManagerConfig::resolve(ManagerFile::default(), &args(1, "127.0.0.1:7002", peers))
+            .unwrap_err();
         assert!(err.to_string().contains("listens on"), "{err}");
-        let err = ManagerConfig::resolve(ManagerFile::default(), &args(3, "127.0.0.1:7003", peers)).unwrap_err();
+        let err = ManagerConfig::resolve(ManagerFile::default(), &args(3, "127.0.0.1:7003", peers))
+            .unwrap_err();
         assert!(err.to_string().contains("does not list"), "{err}");
     }
 

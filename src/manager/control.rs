@@ -46,7 +46,12 @@ impl SoftView {
     pub fn pending_restart(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .filter(|(_, n)| n.report.postgres.as_ref().is_some_and(|p| p.pending_restart))
+            .filter(|(_, n)| {
+                n.report
+                    .postgres
+                    .as_ref()
+                    .is_some_and(|p| p.pending_restart)
+            })
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -158,7 +163,10 @@ impl Control {
             return false;
         }
         if l.term != Some(metrics.current_term) {
-            tracing::info!(term = metrics.current_term, "leading: soft state starts empty; no promotion before ttl + margin");
+            tracing::info!(
+                term = metrics.current_term,
+                "leading: soft state starts empty; no promotion before ttl + margin"
+            );
             l.term = Some(metrics.current_term);
             l.since = now;
             l.clusters.clear();
@@ -181,7 +189,15 @@ impl Control {
                 soft.confirmed_at = Some(confirm_started);
             }
         }
-        let names: Vec<String> = self.inner.node.local_state().state.clusters.keys().cloned().collect();
+        let names: Vec<String> = self
+            .inner
+            .node
+            .local_state()
+            .state
+            .clusters
+            .keys()
+            .cloned()
+            .collect();
         for name in names {
             self.drive(&name).await?;
         }
@@ -200,7 +216,10 @@ impl Control {
             let decision = {
                 let mut l = self.lock();
                 let since = l.since;
-                let soft = l.clusters.entry(name.to_string()).or_insert_with(|| new_soft(since));
+                let soft = l
+                    .clusters
+                    .entry(name.to_string())
+                    .or_insert_with(|| new_soft(since));
                 let d = decide::decide(&Input {
                     cluster,
                     soft,
@@ -293,13 +312,18 @@ impl Control {
     }
 
     /// An agent opened a session; returns its id and the receiving end.
-    pub fn attach(&self, cluster: &str, node: &str) -> Option<(u64, mpsc::Receiver<ManagerMessage>)> {
+    pub fn attach(
+        &self,
+        cluster: &str,
+        node: &str,
+    ) -> Option<(u64, mpsc::Receiver<ManagerMessage>)> {
         let mut l = self.lock();
         l.term?;
         let (tx, rx) = mpsc::channel(64);
         l.next_session += 1;
         let id = l.next_session;
-        l.sessions.insert((cluster.to_string(), node.to_string()), Session { id, tx });
+        l.sessions
+            .insert((cluster.to_string(), node.to_string()), Session { id, tx });
         Some((id, rx))
     }
 
@@ -325,7 +349,10 @@ impl Control {
                 return;
             }
             let since = l.since;
-            let soft = l.clusters.entry(report.cluster.clone()).or_insert_with(|| new_soft(since));
+            let soft = l
+                .clusters
+                .entry(report.cluster.clone())
+                .or_insert_with(|| new_soft(since));
             soft.observe(cluster, report, now);
         }
         self.inner.wake.notify_one();
@@ -359,14 +386,15 @@ impl Control {
     /// Refuse a switchover that cannot work before it is committed.
     pub fn check_switchover(&self, cluster: &Cluster, to: Option<&str>) -> Result<(), NodeError> {
         let Some(primary) = cluster.primary.as_deref() else {
-            return Err(NodeError::Precondition("the cluster has no primary yet".into()));
+            return Err(NodeError::Precondition(
+                "the cluster has no primary yet".into(),
+            ));
         };
         let view = self.soft_view(&cluster.name);
         let stale = cluster.config.ttl_ms;
-        let primary_up = view
-            .nodes
-            .get(primary)
-            .is_some_and(|n| n.age_ms <= stale && n.report.postgres.as_ref().is_some_and(|p| !p.in_recovery));
+        let primary_up = view.nodes.get(primary).is_some_and(|n| {
+            n.age_ms <= stale && n.report.postgres.as_ref().is_some_and(|p| !p.in_recovery)
+        });
         if !primary_up {
             return Err(NodeError::Precondition(format!(
                 "primary {primary} is not running: a switchover needs a healthy primary; use `pgquorum failover --to NODE`"
@@ -375,10 +403,12 @@ impl Control {
         let streaming = |name: &str| {
             view.nodes.get(name).is_some_and(|n| {
                 n.age_ms <= stale
-                    && n.report
-                        .postgres
-                        .as_ref()
-                        .is_some_and(|p| p.in_recovery && p.wal_receiver.as_ref().is_some_and(|w| w.status == "streaming"))
+                    && n.report.postgres.as_ref().is_some_and(|p| {
+                        p.in_recovery
+                            && p.wal_receiver
+                                .as_ref()
+                                .is_some_and(|w| w.status == "streaming")
+                    })
             })
         };
         match to {
@@ -390,10 +420,14 @@ impl Control {
                     )));
                 };
                 if to == primary {
-                    return Err(NodeError::Precondition(format!("{to} is already the primary; name a replica")));
+                    return Err(NodeError::Precondition(format!(
+                        "{to} is already the primary; name a replica"
+                    )));
                 }
                 if member.tags.nofailover {
-                    return Err(NodeError::Precondition(format!("{to} is tagged nofailover and cannot become primary")));
+                    return Err(NodeError::Precondition(format!(
+                        "{to} is tagged nofailover and cannot become primary"
+                    )));
                 }
                 if !streaming(to) {
                     return Err(NodeError::Precondition(format!(
@@ -403,7 +437,9 @@ impl Control {
             }
             None => {
                 if !cluster.members.keys().any(|m| m != primary && streaming(m)) {
-                    return Err(NodeError::Precondition("no streaming replica to switch over to".into()));
+                    return Err(NodeError::Precondition(
+                        "no streaming replica to switch over to".into(),
+                    ));
                 }
             }
         }
@@ -417,17 +453,26 @@ impl Control {
             return Err(NodeError::NotFound(format!(
                 "cluster {:?} has no node named {to:?}; known nodes: {}",
                 cluster.name,
-                cluster.members.keys().cloned().collect::<Vec<_>>().join(", ")
+                cluster
+                    .members
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         };
         if cluster.is_primary(to) {
-            return Err(NodeError::Precondition(format!("{to} is already the primary")));
+            return Err(NodeError::Precondition(format!(
+                "{to} is already the primary"
+            )));
         }
         let view = self.soft_view(&cluster.name);
         let stale = cluster.config.ttl_ms;
         if let Some(primary) = cluster.primary.as_deref() {
             let healthy = view.nodes.get(primary).is_some_and(|n| {
-                n.age_ms <= stale && n.report.holds_lease && n.report.postgres.as_ref().is_some_and(|p| !p.in_recovery)
+                n.age_ms <= stale
+                    && n.report.holds_lease
+                    && n.report.postgres.as_ref().is_some_and(|p| !p.in_recovery)
             });
             if healthy {
                 return Err(NodeError::Precondition(format!(
@@ -450,7 +495,11 @@ impl Control {
         // Wait (bounded) until no old lease can still be valid.
         let wait = {
             let l = self.lock();
-            let soft = l.clusters.get(&cluster.name).cloned().unwrap_or_else(|| new_soft(l.since));
+            let soft = l
+                .clusters
+                .get(&cluster.name)
+                .cloned()
+                .unwrap_or_else(|| new_soft(l.since));
             let input = Input {
                 cluster,
                 soft: &soft,

@@ -20,15 +20,26 @@ const FILE: &str = "identity.json";
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("data directory {dir}: {source}")]
-    Io { dir: PathBuf, source: std::io::Error },
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("data directory {dir} is empty: a new manager needs --peers (to form a group) or --join (to wait for `pgquorum managers add`)")]
     Empty { dir: PathBuf },
     #[error("{dir} is not a pgquorum manager data directory (it has files but no {FILE}); use an empty directory or the one this manager wrote")]
     Foreign { dir: PathBuf },
     #[error("data directory {dir} belongs to manager {found}, not {wanted}; start manager {found} on it, or give manager {wanted} its own directory")]
-    OtherId { dir: PathBuf, found: NodeId, wanted: NodeId },
+    OtherId {
+        dir: PathBuf,
+        found: NodeId,
+        wanted: NodeId,
+    },
     #[error("data directory {dir} was written by another manager group (formed with peers {found}); --peers says {wanted}. Use this group's data directory, or give the same --peers")]
-    OtherGroup { dir: PathBuf, found: String, wanted: String },
+    OtherGroup {
+        dir: PathBuf,
+        found: String,
+        wanted: String,
+    },
     #[error("data directory {dir}: {FILE} is damaged ({message}); do not delete it to rejoin under the same id — remove this manager and add a new one with a new id")]
     Damaged { dir: PathBuf, message: String },
 }
@@ -113,10 +124,11 @@ impl Identity {
             }
             Err(e) => return Err(io(e)),
         };
-        let file: IdentityFile = serde_json::from_str(&text).map_err(|e| IdentityError::Damaged {
-            dir: dir.clone(),
-            message: e.to_string(),
-        })?;
+        let file: IdentityFile =
+            serde_json::from_str(&text).map_err(|e| IdentityError::Damaged {
+                dir: dir.clone(),
+                message: e.to_string(),
+            })?;
         if file.node_id != config.id {
             return Err(IdentityError::OtherId {
                 dir,
@@ -180,7 +192,11 @@ impl Identity {
     }
 
     /// Replace the group (disaster recovery re-forms the group under a new id).
-    pub fn reset_group(&self, group: &str, peers: BTreeMap<NodeId, String>) -> Result<(), IdentityError> {
+    pub fn reset_group(
+        &self,
+        group: &str,
+        peers: BTreeMap<NodeId, String>,
+    ) -> Result<(), IdentityError> {
         let mut guard = match self.inner.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -245,9 +261,11 @@ mod tests {
         assert!(fresh);
         let (_, fresh) = Identity::prepare(&config(&dir, 1, peers)).unwrap();
         assert!(!fresh);
-        let err = Identity::prepare(&config(&dir, 2, "1=127.0.0.1:7001,2=127.0.0.1:7002")).unwrap_err();
+        let err =
+            Identity::prepare(&config(&dir, 2, "1=127.0.0.1:7001,2=127.0.0.1:7002")).unwrap_err();
         assert!(matches!(err, IdentityError::OtherId { .. }), "{err}");
-        let err = Identity::prepare(&config(&dir, 1, "1=127.0.0.1:7001,2=127.0.0.1:7009")).unwrap_err();
+        let err =
+            Identity::prepare(&config(&dir, 1, "1=127.0.0.1:7001,2=127.0.0.1:7009")).unwrap_err();
         assert!(matches!(err, IdentityError::OtherGroup { .. }), "{err}");
     }
 

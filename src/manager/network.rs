@@ -7,7 +7,9 @@
 
 use std::fmt::Display;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -105,7 +107,8 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload = serde_json::to_vec(body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload =
+            serde_json::to_vec(body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let message = RaftMessage {
             target: self.target,
             from: self.identity.node_id(),
@@ -114,7 +117,9 @@ impl PeerConnection {
         };
         let mut request = tonic::Request::new(message);
         request.set_timeout(option.hard_ttl());
-        let mut client = self.client().map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = self
+            .client()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
@@ -130,7 +135,9 @@ impl PeerConnection {
             }
         };
         let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&self.error(format!("bad reply: {e}")))))?;
+            .map_err(|e| {
+                RPCError::Network(NetworkError::new(&self.error(format!("bad reply: {e}"))))
+            })?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

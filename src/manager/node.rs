@@ -87,7 +87,11 @@ impl ManagerNode {
     /// This manager's own view, from Raft metrics.
     pub fn view(&self) -> ManagerView {
         let m = self.raft.metrics().borrow().clone();
-        let is_voter = m.membership_config.membership().voter_ids().any(|v| v == self.id);
+        let is_voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id);
         let role = match m.state {
             ServerState::Leader => "leader",
             ServerState::Candidate => "candidate",
@@ -147,7 +151,8 @@ impl ManagerNode {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let channel = transport::lazy_channel(address).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let channel =
+            transport::lazy_channel(address).map_err(|e| NodeError::Invalid(e.to_string()))?;
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
@@ -194,7 +199,9 @@ impl ManagerNode {
     /// make it a voter. On failure the learner is removed again.
     pub async fn add_manager(&self, id: NodeId, address: &str) -> Result<(), NodeError> {
         if id == 0 {
-            return Err(NodeError::Invalid("manager id 0 is reserved: use a positive number".into()));
+            return Err(NodeError::Invalid(
+                "manager id 0 is reserved: use a positive number".into(),
+            ));
         }
         transport::check_address(address).map_err(|e| NodeError::Invalid(e.to_string()))?;
         let state = self.linearizable_state().await?;
@@ -205,7 +212,9 @@ impl ManagerNode {
         }
         for (member, addr, voter) in self.members() {
             if member == id && voter {
-                return Err(NodeError::Precondition(format!("manager {id} is already a voter")));
+                return Err(NodeError::Precondition(format!(
+                    "manager {id} is already a voter"
+                )));
             }
             if member != id && addr == address {
                 return Err(NodeError::Precondition(format!(
@@ -245,7 +254,9 @@ impl ManagerNode {
         };
         let voters = members.iter().filter(|(_, _, v)| *v).count();
         if *voter && voters == 1 {
-            return Err(NodeError::Precondition("cannot remove the last voter".into()));
+            return Err(NodeError::Precondition(
+                "cannot remove the last voter".into(),
+            ));
         }
         // Retire the id first: if this leader removes itself it steps down
         // right after the change and could not record it any more.

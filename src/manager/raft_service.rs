@@ -59,7 +59,10 @@ impl RaftService {
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.open(request)?;
         let result = self.node.raft.append_entries(rpc).await;
         self.reply(&result)
@@ -71,13 +74,19 @@ impl RaftRpc for RaftService {
         self.reply(&result)
     }
 
-    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.open(request)?;
         let result = self.node.raft.install_snapshot(rpc).await;
         self.reply(&result)
     }
 
-    async fn node_info(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn node_info(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         // Anyone may ask who we are; no group check (a joiner has none yet).
         let _ = request;
         self.reply(&self.node.view())

@@ -66,7 +66,12 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         Durability::SledFlushOnly
     };
     let (log_store, state_machine) = store::open(&config.data_dir.join("raft"), durability)
-        .with_context(|| format!("cannot open the Raft store in {}", config.data_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot open the Raft store in {}",
+                config.data_dir.display()
+            )
+        })?;
     let state = state_machine.watch();
 
     // Bind before starting Raft so that a taken port fails fast and cleanly.
@@ -104,9 +109,18 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
-        .add_service(RaftServer::new(RaftService::new(node.clone())).max_decoding_message_size(64 * 1024 * 1024))
-        .add_service(PgQuorumServer::new(ApiService::new(node.clone(), control.clone())))
-        .add_service(AgentChannelServer::new(AgentService::new(node.clone(), control.clone())))
+        .add_service(
+            RaftServer::new(RaftService::new(node.clone()))
+                .max_decoding_message_size(64 * 1024 * 1024),
+        )
+        .add_service(PgQuorumServer::new(ApiService::new(
+            node.clone(),
+            control.clone(),
+        )))
+        .add_service(AgentChannelServer::new(AgentService::new(
+            node.clone(),
+            control.clone(),
+        )))
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {

@@ -12,8 +12,13 @@ use crate::proto::api::{ClusterStatus, HistoryEvent, ManagerInfo, NodeStatus};
 const STALE_HEARTBEATS: u64 = 4;
 
 /// Build the status of `cluster`. `soft` is `None` for a local read.
-pub fn build(cluster: &Cluster, soft: Option<&SoftView>, managers: Vec<ManagerInfo>) -> ClusterStatus {
-    let stale_after = (cluster.config.heartbeat_interval_ms * STALE_HEARTBEATS).max(cluster.config.ttl_ms);
+pub fn build(
+    cluster: &Cluster,
+    soft: Option<&SoftView>,
+    managers: Vec<ManagerInfo>,
+) -> ClusterStatus {
+    let stale_after =
+        (cluster.config.heartbeat_interval_ms * STALE_HEARTBEATS).max(cluster.config.ttl_ms);
     let fresh = |name: &str| {
         soft.and_then(|s| s.nodes.get(name))
             .filter(|n| n.age_ms <= stale_after)
@@ -21,14 +26,22 @@ pub fn build(cluster: &Cluster, soft: Option<&SoftView>, managers: Vec<ManagerIn
     let primary_lsn = cluster
         .primary
         .as_deref()
-        .and_then(|p| fresh(p))
+        .and_then(&fresh)
         .and_then(|n| n.report.postgres.as_ref())
         .filter(|pg| !pg.in_recovery)
         .map(|pg| pg.lsn);
     let nodes = cluster
         .members
         .values()
-        .map(|m| node_status(cluster, m, fresh(&m.name), soft.and_then(|s| s.nodes.get(&m.name)), primary_lsn))
+        .map(|m| {
+            node_status(
+                cluster,
+                m,
+                fresh(&m.name),
+                soft.and_then(|s| s.nodes.get(&m.name)),
+                primary_lsn,
+            )
+        })
         .collect();
     let operation = cluster
         .switchover
@@ -53,7 +66,9 @@ pub fn build(cluster: &Cluster, soft: Option<&SoftView>, managers: Vec<ManagerIn
             .as_ref()
             .filter(|s| s.phase == crate::cluster::state::SwitchoverPhase::Scheduled)
             .map(|s| {
-                let to = s.to.clone().unwrap_or_else(|| "the best replica".to_string());
+                let to =
+                    s.to.clone()
+                        .unwrap_or_else(|| "the best replica".to_string());
                 match s.not_before_unix_ms {
                     Some(ms) => format!("from {} to {to} at {}", s.from, rfc3339(ms)),
                     None => format!("from {} to {to}", s.from),
@@ -74,7 +89,12 @@ fn node_status(
     let mut status = NodeStatus {
         name: member.name.clone(),
         role: "unknown".to_string(),
-        state: if last.is_some() { "unreachable" } else { "unknown" }.to_string(),
+        state: if last.is_some() {
+            "unreachable"
+        } else {
+            "unknown"
+        }
+        .to_string(),
         host: member.host.clone(),
         port: u32::from(member.port),
         sync: cluster.sync_set.contains(&member.name),
@@ -96,19 +116,29 @@ fn node_status(
             status.pending_restart = pg.pending_restart;
             if pg.in_recovery {
                 status.role = "replica".to_string();
-                let streaming = pg.wal_receiver.as_ref().is_some_and(|w| w.status == "streaming");
+                let streaming = pg
+                    .wal_receiver
+                    .as_ref()
+                    .is_some_and(|w| w.status == "streaming");
                 status.state = if streaming { "streaming" } else { "recovering" }.to_string();
                 status.healthy = streaming;
                 status.lag_bytes = primary_lsn.map(|p| pg.received_lsn.bytes_until(p));
             } else {
                 status.role = "primary".to_string();
                 status.state = "running".to_string();
-                status.healthy = cluster.is_primary(&member.name) && report.holds_lease && report.epoch == cluster.epoch;
+                status.healthy = cluster.is_primary(&member.name)
+                    && report.holds_lease
+                    && report.epoch == cluster.epoch;
                 status.lag_bytes = Some(0);
             }
         }
         None => {
-            status.role = if report.phase == AgentPhase::Fenced { "fenced" } else { "down" }.to_string();
+            status.role = if report.phase == AgentPhase::Fenced {
+                "fenced"
+            } else {
+                "down"
+            }
+            .to_string();
             status.state = match report.phase {
                 AgentPhase::Idle => match report.data {
                     DataDirState::Empty => "empty",
