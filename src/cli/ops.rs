@@ -22,10 +22,20 @@ pub struct ClusterArg {
     pub cluster: String,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArg,
+    /// Ask only the first manager and accept its possibly stale view
+    /// (works without a quorum).
+    #[arg(long)]
+    pub local: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the dynamic configuration.
-    Show(ClusterArg),
+    Show(ShowArgs),
     /// Change keys: `ttl=3s`, `sync_mode=on`, `postgresql.parameters.work_mem=8MB`;
     /// an empty value resets a key to its default.
     Set {
@@ -181,14 +191,15 @@ pub async fn config(global: &GlobalArgs, command: ConfigCommand) -> Result<(), F
     let client = super::connect(global)?;
     match command {
         ConfigCommand::Show(c) => {
+            let local = c.local;
             let r = client
                 .call(|mut api, t| {
-                    let cluster = c.cluster.clone();
+                    let cluster = c.cluster.cluster.clone();
                     async move {
                         api.get_config(request(
                             ClusterRequest {
                                 cluster,
-                                local: false,
+                                local,
                             },
                             t,
                         ))

@@ -93,6 +93,15 @@ pub fn settings(cluster: &Cluster, sync_set: &BTreeSet<String>) -> ManagedSettin
     }
 }
 
+/// Settings for a replica: no synchronous standby names (they matter only
+/// on a primary, and a promotion writes the right ones first).
+pub fn replica_settings(cluster: &Cluster) -> ManagedSettings {
+    ManagedSettings {
+        synchronous_standby_names: String::new(),
+        ..settings(cluster, &BTreeSet::new())
+    }
+}
+
 /// When the decision may next promote somebody: after every lease a
 /// predecessor or this leader may have granted has surely ended.
 pub fn promotion_allowed_at(input: &Input) -> u64 {
@@ -542,7 +551,7 @@ fn failover(input: &Input, old: &Member, d: &mut Decision) {
                     &best.member.name,
                     Action::Follow {
                         upstream: upstream_of(ahead.member),
-                        settings: settings(cluster, &BTreeSet::new()),
+                        settings: replica_settings(cluster),
                         reclone: false,
                     },
                 );
@@ -799,7 +808,7 @@ fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mut Decision)
                 &m.name,
                 Action::Follow {
                     upstream: upstream_of(primary),
-                    settings: settings(cluster, &BTreeSet::new()),
+                    settings: replica_settings(cluster),
                     reclone: cluster.config.reclone_on_rewind_failure,
                 },
             );
@@ -809,7 +818,7 @@ fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mut Decision)
                 d,
                 &m.name,
                 Action::Configure {
-                    settings: settings(cluster, &BTreeSet::new()),
+                    settings: replica_settings(cluster),
                 },
             );
         }

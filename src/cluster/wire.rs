@@ -222,6 +222,9 @@ pub enum Action {
     /// Planned switchover: checkpoint, then stop the primary cleanly so that
     /// its replicas receive every byte of WAL; report the final LSN.
     Demote,
+    /// Stop streaming from the old primary (before a failover in
+    /// synchronous mode, so that it can no longer collect acknowledgements).
+    Detach,
     /// Wipe the data directory and clone again from `upstream`.
     Reinit { upstream: Upstream, action_id: u64 },
     /// Stop PostgreSQL immediately (no shutdown checkpoint, sessions cut).
@@ -240,6 +243,7 @@ impl Action {
             Action::Promote { .. } => "promote",
             Action::Follow { .. } => "follow",
             Action::Demote => "demote",
+            Action::Detach => "detach",
             Action::Reinit { .. } => "reinit",
             Action::Fence { .. } => "fence",
             Action::Restart { .. } => "restart",
@@ -270,6 +274,9 @@ pub enum ManagerMessage {
     },
     Lease(LeaseGrant),
     Command(AgentCommand),
+    /// Answer to every report: the primary's latest write LSN (for replica
+    /// lag checks on the agent's HTTP endpoint).
+    Ack { primary_lsn: Lsn },
     /// The session is refused (unknown node, other cluster…).
     Refused {
         reason: String,

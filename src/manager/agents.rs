@@ -4,13 +4,14 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::api::status_of;
 use super::control::Control;
 use super::node::{ManagerNode, NodeError};
-use crate::cluster::wire::{Registration, RegistrationReply};
+use crate::cluster::wire::{ManagerMessage, NodeReport, Registration, RegistrationReply};
 use crate::cluster::ClusterCommand;
 use crate::proto::agent::agent_channel_server::AgentChannel;
 use crate::proto::agent::AgentEnvelope;
@@ -78,14 +79,62 @@ impl AgentChannel for AgentService {
 
     type SessionStream = SessionStream;
 
-    async fn session(
-        &self,
-        request: Request<Streaming<AgentEnvelope>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(&self, request: Request<Streaming<AgentEnvelope>>) -> Result<Response<Self::SessionStream>, Status> {
         self.require_leader()?;
-        let _ = (&self.control, request);
-        Err(Status::unimplemented(
-            "agent sessions are not available yet",
-        ))
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the session must start with a report"))?;
+        let first: NodeReport = decode(&first)?;
+        let (cluster, node) = (first.cluster.clone(), first.node.clone());
+        let state = self.node.local_state();
+        let member = state
+            .state
+            .clusters
+            .get(&cluster)
+            .is_some_and(|c| c.members.contains_key(&node));
+        let (tx, rx) = mpsc::channel::<ManagerMessage>(64);
+        if !member {
+            let reason = format!("node {node} is not a member of cluster {cluster}: register first");
+            let _ = tx.try_send(ManagerMessage::Refused { reason });
+        } else {
+            let config = state.state.clusters.get(&cluster).map(|c| c.config.clone()).unwrap_or_default();
+            let epoch = state.state.clusters.get(&cluster).map(|c| c.epoch).unwrap_or(0);
+            let Some(id) = self.control.attach(&cluster, &node, tx.clone()) else {
+                return Err(status_of(NodeError::NotLeader {
+                    leader: self.node.leader().filter(|(id, _)| *id != self.node.id),
+                }));
+            };
+            let _ = tx.try_send(ManagerMessage::Welcome {
+                leader: self.node.id,
+                epoch,
+                heartbeat_interval_ms: config.heartbeat_interval_ms,
+                ttl_ms: config.ttl_ms,
+            });
+            // Only the control loop's copy keeps the stream open: when it
+            // drops the session (leadership lost), the agent sees the end.
+            let weak = tx.downgrade();
+            drop(tx);
+            let control = self.control.clone();
+            tokio::spawn(async move {
+                let ack = |lsn| {
+                    if let Some(tx) = weak.upgrade() {
+                        let _ = tx.try_send(ManagerMessage::Ack { primary_lsn: lsn });
+                    }
+                };
+                ack(control.report(first));
+                while let Ok(Some(envelope)) = inbound.message().await {
+                    match decode::<NodeReport>(&envelope) {
+                        Ok(report) if report.cluster == cluster && report.node == node => ack(control.report(report)),
+                        Ok(_) => tracing::warn!(%node, "report for another node on this session ignored"),
+                        Err(e) => tracing::warn!(%node, error = %e, "undecodable report"),
+                    }
+                }
+                control.detach(&cluster, &node, id);
+            });
+        }
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|m| encode(&m));
+        Ok(Response::new(Box::pin(stream)))
     }
 }

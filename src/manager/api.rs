@@ -290,7 +290,7 @@ impl PgQuorum for ApiService {
     ) -> Result<Response<OperationResponse>, Status> {
         forward!(self, request, switchover);
         let r = request.into_inner();
-        let state = self.read_state(false).await?;
+        let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &r.cluster)?;
         let not_before_unix_ms = if r.at.is_empty() {
             None
@@ -329,7 +329,7 @@ impl PgQuorum for ApiService {
     ) -> Result<Response<OperationResponse>, Status> {
         forward!(self, request, failover);
         let r = request.into_inner();
-        let state = self.read_state(false).await?;
+        let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &r.cluster)?;
         let applied = self
             .control
@@ -348,7 +348,7 @@ impl PgQuorum for ApiService {
         request: Request<ClusterRequest>,
     ) -> Result<Response<OperationResponse>, Status> {
         forward!(self, request, pause);
-        let state = self.read_state(false).await?;
+        let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
         let response = self
             .propose(ClusterCommand::SetPaused {
@@ -364,7 +364,7 @@ impl PgQuorum for ApiService {
         request: Request<ClusterRequest>,
     ) -> Result<Response<OperationResponse>, Status> {
         forward!(self, request, resume);
-        let state = self.read_state(false).await?;
+        let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
         let response = self
             .propose(ClusterCommand::SetPaused {
@@ -393,7 +393,7 @@ impl PgQuorum for ApiService {
     ) -> Result<Response<ConfigResponse>, Status> {
         forward!(self, request, set_config);
         let r = request.into_inner();
-        let state = self.read_state(false).await?;
+        let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &r.cluster)?;
         let changes: BTreeMap<String, String> = r.changes.into_iter().collect();
         // Validate before proposing so that a bad value costs no log entry;
@@ -407,7 +407,7 @@ impl PgQuorum for ApiService {
             changes,
         })
         .await?;
-        let state = self.read_state(false).await?;
+        let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &cluster.name)?;
         Ok(Response::new(self.config_response(cluster)))
     }
@@ -502,7 +502,7 @@ impl ApiService {
         r: &NodeRequest,
         kind: crate::cluster::state::NodeActionKind,
     ) -> Result<Response<OperationResponse>, Status> {
-        let state = self.read_state(false).await?;
+        let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &r.cluster)?;
         let response = self
             .propose(ClusterCommand::RequestNodeAction {

@@ -18,7 +18,7 @@ use crate::cluster::decide::{self, Input};
 use crate::cluster::soft::{LeaseBook, Soft};
 use crate::cluster::state::EventKind;
 use crate::cluster::wire::{AgentCommand, ManagerMessage, NodeReport};
-use crate::cluster::{Applied, Cluster, ClusterCommand};
+use crate::cluster::{Applied, Cluster, ClusterCommand, Lsn};
 
 /// The loop runs at least this often.
 const TICK: Duration = Duration::from_millis(100);
@@ -311,20 +311,16 @@ impl Control {
         }
     }
 
-    /// An agent opened a session; returns its id and the receiving end.
-    pub fn attach(
-        &self,
-        cluster: &str,
-        node: &str,
-    ) -> Option<(u64, mpsc::Receiver<ManagerMessage>)> {
+    /// An agent opened a session; messages for it go to `tx`. Returns the
+    /// session id, or `None` when this manager does not lead.
+    pub fn attach(&self, cluster: &str, node: &str, tx: mpsc::Sender<ManagerMessage>) -> Option<u64> {
         let mut l = self.lock();
         l.term?;
-        let (tx, rx) = mpsc::channel(64);
         l.next_session += 1;
         let id = l.next_session;
-        l.sessions
-            .insert((cluster.to_string(), node.to_string()), Session { id, tx });
-        Some((id, rx))
+        l.sessions.insert((cluster.to_string(), node.to_string()), Session { id, tx });
+        self.inner.wake.notify_one();
+        Some(id)
     }
 
     /// The session ended.
@@ -336,26 +332,25 @@ impl Control {
         }
     }
 
-    /// A report arrived on a session.
-    pub fn report(&self, report: NodeReport) {
+    /// A report arrived on a session; returns the primary's latest LSN.
+    pub fn report(&self, report: NodeReport) -> Lsn {
         let now = self.now();
         let applied = self.inner.node.local_state();
         let Some(cluster) = applied.state.clusters.get(&report.cluster) else {
-            return;
+            return Lsn(0);
         };
-        {
+        let lsn = {
             let mut l = self.lock();
             if l.term.is_none() {
-                return;
+                return Lsn(0);
             }
             let since = l.since;
-            let soft = l
-                .clusters
-                .entry(report.cluster.clone())
-                .or_insert_with(|| new_soft(since));
+            let soft = l.clusters.entry(report.cluster.clone()).or_insert_with(|| new_soft(since));
             soft.observe(cluster, report, now);
-        }
+            soft.last_primary_lsn.map(|(lsn, _)| lsn).unwrap_or_default()
+        };
         self.inner.wake.notify_one();
+        lsn
     }
 
     /// The soft state of `cluster` (empty on a follower).
