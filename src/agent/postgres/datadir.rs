@@ -82,6 +82,37 @@ pub(crate) fn is_stopped(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the process has exited but was not reaped yet.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|st| st == "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Exited (or a zombie not reaped yet).
+fn is_dead(pid: i32) -> bool {
+    pid == 0
+        || is_zombie(pid)
+        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH)
+}
+
+/// The PID on the first line of a PostgreSQL lock file (a single-user
+/// server writes it negated).
+fn lock_file_pid(path: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .next()?
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .map(i32::abs)
+}
+
 fn has_proc() -> bool {
     Path::new("/proc/self/cwd").exists()
 }
@@ -234,6 +265,40 @@ impl Postgres {
                 Err(e) => Err(PgError::io("remove", path, e)),
             }
         }
+    }
+
+    /// Remove the lock files (`postmaster.pid` and the socket's
+    /// `.s.PGSQL.<port>.lock`) of a postmaster that is dead or a zombie,
+    /// once no process of this data directory runs any more. PostgreSQL
+    /// removes stale lock files itself, but it tests liveness with
+    /// kill(pid, 0), which succeeds on a zombie: a SIGKILLed postmaster
+    /// that its new parent (init) has not reaped yet blocks the next start
+    /// with "lock file … already exists".
+    pub(crate) fn remove_stale_lock_files(&self) -> Result<(), PgError> {
+        let pidfile = self.data("postmaster.pid");
+        let Some(pid) = lock_file_pid(&pidfile) else {
+            return Ok(());
+        };
+        if !is_dead(pid) || !has_proc() || !self.running_pids().is_empty() {
+            return Ok(());
+        }
+        tracing::info!(pid, "removing the lock files of a dead postmaster");
+        let socket_lock = self
+            .cfg
+            .socket_dir
+            .join(format!(".s.PGSQL.{}.lock", self.cfg.port));
+        let mut stale = vec![pidfile];
+        if lock_file_pid(&socket_lock) == Some(pid) {
+            stale.push(socket_lock);
+        }
+        for path in stale {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(PgError::io("remove", path, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Refuse when any process of this data directory runs.

@@ -184,6 +184,7 @@ impl Postgres {
             });
         }
         self.prepare_runtime()?;
+        self.remove_stale_lock_files()?;
         let cmd = Cmd::new(self.bin("pg_ctl"), timeout + Duration::from_secs(5))
             .arg("start")
             .arg("-w")
@@ -307,7 +308,8 @@ impl Postgres {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tracing::warn!(pid = ?postmaster, elapsed = ?t0.elapsed(), "fenced: killed");
-        Ok(())
+        // Killed processes leave their lock file behind.
+        self.remove_stale_lock_files()
     }
 
     /// Poll until no process of the data directory is left.
@@ -350,6 +352,7 @@ impl Postgres {
         } else {
             tracing::info!(state = %before.state, "crash recovery in single-user mode");
             self.prepare_runtime()?;
+            self.remove_stale_lock_files()?;
             let cmd = Cmd::new(self.bin("postgres"), timeout)
                 .arg("--single")
                 .arg("-D")
