@@ -402,7 +402,27 @@ async fn replicate_promote_fence_and_rewind() {
         .await;
     assert_eq!(s1.replicas[0].sync_state, "async");
 
+    // --- synchronous replication: the primary waits for n2 by name
+    let sync = ManagedSettings {
+        synchronous_standby_names: "n2".into(),
+        ..ManagedSettings::default()
+    };
+    n1.write_config(&sync, None).await.unwrap();
+    n1.reload().await.unwrap();
+    let s1 = n1
+        .status_where("n2 as sync standby", |s| {
+            s.replicas.first().is_some_and(|r| r.sync_state == "sync")
+        })
+        .await;
+    assert_eq!(s1.synchronous_standby_names, "n2");
+
     n1.exec("INSERT INTO t VALUES (2)").await;
+    n1.write_config(&settings, None).await.unwrap();
+    n1.reload().await.unwrap();
+    n1.status_where("asynchronous again", |s| {
+        s.synchronous_standby_names.is_empty()
+    })
+    .await;
     wait_for("row 2 on n2", Duration::from_secs(20), || async {
         n2.ints("SELECT x FROM t WHERE x = 2")
             .await
@@ -551,6 +571,26 @@ async fn fence_kills_a_stopped_postmaster_and_its_backends() {
     // It comes back after crash recovery at the next start.
     n1.start(START).await.unwrap();
     assert!(!n1.status().await.unwrap().in_recovery);
+
+    // A restart-only parameter shows as pending until restart().
+    let mut settings = ManagedSettings::default();
+    settings
+        .parameters
+        .insert("max_connections".into(), "50".into());
+    n1.write_config(&settings, None).await.unwrap();
+    n1.reload().await.unwrap();
+    n1.status_where("pending restart", |s| s.pending_restart)
+        .await;
+    n1.restart(START).await.unwrap();
+    assert!(!n1.status().await.unwrap().pending_restart);
+    let client = n1.client().await.unwrap();
+    let rows = client.simple_query("SHOW max_connections").await.unwrap();
+    let value = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("50"));
+
     let f0 = Instant::now();
     n1.fence().await.unwrap();
     eprintln!("fence (running postmaster) took {:?}", f0.elapsed());

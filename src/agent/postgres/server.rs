@@ -451,8 +451,9 @@ impl Postgres {
             .arg(target)
             .arg(format!("--source-server={source}"))
             .hint(format!(
-                "could not rewind from {} ({}:{}); if the timelines cannot be reconciled or WAL is \
-                 missing, reinit (clone) this node",
+                "could not rewind from {} ({}:{}); when the timelines cannot be reconciled or WAL is \
+                 missing — and after any rewind that failed halfway, which leaves the data \
+                 directory unusable — reinit (clone) this node",
                 from.node, from.host, from.port
             ));
         if self.cfg.archive_dir.is_some() {
