@@ -9,6 +9,22 @@
 //! Every step is idempotent where PostgreSQL allows it (stopping a stopped
 //! server, promoting a primary, fencing nothing) so that replayed commands
 //! do no harm.
+//!
+//! Typical sequences (the executor's job; each step is one call here):
+//!
+//! * bootstrap: `initdb` → `write_config(s, None)` → `start` →
+//!   `ensure_replication_role`.
+//! * clone: `basebackup(up)` → `write_config(s, Some(up))` →
+//!   `set_standby(true)` → `start`.
+//! * rejoin an old primary: `fence`/`stop` → `rewind(up)` (runs crash
+//!   recovery and a CHECKPOINT on `up` itself) → `write_config(s, Some(up))`
+//!   → `set_standby(true)` → `start`; reclone (`wipe` + clone) if it fails.
+//! * promote: `promote` → `write_config(s, None)` → `set_standby(false)`
+//!   → `reload`.
+//!
+//! A SIGKILLed postmaster is reparented to init; if the agent runs as PID 1
+//! (a container) it must reap children, or the zombie blocks the next start
+//! until [`Postgres::start`] clears its lock files.
 
 mod conf;
 mod datadir;
