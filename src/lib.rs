@@ -5,6 +5,7 @@
 //! * [`manager`] — a Raft member: storage, network, API, control loop.
 //! * [`cli`] — the `pgquorum` command line.
 
+pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod logging;

@@ -1,0 +1,3 @@
+//! The agent: runs beside one PostgreSQL server.
+
+pub mod postgres;

@@ -1,0 +1,429 @@
+//! SQL over tokio-postgres: status, promotion, checkpoints, roles.
+//!
+//! Local connections go through the unix socket as the superuser. Every
+//! call is bounded by a `tokio::time::timeout` on top of libpq-style
+//! connect and statement timeouts, so a frozen server (SIGSTOP, hung
+//! storage) can never hang the agent.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use super::{PgError, PgStatus, Postgres, ReplicaConnection, Upstream, WalReceiver};
+use crate::cluster::lsn::Lsn;
+
+/// Bound of a whole status() call.
+const STATUS_BUDGET: Duration = Duration::from_secs(2);
+
+/// Which server to talk to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// This node's server, through the unix socket.
+    Local,
+    /// Another node's server over TCP (same superuser).
+    Remote(&'a Upstream),
+}
+
+/// One round trip: the role decides which functions may be called
+/// (`pg_current_wal_lsn()` fails during recovery), so each is guarded by
+/// the role computed once in the sub-select.
+const STATUS_SQL: &str = "\
+SELECT r.rec,
+  CASE WHEN r.rec THEN NULL ELSE pg_current_wal_lsn()::text END,
+  CASE WHEN r.rec THEN NULL ELSE pg_current_wal_flush_lsn()::text END,
+  CASE WHEN r.rec THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END,
+  pg_last_wal_receive_lsn()::text,
+  pg_last_wal_replay_lsn()::text,
+  (SELECT timeline_id FROM pg_control_checkpoint())::text,
+  (SELECT min_recovery_end_timeline FROM pg_control_recovery())::text,
+  (SELECT system_identifier FROM pg_control_system())::text,
+  current_setting('synchronous_standby_names'),
+  EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart),
+  w.status, w.sender_host, w.sender_port::text, w.received_tli::text
+FROM (SELECT pg_is_in_recovery() AS rec OFFSET 0) r
+LEFT JOIN pg_stat_wal_receiver w ON true;
+SELECT application_name, state, flush_lsn::text, replay_lsn::text, sync_state
+FROM pg_stat_replication ORDER BY application_name";
+
+/// A SQL string literal (standard_conforming_strings is on since 9.1).
+pub(crate) fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A SQL identifier.
+pub(crate) fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Rows of the result sets of a simple query, one Vec per statement.
+fn result_sets(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<tokio_postgres::SimpleQueryRow>> {
+    let mut sets = vec![Vec::new()];
+    for m in messages {
+        match m {
+            SimpleQueryMessage::Row(r) => {
+                if let Some(last) = sets.last_mut() {
+                    last.push(r);
+                }
+            }
+            SimpleQueryMessage::CommandComplete(_) => sets.push(Vec::new()),
+            _ => {}
+        }
+    }
+    sets
+}
+
+fn lsn(v: Option<&str>) -> Result<Lsn, String> {
+    match v {
+        None => Ok(Lsn(0)),
+        Some(s) => s.parse().map_err(|e| format!("{e}")),
+    }
+}
+
+/// Build a [`PgStatus`] from the rows of [`STATUS_SQL`].
+///
+/// Timeline: a primary's is the one of the WAL file it inserts into
+/// (`pg_walfile_name(pg_current_wal_lsn())`, first 8 hex digits) — right
+/// after promotion, unlike `pg_control_checkpoint()`, which shows the new
+/// timeline only after the next checkpoint. A standby's is the WAL
+/// receiver's `received_tli` (what it streams, follows the upstream's
+/// timeline switches); without a receiver, the larger of the latest
+/// restartpoint's timeline and the minimum-recovery-point timeline.
+fn parse_status(sets: &[Vec<tokio_postgres::SimpleQueryRow>]) -> Result<PgStatus, String> {
+    let row = sets
+        .first()
+        .and_then(|s| s.first())
+        .ok_or("the status query returned no row")?;
+    let get = |i: usize| row.get(i).filter(|s| !s.is_empty());
+    let num = |i: usize| get(i).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+    let in_recovery = get(0) == Some("t");
+    let current = lsn(get(1))?;
+    let flush = lsn(get(2))?;
+    let received = lsn(get(4))?;
+    let replay = lsn(get(5))?;
+    let system_identifier = get(8)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no system identifier")?;
+    let wal_receiver = get(11).map(|status| WalReceiver {
+        status: status.to_string(),
+        sender_host: get(12).unwrap_or_default().to_string(),
+        sender_port: get(13).and_then(|p| p.parse().ok()).unwrap_or(0),
+    });
+    let timeline = if in_recovery {
+        match num(14) {
+            0 => num(6).max(num(7)),
+            tli => tli,
+        }
+    } else {
+        get(3)
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .ok_or("no WAL file name on a primary")?
+    };
+    let mut replicas = Vec::new();
+    for r in sets.get(1).into_iter().flatten() {
+        replicas.push(ReplicaConnection {
+            application_name: r.get(0).unwrap_or_default().to_string(),
+            state: r.get(1).unwrap_or_default().to_string(),
+            flush_lsn: lsn(r.get(2))?,
+            replay_lsn: lsn(r.get(3))?,
+            sync_state: r.get(4).unwrap_or_default().to_string(),
+        });
+    }
+    let (lsn, received_lsn, replay_lsn) = if in_recovery {
+        let received = if received.0 == 0 { replay } else { received };
+        (replay, received, replay)
+    } else {
+        (current, flush, current)
+    };
+    Ok(PgStatus {
+        in_recovery,
+        timeline,
+        system_identifier,
+        lsn,
+        received_lsn,
+        replay_lsn,
+        wal_receiver,
+        replicas,
+        synchronous_standby_names: get(9).unwrap_or_default().to_string(),
+        pending_restart: get(10) == Some("t"),
+    })
+}
+
+impl Postgres {
+    fn target_name(&self, target: Target<'_>) -> String {
+        match target {
+            Target::Local => format!(
+                "local PostgreSQL ({}/.s.PGSQL.{})",
+                self.cfg.socket_dir.display(),
+                self.cfg.port
+            ),
+            Target::Remote(up) => format!("{} ({}:{})", up.node, up.host, up.port),
+        }
+    }
+
+    /// Connect as the superuser. `statement_timeout` (None: unlimited) is
+    /// set in the startup packet, so it costs no extra round trip.
+    pub(crate) async fn connect(
+        &self,
+        target: Target<'_>,
+        connect_timeout: Duration,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Client, PgError> {
+        let mut c = tokio_postgres::Config::new();
+        match target {
+            Target::Local => {
+                c.host_path(&self.cfg.socket_dir).port(self.cfg.port);
+            }
+            Target::Remote(up) => {
+                c.host(&up.host).port(up.port);
+            }
+        }
+        c.user(&self.cfg.superuser)
+            .dbname("postgres")
+            .application_name("pgquorum-agent")
+            .connect_timeout(connect_timeout)
+            .options(format!(
+                "-c statement_timeout={}",
+                statement_timeout.map_or(0, |d| d.as_millis().max(1))
+            ));
+        if let Some(pw) = &self.cfg.superuser_password {
+            c.password(pw);
+        }
+        let (client, connection) = c.connect(NoTls).await.map_err(|e| PgError::Sql {
+            what: "connecting".to_string(),
+            target: self.target_name(target),
+            source: e,
+            hint: "check that the server runs and pg_hba.conf admits the superuser",
+        })?;
+        // The connection task ends when the client is dropped; the bound
+        // only guards against a server that stops reading.
+        let limit =
+            statement_timeout.unwrap_or(Duration::from_secs(3600)) + Duration::from_secs(10);
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = tokio::time::timeout(limit, connection).await {
+                tracing::debug!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Run `query` (one or more statements) on `target` within `budget`.
+    pub(crate) async fn query_on(
+        &self,
+        target: Target<'_>,
+        what: &str,
+        query: &str,
+        budget: Duration,
+    ) -> Result<Vec<Vec<tokio_postgres::SimpleQueryRow>>, PgError> {
+        let work = async {
+            let client = self
+                .connect(target, budget.min(Duration::from_secs(5)), Some(budget))
+                .await?;
+            client
+                .simple_query(query)
+                .await
+                .map(result_sets)
+                .map_err(|e| PgError::Sql {
+                    what: what.to_string(),
+                    target: self.target_name(target),
+                    source: e,
+                    hint: "see the PostgreSQL log",
+                })
+        };
+        tokio::time::timeout(budget + Duration::from_secs(1), work)
+            .await
+            .map_err(|_| PgError::SqlTimeout {
+                what: what.to_string(),
+                target: self.target_name(target),
+                timeout: budget,
+            })?
+    }
+
+    /// The running server's state, or `None` when it does not answer within
+    /// about 2 s (down, starting, frozen). See [`Postgres::try_status`].
+    pub async fn status(&self) -> Option<PgStatus> {
+        match self.try_status().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "PostgreSQL status unavailable");
+                None
+            }
+        }
+    }
+
+    /// [`Postgres::status`] with the reason when it is unavailable. One
+    /// connection (1 s connect timeout, 1 s statement timeout) and one round
+    /// trip, the whole bounded by 2 s. The role comes only from
+    /// `pg_is_in_recovery()`. For the timeline see `parse_status`: primary
+    /// from the current WAL file name, standby from the WAL receiver.
+    /// A primary's `replay_lsn` is its current LSN.
+    pub async fn try_status(&self) -> Result<PgStatus, PgError> {
+        let target = Target::Local;
+        let work = async {
+            let client = self
+                .connect(target, Duration::from_secs(1), Some(Duration::from_secs(1)))
+                .await?;
+            let messages = client
+                .simple_query(STATUS_SQL)
+                .await
+                .map_err(|e| PgError::Sql {
+                    what: "status query".to_string(),
+                    target: self.target_name(target),
+                    source: e,
+                    hint: "the server may be starting up or shutting down",
+                })?;
+            parse_status(&result_sets(messages))
+                .map_err(|e| PgError::InvalidConfig(format!("unexpected status query result: {e}")))
+        };
+        tokio::time::timeout(STATUS_BUDGET, work)
+            .await
+            .map_err(|_| PgError::SqlTimeout {
+                what: "status query".to_string(),
+                target: self.target_name(target),
+                timeout: STATUS_BUDGET,
+            })?
+    }
+
+    /// Promote this standby (`pg_promote(wait => true)`) and return once
+    /// `pg_is_in_recovery()` is false. No-op on a primary.
+    pub async fn promote(&self, timeout: Duration) -> Result<(), PgError> {
+        let t0 = std::time::Instant::now();
+        let wait_secs = timeout.as_secs().clamp(1, 3600);
+        let sql = format!(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_promote(true, {wait_secs}) END, \
+             pg_is_in_recovery()"
+        );
+        let sets = self
+            .query_on(
+                Target::Local,
+                "promotion",
+                &sql,
+                timeout + Duration::from_secs(2),
+            )
+            .await?;
+        let row = sets.first().and_then(|s| s.first());
+        let promoted = row.and_then(|r| r.get(0));
+        let still = row.and_then(|r| r.get(1)) == Some("t");
+        match promoted {
+            None if !still => {
+                tracing::info!("promote: already a primary");
+            }
+            Some("t") => {
+                // pg_promote(wait) returns once recovery has ended; check it.
+                let sets = self
+                    .query_on(
+                        Target::Local,
+                        "promotion check",
+                        "SELECT pg_is_in_recovery()",
+                        Duration::from_secs(5),
+                    )
+                    .await?;
+                if sets.first().and_then(|s| s.first()).and_then(|r| r.get(0)) != Some("f") {
+                    return Err(self.promote_failed("still in recovery after pg_promote"));
+                }
+                tracing::info!(elapsed = ?t0.elapsed(), "promoted");
+            }
+            _ => {
+                return Err(
+                    self.promote_failed(&format!("pg_promote did not finish within {wait_secs} s"))
+                )
+            }
+        }
+        Ok(())
+    }
+
+    fn promote_failed(&self, what: &str) -> PgError {
+        PgError::Failed {
+            command: "SELECT pg_promote(true, …)".to_string(),
+            status: what.to_string(),
+            hint: format!(
+                "the standby may still be replaying WAL; see the server log {}",
+                self.cfg.log_file.display()
+            ),
+            tail: Default::default(),
+        }
+    }
+
+    /// `CHECKPOINT` on this server: makes a clean switchover shutdown and
+    /// a later pg_rewind against this node fast and correct.
+    pub async fn checkpoint(&self) -> Result<(), PgError> {
+        self.checkpoint_on(Target::Local, Duration::from_secs(300))
+            .await
+    }
+
+    pub(crate) async fn checkpoint_on(
+        &self,
+        target: Target<'_>,
+        budget: Duration,
+    ) -> Result<(), PgError> {
+        self.query_on(target, "CHECKPOINT", "CHECKPOINT", budget)
+            .await
+            .map(|_| ())
+    }
+
+    /// On a primary: make sure the replication role exists with
+    /// `REPLICATION LOGIN` and the configured password (created when
+    /// missing, altered otherwise, so a changed password is applied).
+    /// The statement is kept out of the server log (it holds the password).
+    pub async fn ensure_replication_role(&self) -> Result<(), PgError> {
+        let name = &self.cfg.replication_user;
+        let sets = self
+            .query_on(
+                Target::Local,
+                "looking up the replication role",
+                &format!(
+                    "SELECT pg_is_in_recovery(), EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {})",
+                    literal(name)
+                ),
+                Duration::from_secs(10),
+            )
+            .await?;
+        let row = sets.first().and_then(|s| s.first());
+        if row.and_then(|r| r.get(0)) == Some("t") {
+            return Err(PgError::Refused {
+                action: "create the replication role on",
+                path: self.cfg.data_dir.clone(),
+                reason: "the server is a standby (read-only)".to_string(),
+                hint: "roles are created on the primary and replicate from there",
+            });
+        }
+        let exists = row.and_then(|r| r.get(1)) == Some("t");
+        let verb = if exists { "ALTER" } else { "CREATE" };
+        let password = match &self.cfg.replication_password {
+            Some(pw) => format!(" PASSWORD {}", literal(pw)),
+            None => String::new(),
+        };
+        let sql = format!(
+            "BEGIN; SET LOCAL log_statement = 'none'; \
+             {verb} ROLE {} WITH REPLICATION LOGIN{password}; COMMIT",
+            ident(name)
+        );
+        self.query_on(
+            Target::Local,
+            &format!("{verb} ROLE {name}"),
+            &sql,
+            Duration::from_secs(10),
+        )
+        .await?;
+        tracing::info!(role = %name, created = !exists, "replication role ensured");
+        Ok(())
+    }
+
+    /// Run SQL (one or more statements, no results) on the local server as
+    /// the superuser, bounded by 60 s.
+    pub async fn sql(&self, query: &str) -> Result<(), PgError> {
+        self.query_on(Target::Local, "SQL", query, Duration::from_secs(60))
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_sql() {
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+    }
+}
