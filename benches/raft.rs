@@ -30,7 +30,10 @@ fn rss_kib(pid: i32) -> u64 {
 
 #[tokio::main]
 async fn main() {
-    let sequential: usize = std::env::var("BENCH_WRITES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let sequential: usize = std::env::var("BENCH_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let m = Arc::new(Managers::start(3));
     let mut leader = m.leader(&[1, 2, 3]).await;
     m.register("main", "n1", 5432).await;

@@ -3,6 +3,7 @@
 //!
 //! * [`cluster`] — the pure core: committed state, commands, decisions.
 //! * [`manager`] — a Raft member: storage, network, API, control loop.
+//! * [`agent`] — drives one PostgreSQL server.
 //! * [`cli`] — the `pgquorum` command line.
 
 pub mod agent;

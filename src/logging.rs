@@ -6,10 +6,13 @@ use tracing_subscriber::EnvFilter;
 /// Install the global subscriber. `default_level` applies when `RUST_LOG`
 /// is not set (daemons log `info`, CLI commands only `warn`).
 pub fn init(json: bool, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    use std::io::IsTerminal;
+    // openraft narrates every election at info; keep its warnings only.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},openraft=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = if json {
         builder.json().with_current_span(false).try_init()

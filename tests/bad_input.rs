@@ -26,7 +26,12 @@ fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             entries
                 .filter_map(|e| e.ok())
                 .filter(|e| e.path().is_file())
-                .map(|e| (e.file_name().to_string_lossy().to_string(), std::fs::read(e.path()).unwrap_or_default()))
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().to_string(),
+                        std::fs::read(e.path()).unwrap_or_default(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -45,20 +50,53 @@ fn manager_configuration_errors_are_named() {
     assert!(err.contains("missing manager id"), "{err}");
 
     let (_, err) = manager_refuses(&["--id", "1", "--data-dir", d, "--peers", "1=127.0.0.1"]);
-    assert!(err.contains("invalid address") && err.contains("127.0.0.1"), "{err}");
+    assert!(
+        err.contains("invalid address") && err.contains("127.0.0.1"),
+        "{err}"
+    );
 
-    let (_, err) = manager_refuses(&["--id", "1", "--data-dir", d, "--peers", "1=127.0.0.1:7001,2=127.0.0.1:7002", "--listen", "127.0.0.1:7002"]);
-    assert!(err.contains("--peers gives manager 1 the address 127.0.0.1:7001"), "{err}");
+    let (_, err) = manager_refuses(&[
+        "--id",
+        "1",
+        "--data-dir",
+        d,
+        "--peers",
+        "1=127.0.0.1:7001,2=127.0.0.1:7002",
+        "--listen",
+        "127.0.0.1:7002",
+    ]);
+    assert!(
+        err.contains("--peers gives manager 1 the address 127.0.0.1:7001"),
+        "{err}"
+    );
 
-    let (_, err) = manager_refuses(&["--id", "3", "--data-dir", d, "--peers", "1=127.0.0.1:7001,2=127.0.0.1:7002"]);
+    let (_, err) = manager_refuses(&[
+        "--id",
+        "3",
+        "--data-dir",
+        d,
+        "--peers",
+        "1=127.0.0.1:7001,2=127.0.0.1:7002",
+    ]);
     assert!(err.contains("does not list this manager's id 3"), "{err}");
 
-    let (code, err) = manager_refuses(&["--id", "1", "--data-dir", d, "--peers", "1=127.0.0.1:7001", "--join"]);
+    let (code, err) = manager_refuses(&[
+        "--id",
+        "1",
+        "--data-dir",
+        d,
+        "--peers",
+        "1=127.0.0.1:7001",
+        "--join",
+    ]);
     assert_eq!(code, 2, "{err}");
 
     let (_, err) = manager_refuses(&["--id", "1", "--listen", "127.0.0.1:7001", "--data-dir", d]);
     assert!(err.contains("is empty") && err.contains("--join"), "{err}");
-    assert!(!std::path::Path::new(d).exists(), "a refused start created {d}");
+    assert!(
+        !std::path::Path::new(d).exists(),
+        "a refused start created {d}"
+    );
 
     let file = tmp.path().join("bad.toml");
     std::fs::write(&file, "id = 1\nlisten_adress = \"127.0.0.1:7001\"\n").unwrap();
@@ -73,24 +111,57 @@ fn manager_configuration_errors_are_named() {
 async fn a_data_directory_of_another_manager_or_group_is_refused_untouched() {
     let mut m = Managers::start(1);
     m.leader(&[1]).await;
-    m.procs.get_mut(&1).unwrap().terminate(Duration::from_secs(10));
+    m.procs
+        .get_mut(&1)
+        .unwrap()
+        .terminate(Duration::from_secs(10));
     let dir = m.data_dir(1);
     let before = snapshot(&dir);
     let d = dir.to_str().unwrap();
 
-    let (_, err) = manager_refuses(&["--id", "2", "--data-dir", d, "--peers", &format!("2={}", m.address(1))]);
+    let (_, err) = manager_refuses(&[
+        "--id",
+        "2",
+        "--data-dir",
+        d,
+        "--peers",
+        &format!("2={}", m.address(1)),
+    ]);
     assert!(err.contains("belongs to manager 1"), "{err}");
 
-    let (_, err) = manager_refuses(&["--id", "1", "--data-dir", d, "--peers", "1=127.0.0.1:7999,2=127.0.0.1:7998", "--listen", "127.0.0.1:7999"]);
+    let (_, err) = manager_refuses(&[
+        "--id",
+        "1",
+        "--data-dir",
+        d,
+        "--peers",
+        "1=127.0.0.1:7999,2=127.0.0.1:7998",
+        "--listen",
+        "127.0.0.1:7999",
+    ]);
     assert!(err.contains("another manager group"), "{err}");
-    assert_eq!(snapshot(&dir), before, "a refused start changed the data directory");
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "a refused start changed the data directory"
+    );
 
     // A PostgreSQL data directory is not a manager's.
     let pg = m.dir.path().join("pgdata");
     std::fs::create_dir_all(&pg).unwrap();
     std::fs::write(pg.join("PG_VERSION"), "15\n").unwrap();
-    let (_, err) = manager_refuses(&["--id", "1", "--data-dir", pg.to_str().unwrap(), "--peers", "1=127.0.0.1:7001"]);
-    assert!(err.contains("not a pgquorum manager data directory"), "{err}");
+    let (_, err) = manager_refuses(&[
+        "--id",
+        "1",
+        "--data-dir",
+        pg.to_str().unwrap(),
+        "--peers",
+        "1=127.0.0.1:7001",
+    ]);
+    assert!(
+        err.contains("not a pgquorum manager data directory"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_dir(&pg).unwrap().count(), 1);
 }
 
@@ -100,7 +171,14 @@ async fn a_taken_port_is_a_clear_error() {
     let addr = listener.local_addr().unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("m");
-    let (_, err) = manager_refuses(&["--id", "1", "--data-dir", d.to_str().unwrap(), "--peers", &format!("1={addr}")]);
+    let (_, err) = manager_refuses(&[
+        "--id",
+        "1",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--peers",
+        &format!("1={addr}"),
+    ]);
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
 
@@ -122,9 +200,18 @@ async fn cli_input_errors() {
 
     // Unreachable managers: exit 1, names the addresses.
     let port = free_port();
-    let out = cli(&["--managers", &format!("127.0.0.1:{port}"), "managers", "list"]);
+    let out = cli(&[
+        "--managers",
+        &format!("127.0.0.1:{port}"),
+        "managers",
+        "list",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains(&format!("127.0.0.1:{port}")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
 
     // Refusals from a live group: exit 1, state unchanged.
     let m = Managers::start(1);
@@ -135,9 +222,15 @@ async fn cli_input_errors() {
     for (args, needle) in [
         (vec!["config", "set", "ttl=abc"], "1000ms to 60000ms"),
         (vec!["config", "set", "tll=2s"], "unknown configuration key"),
-        (vec!["config", "set", "sync_mode=on", "sync_count=99"], "from 1 to 16"),
+        (
+            vec!["config", "set", "sync_mode=on", "sync_count=99"],
+            "from 1 to 16",
+        ),
         (vec!["managers", "remove", "42"], "no manager with id 42"),
-        (vec!["status", "--cluster", "nope"], "no cluster named \"nope\""),
+        (
+            vec!["status", "--cluster", "nope"],
+            "no cluster named \"nope\"",
+        ),
         (vec!["node", "restart", "ghost"], "no node named \"ghost\""),
         (vec!["switchover", "--force", "--to", "n1"], "no primary"),
     ] {

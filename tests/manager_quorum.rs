@@ -26,12 +26,16 @@ async fn write(m: &Managers, key: &str, value: &str) {
 
 /// Wait until manager `id` has applied every key in `keys`.
 async fn has_all(m: &Managers, id: u64, keys: &BTreeSet<String>) {
-    wait_for(&format!("manager {id} to apply {} writes", keys.len()), LONG, || async {
-        let config = m.local_config(id).await?;
-        keys.iter()
-            .all(|k| config.contains_key(&format!("postgresql.parameters.{k}")))
-            .then_some(())
-    })
+    wait_for(
+        &format!("manager {id} to apply {} writes", keys.len()),
+        LONG,
+        || async {
+            let config = m.local_config(id).await?;
+            keys.iter()
+                .all(|k| config.contains_key(&format!("postgresql.parameters.{k}")))
+                .then_some(())
+        },
+    )
     .await
 }
 
@@ -43,21 +47,41 @@ async fn three_managers_elect_one_leader_and_a_follower_write_reaches_all() {
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
 
     // Through the CLI, addressed to a follower only: it forwards to the leader.
-    let out = cli(&["--managers", &m.address(follower), "config", "set", "postgresql.parameters.work_mem=8MB"]);
+    let out = cli(&[
+        "--managers",
+        &m.address(follower),
+        "config",
+        "set",
+        "postgresql.parameters.work_mem=8MB",
+    ]);
     assert!(out.status.success(), "config set failed: {}", stderr(&out));
 
     for id in [1, 2, 3] {
         wait_for("the write on every manager", LONG, || async {
             let c = m.local_config(id).await?;
-            (c.get("postgresql.parameters.work_mem").map(String::as_str) == Some("8MB")).then_some(())
+            (c.get("postgresql.parameters.work_mem").map(String::as_str) == Some("8MB"))
+                .then_some(())
         })
         .await;
     }
     let out = cli(&["--managers", &m.addresses(), "managers", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let roles: Vec<&str> = list.as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
-    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{list}");
-    assert_eq!(roles.iter().filter(|r| **r == "follower").count(), 2, "{list}");
+    let roles: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles.iter().filter(|r| **r == "leader").count(),
+        1,
+        "{list}"
+    );
+    assert_eq!(
+        roles.iter().filter(|r| **r == "follower").count(),
+        2,
+        "{list}"
+    );
     for entry in list.as_array().unwrap() {
         for key in ["id", "address", "role", "term", "last_applied"] {
             assert!(entry.get(key).is_some(), "missing {key} in {entry}");
@@ -122,7 +146,8 @@ async fn repeated_sigkill_under_writes_loses_no_acknowledged_write() {
                 let key = format!("w{i}");
                 for addr in &addresses {
                     let channel = pgquorum::transport::lazy_channel(addr).unwrap();
-                    let mut c = pgquorum::proto::api::pg_quorum_client::PgQuorumClient::new(channel);
+                    let mut c =
+                        pgquorum::proto::api::pg_quorum_client::PgQuorumClient::new(channel);
                     let mut req = tonic::Request::new(pgquorum::proto::api::SetConfigRequest {
                         cluster: "main".into(),
                         changes: [(format!("postgresql.parameters.{key}"), "1".to_string())].into(),
@@ -143,24 +168,40 @@ async fn repeated_sigkill_under_writes_loses_no_acknowledged_write() {
         // Alternate between the leader and a follower.
         let running: Vec<u64> = vec![1, 2, 3];
         let leader = m.leader(&running).await;
-        let victim = if round % 2 == 0 { leader } else { [1, 2, 3].into_iter().find(|id| *id != leader).unwrap() };
+        let victim = if round % 2 == 0 {
+            leader
+        } else {
+            [1, 2, 3].into_iter().find(|id| *id != leader).unwrap()
+        };
         m.kill9(victim);
         tokio::time::sleep(Duration::from_millis(300 + 100 * (round % 4))).await;
         m.spawn(victim);
         // The store must reopen: the manager answers again.
-        wait_for(&format!("manager {victim} to come back (round {round})"), LONG, || async {
-            let running = m.procs.get(&victim).map(|_| ()).is_some();
-            assert!(running);
-            m.view(victim).await.map(|_| ())
-        })
+        wait_for(
+            &format!("manager {victim} to come back (round {round})"),
+            LONG,
+            || async {
+                let running = m.procs.get(&victim).map(|_| ()).is_some();
+                assert!(running);
+                m.view(victim).await.map(|_| ())
+            },
+        )
         .await;
         let p = m.procs.get_mut(&victim).unwrap();
-        assert!(p.is_running(), "manager {victim} exited after restart: {}", std::fs::read_to_string(m.log(victim)).unwrap_or_default());
+        assert!(
+            p.is_running(),
+            "manager {victim} exited after restart: {}",
+            std::fs::read_to_string(m.log(victim)).unwrap_or_default()
+        );
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     writer.await.unwrap();
     let keys = acked.lock().unwrap().clone();
-    assert!(keys.len() > 20, "too few writes were acknowledged: {}", keys.len());
+    assert!(
+        keys.len() > 20,
+        "too few writes were acknowledged: {}",
+        keys.len()
+    );
     m.leader(&[1, 2, 3]).await;
     for id in [1, 2, 3] {
         has_all(&m, id, &keys).await;
@@ -175,8 +216,19 @@ async fn a_fourth_manager_joins_then_one_is_removed() {
     write(&m, "first", "1").await;
 
     m.spawn_joiner(4);
-    let out = cli(&["--managers", &m.address(1), "managers", "add", "4", &m.address(4)]);
-    assert!(out.status.success(), "managers add failed: {}", stderr(&out));
+    let out = cli(&[
+        "--managers",
+        &m.address(1),
+        "managers",
+        "add",
+        "4",
+        &m.address(4),
+    ]);
+    assert!(
+        out.status.success(),
+        "managers add failed: {}",
+        stderr(&out)
+    );
     let list = wait_for("four voters", LONG, || async {
         let out = cli(&["--managers", &m.addresses(), "managers", "list", "--json"]);
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -188,16 +240,34 @@ async fn a_fourth_manager_joins_then_one_is_removed() {
         (voters == 4).then_some(list)
     })
     .await;
-    assert!(list.as_array().unwrap().iter().any(|e| e["id"] == 4), "{list}");
+    assert!(
+        list.as_array().unwrap().iter().any(|e| e["id"] == 4),
+        "{list}"
+    );
     has_all(&m, 4, &["first".to_string()].into()).await;
 
     let out = cli(&["--managers", &m.address(2), "managers", "remove", "1"]);
-    assert!(out.status.success(), "managers remove failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "managers remove failed: {}",
+        stderr(&out)
+    );
     m.kill9(1);
     m.procs.remove(&1);
-    let out = cli(&["--managers", &format!("{},{}", m.address(2), m.address(3)), "managers", "list", "--json"]);
+    let out = cli(&[
+        "--managers",
+        &format!("{},{}", m.address(2), m.address(3)),
+        "managers",
+        "list",
+        "--json",
+    ]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let ids: BTreeSet<u64> = list.as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    let ids: BTreeSet<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
     assert_eq!(ids, [2, 3, 4].into());
 
     // The group keeps working, and the removed id cannot come back.
@@ -205,7 +275,14 @@ async fn a_fourth_manager_joins_then_one_is_removed() {
     for id in [2, 3, 4] {
         has_all(&m, id, &["first".to_string(), "second".to_string()].into()).await;
     }
-    let out = cli(&["--managers", &m.address(2), "managers", "add", "1", "127.0.0.1:1"]);
+    let out = cli(&[
+        "--managers",
+        &m.address(2),
+        "managers",
+        "add",
+        "1",
+        "127.0.0.1:1",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("never be reused"), "{}", stderr(&out));
 }

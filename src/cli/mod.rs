@@ -5,6 +5,7 @@ mod client;
 mod managers;
 mod ops;
 mod output;
+mod sandbox;
 mod status;
 
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 pub use client::{ApiClient, ClientError};
 pub use output::Failure;
 
+use crate::agent::config::AgentArgs;
 use crate::manager::config::ManagerArgs;
 
 /// High availability for PostgreSQL, with its own Raft quorum of managers.
@@ -29,14 +31,12 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Managers to talk to (any of them works).
+    /// Managers to talk to (any of them works) [default: 127.0.0.1:7001].
     #[arg(
         long,
-        global = true,
         env = "PGQUORUM_MANAGERS",
         value_name = "HOST:PORT[,...]",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7001"
+        value_delimiter = ','
     )]
     pub managers: Vec<String>,
     /// Print JSON instead of tables, for scripts.
@@ -44,31 +44,67 @@ pub struct GlobalArgs {
     pub json: bool,
 }
 
+/// `--managers` after the subcommand (`pgquorum status --managers …`). Not
+/// global at the top: `sandbox up --managers N` is a count.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConnArgs {
+    /// Managers to talk to (any of them works) [default: 127.0.0.1:7001].
+    #[arg(
+        long = "managers",
+        id = "conn_managers",
+        global = true,
+        env = "PGQUORUM_MANAGERS",
+        value_name = "HOST:PORT[,...]",
+        value_delimiter = ','
+    )]
+    pub managers: Vec<String>,
+}
+
+/// A command's own arguments plus `--managers`.
+#[derive(Debug, Args)]
+pub struct With<T: Args> {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
+    pub args: T,
+}
+
+/// A group of subcommands plus `--managers`.
+#[derive(Debug, Args)]
+pub struct Group<S: Subcommand> {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(subcommand)]
+    pub command: S,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a manager (a member of the Raft group).
     Manager(ManagerArgs),
+    /// Run the agent of one PostgreSQL node.
+    Agent(With<AgentArgs>),
     /// Show the cluster: nodes, roles, lag, and the managers.
-    Status(status::StatusArgs),
+    Status(With<status::StatusArgs>),
     /// Manage the Raft group of managers.
-    #[command(subcommand)]
-    Managers(managers::ManagersCommand),
+    Managers(Group<managers::ManagersCommand>),
     /// Show or change the dynamic configuration.
-    #[command(subcommand)]
-    Config(ops::ConfigCommand),
+    Config(Group<ops::ConfigCommand>),
     /// Stop automatic failover and other automatic actions.
-    Pause(ops::ClusterArg),
+    Pause(With<ops::ClusterArg>),
     /// Resume automatic actions.
-    Resume(ops::ClusterArg),
+    Resume(With<ops::ClusterArg>),
     /// Every promotion, with time, reason, epoch, timeline and LSN.
-    History(ops::ClusterArg),
+    History(With<ops::ClusterArg>),
     /// Planned switchover to a replica.
-    Switchover(ops::SwitchoverArgs),
+    Switchover(With<ops::SwitchoverArgs>),
     /// Promote a replica when the automatic path cannot act.
-    Failover(ops::FailoverArgs),
+    Failover(With<ops::FailoverArgs>),
     /// Restart or re-initialize one node.
+    Node(Group<ops::NodeCommand>),
+    /// A whole cluster on this machine, for a first look, demos and tests.
     #[command(subcommand)]
-    Node(ops::NodeCommand),
+    Sandbox(sandbox::SandboxCommand),
     /// Print the version.
     Version,
 }
@@ -92,9 +128,18 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `--managers` given after the subcommand wins over the one before it.
+fn merge(global: &GlobalArgs, conn: &ConnArgs) -> GlobalArgs {
+    let mut g = global.clone();
+    if !conn.managers.is_empty() {
+        g.managers = conn.managers.clone();
+    }
+    g
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     let global = cli.global;
-    if !matches!(cli.command, Command::Manager(_)) {
+    if !matches!(cli.command, Command::Manager(_) | Command::Agent(_)) {
         crate::logging::init(false, "warn");
     }
     match cli.command {
@@ -107,15 +152,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Failure::failed(e)
             })
         }
-        Command::Status(args) => status::run(&global, args).await,
-        Command::Managers(cmd) => managers::run(&global, cmd).await,
-        Command::Config(cmd) => ops::config(&global, cmd).await,
-        Command::Pause(args) => ops::pause(&global, args, true).await,
-        Command::Resume(args) => ops::pause(&global, args, false).await,
-        Command::History(args) => ops::history(&global, args).await,
-        Command::Switchover(args) => ops::switchover(&global, args).await,
-        Command::Failover(args) => ops::failover(&global, args).await,
-        Command::Node(cmd) => ops::node(&global, cmd).await,
+        Command::Agent(w) => {
+            let global = merge(&global, &w.conn);
+            let config = crate::agent::config::AgentConfig::load(&w.args, &global.managers)
+                .map_err(Failure::usage)?;
+            crate::logging::init(config.json_logs, "info");
+            crate::agent::run(config).await.map_err(|e| {
+                tracing::error!(error = format!("{e:#}"), "agent failed");
+                Failure::failed(e)
+            })
+        }
+        Command::Status(w) => status::run(&merge(&global, &w.conn), w.args).await,
+        Command::Managers(g) => managers::run(&merge(&global, &g.conn), g.command).await,
+        Command::Config(g) => ops::config(&merge(&global, &g.conn), g.command).await,
+        Command::Pause(w) => ops::pause(&merge(&global, &w.conn), w.args, true).await,
+        Command::Resume(w) => ops::pause(&merge(&global, &w.conn), w.args, false).await,
+        Command::History(w) => ops::history(&merge(&global, &w.conn), w.args).await,
+        Command::Switchover(w) => ops::switchover(&merge(&global, &w.conn), w.args).await,
+        Command::Failover(w) => ops::failover(&merge(&global, &w.conn), w.args).await,
+        Command::Node(g) => ops::node(&merge(&global, &g.conn), g.command).await,
+        Command::Sandbox(cmd) => sandbox::run(&global, cmd).await,
         Command::Version => {
             output::print(
                 global.json,

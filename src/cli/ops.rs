@@ -196,14 +196,8 @@ pub async fn config(global: &GlobalArgs, command: ConfigCommand) -> Result<(), F
                 .call(|mut api, t| {
                     let cluster = c.cluster.cluster.clone();
                     async move {
-                        api.get_config(request(
-                            ClusterRequest {
-                                cluster,
-                                local,
-                            },
-                            t,
-                        ))
-                        .await
+                        api.get_config(request(ClusterRequest { cluster, local }, t))
+                            .await
                     }
                 })
                 .await?;

@@ -276,7 +276,9 @@ pub enum ManagerMessage {
     Command(AgentCommand),
     /// Answer to every report: the primary's latest write LSN (for replica
     /// lag checks on the agent's HTTP endpoint).
-    Ack { primary_lsn: Lsn },
+    Ack {
+        primary_lsn: Lsn,
+    },
     /// The session is refused (unknown node, other cluster…).
     Refused {
         reason: String,

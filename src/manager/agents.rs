@@ -79,7 +79,10 @@ impl AgentChannel for AgentService {
 
     type SessionStream = SessionStream;
 
-    async fn session(&self, request: Request<Streaming<AgentEnvelope>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentEnvelope>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         self.require_leader()?;
         let mut inbound = request.into_inner();
         let first = inbound
@@ -96,11 +99,22 @@ impl AgentChannel for AgentService {
             .is_some_and(|c| c.members.contains_key(&node));
         let (tx, rx) = mpsc::channel::<ManagerMessage>(64);
         if !member {
-            let reason = format!("node {node} is not a member of cluster {cluster}: register first");
+            let reason =
+                format!("node {node} is not a member of cluster {cluster}: register first");
             let _ = tx.try_send(ManagerMessage::Refused { reason });
         } else {
-            let config = state.state.clusters.get(&cluster).map(|c| c.config.clone()).unwrap_or_default();
-            let epoch = state.state.clusters.get(&cluster).map(|c| c.epoch).unwrap_or(0);
+            let config = state
+                .state
+                .clusters
+                .get(&cluster)
+                .map(|c| c.config.clone())
+                .unwrap_or_default();
+            let epoch = state
+                .state
+                .clusters
+                .get(&cluster)
+                .map(|c| c.epoch)
+                .unwrap_or(0);
             let Some(id) = self.control.attach(&cluster, &node, tx.clone()) else {
                 return Err(status_of(NodeError::NotLeader {
                     leader: self.node.leader().filter(|(id, _)| *id != self.node.id),
@@ -126,8 +140,12 @@ impl AgentChannel for AgentService {
                 ack(control.report(first));
                 while let Ok(Some(envelope)) = inbound.message().await {
                     match decode::<NodeReport>(&envelope) {
-                        Ok(report) if report.cluster == cluster && report.node == node => ack(control.report(report)),
-                        Ok(_) => tracing::warn!(%node, "report for another node on this session ignored"),
+                        Ok(report) if report.cluster == cluster && report.node == node => {
+                            ack(control.report(report))
+                        }
+                        Ok(_) => {
+                            tracing::warn!(%node, "report for another node on this session ignored")
+                        }
                         Err(e) => tracing::warn!(%node, error = %e, "undecodable report"),
                     }
                 }

@@ -313,12 +313,18 @@ impl Control {
 
     /// An agent opened a session; messages for it go to `tx`. Returns the
     /// session id, or `None` when this manager does not lead.
-    pub fn attach(&self, cluster: &str, node: &str, tx: mpsc::Sender<ManagerMessage>) -> Option<u64> {
+    pub fn attach(
+        &self,
+        cluster: &str,
+        node: &str,
+        tx: mpsc::Sender<ManagerMessage>,
+    ) -> Option<u64> {
         let mut l = self.lock();
         l.term?;
         l.next_session += 1;
         let id = l.next_session;
-        l.sessions.insert((cluster.to_string(), node.to_string()), Session { id, tx });
+        l.sessions
+            .insert((cluster.to_string(), node.to_string()), Session { id, tx });
         self.inner.wake.notify_one();
         Some(id)
     }
@@ -345,9 +351,14 @@ impl Control {
                 return Lsn(0);
             }
             let since = l.since;
-            let soft = l.clusters.entry(report.cluster.clone()).or_insert_with(|| new_soft(since));
+            let soft = l
+                .clusters
+                .entry(report.cluster.clone())
+                .or_insert_with(|| new_soft(since));
             soft.observe(cluster, report, now);
-            soft.last_primary_lsn.map(|(lsn, _)| lsn).unwrap_or_default()
+            soft.last_primary_lsn
+                .map(|(lsn, _)| lsn)
+                .unwrap_or_default()
         };
         self.inner.wake.notify_one();
         lsn

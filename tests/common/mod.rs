@@ -44,7 +44,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -174,7 +177,11 @@ impl Managers {
     }
 
     pub fn addresses(&self) -> String {
-        self.ports.keys().map(|id| self.address(*id)).collect::<Vec<_>>().join(",")
+        self.ports
+            .keys()
+            .map(|id| self.address(*id))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn peers(&self) -> String {
@@ -196,8 +203,15 @@ impl Managers {
     /// (Re)start manager `id` as one of the initial voters.
     pub fn spawn(&mut self, id: u64) {
         let mut cmd = Command::new(bin());
-        cmd.args(["manager", "--id", &id.to_string(), "--peers", &self.peers(), "--data-dir"])
-            .arg(self.data_dir(id));
+        cmd.args([
+            "manager",
+            "--id",
+            &id.to_string(),
+            "--peers",
+            &self.peers(),
+            "--data-dir",
+        ])
+        .arg(self.data_dir(id));
         let p = Proc::spawn(&format!("manager {id}"), &mut cmd, &self.log(id));
         self.procs.insert(id, p);
     }
@@ -207,8 +221,16 @@ impl Managers {
         let port = free_port();
         self.ports.insert(id, port);
         let mut cmd = Command::new(bin());
-        cmd.args(["manager", "--id", &id.to_string(), "--join", "--listen", &self.address(id), "--data-dir"])
-            .arg(self.data_dir(id));
+        cmd.args([
+            "manager",
+            "--id",
+            &id.to_string(),
+            "--join",
+            "--listen",
+            &self.address(id),
+            "--data-dir",
+        ])
+        .arg(self.data_dir(id));
         let p = Proc::spawn(&format!("manager {id}"), &mut cmd, &self.log(id));
         self.procs.insert(id, p);
     }
@@ -229,22 +251,29 @@ impl Managers {
         let mut c = self.client(id).await;
         let mut req = tonic::Request::new(ListManagersRequest {});
         req.set_timeout(Duration::from_secs(2));
-        c.list_managers(req).await.ok().map(|r| r.into_inner().managers)
+        c.list_managers(req)
+            .await
+            .ok()
+            .map(|r| r.into_inner().managers)
     }
 
     /// Wait until the running managers agree on one leader; its id.
     pub async fn leader(&self, among: &[u64]) -> u64 {
-        wait_for("a single agreed leader", Duration::from_secs(20), || async {
-            let mut leaders = Vec::new();
-            for id in among {
-                let view = self.view(*id).await?;
-                let me = view.iter().find(|m| m.id == *id)?;
-                if me.role == "leader" {
-                    leaders.push(*id);
+        wait_for(
+            "a single agreed leader",
+            Duration::from_secs(20),
+            || async {
+                let mut leaders = Vec::new();
+                for id in among {
+                    let view = self.view(*id).await?;
+                    let me = view.iter().find(|m| m.id == *id)?;
+                    if me.role == "leader" {
+                        leaders.push(*id);
+                    }
                 }
-            }
-            (leaders.len() == 1).then(|| leaders[0])
-        })
+                (leaders.len() == 1).then(|| leaders[0])
+            },
+        )
         .await
     }
 
@@ -265,7 +294,12 @@ impl Managers {
                 for id in self.procs.keys() {
                     let channel = pgquorum::transport::lazy_channel(&self.address(*id)).ok()?;
                     let mut c = AgentChannelClient::new(channel);
-                    if c.register(AgentEnvelope { payload: payload.clone() }).await.is_ok() {
+                    if c.register(AgentEnvelope {
+                        payload: payload.clone(),
+                    })
+                    .await
+                    .is_ok()
+                    {
                         return Some(());
                     }
                 }

@@ -1,0 +1,426 @@
+//! Agent configuration: a TOML file (`--config`) with flags on top.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cluster::command::valid_name;
+use crate::cluster::Tags;
+use crate::transport::check_address;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(m: impl Into<String>) -> AgentConfigError {
+    AgentConfigError::Invalid(m.into())
+}
+
+/// `[postgresql]` in the file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresFile {
+    pub bin_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    /// What PostgreSQL binds (`listen_addresses`).
+    pub listen: Option<String>,
+    /// The address other nodes and clients use to reach this server.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub socket_dir: Option<PathBuf>,
+    pub os_user: Option<String>,
+    pub superuser: Option<String>,
+    pub superuser_password_file: Option<PathBuf>,
+    pub replication_user: Option<String>,
+    pub replication_password_file: Option<PathBuf>,
+    /// pg_hba.conf lines pgquorum writes (at the top of the file).
+    pub hba: Option<Vec<String>>,
+    /// WAL archive directory (archive_command / restore_command).
+    pub archive_dir: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
+    /// Node-local parameters (the cluster-wide ones live in the dynamic
+    /// configuration).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// `[callbacks]` in the file: scripts run on events, with the role and the
+/// cluster name as arguments.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksFile {
+    pub on_role_change: Option<PathBuf>,
+    pub on_start: Option<PathBuf>,
+    pub on_stop: Option<PathBuf>,
+    pub timeout: Option<String>,
+}
+
+/// The TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub name: Option<String>,
+    pub cluster: Option<String>,
+    pub managers: Option<Vec<String>>,
+    pub http_listen: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+    /// How long to keep trying to register before giving up at start.
+    pub register_timeout: Option<String>,
+    #[serde(default)]
+    pub postgresql: PostgresFile,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub callbacks: CallbacksFile,
+}
+
+/// Flags; they override the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AgentArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Node name, unique in its cluster.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Cluster name.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// PostgreSQL data directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of the PostgreSQL server programs.
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Address other nodes use to reach this PostgreSQL.
+    #[arg(long, value_name = "HOST")]
+    pub pg_host: Option<String>,
+    /// PostgreSQL port.
+    #[arg(long)]
+    pub pg_port: Option<u16>,
+    /// What PostgreSQL binds (listen_addresses).
+    #[arg(long, value_name = "ADDRESSES")]
+    pub pg_listen: Option<String>,
+    /// HTTP address for health checks and metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
+    /// Directory for the agent's own state (outside the data directory).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// OS user PostgreSQL runs as when the agent runs as root.
+    #[arg(long)]
+    pub os_user: Option<String>,
+}
+
+/// The checked configuration of one agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub cluster: String,
+    pub managers: Vec<String>,
+    pub http_listen: SocketAddr,
+    /// The HTTP address as other hosts see it.
+    pub http_advertise: String,
+    pub state_dir: PathBuf,
+    pub json_logs: bool,
+    pub register_timeout: Duration,
+    pub tags: Tags,
+    pub bin_dir: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub pg_listen: String,
+    pub pg_host: String,
+    pub pg_port: u16,
+    pub socket_dir: PathBuf,
+    pub os_user: Option<String>,
+    pub superuser: String,
+    pub superuser_password: Option<String>,
+    pub replication_user: String,
+    pub replication_password: Option<String>,
+    pub hba: Vec<String>,
+    pub archive_dir: Option<PathBuf>,
+    pub log_file: PathBuf,
+    pub local_parameters: BTreeMap<String, String>,
+    pub on_role_change: Option<PathBuf>,
+    pub on_start: Option<PathBuf>,
+    pub on_stop: Option<PathBuf>,
+    pub callback_timeout: Duration,
+}
+
+/// A secret from a file (first line) or, failing that, an environment variable.
+fn secret(file: Option<&Path>, env: &str) -> Result<Option<String>, AgentConfigError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read password file {}: {e}", path.display())))?;
+        let line = text.lines().next().unwrap_or("").trim().to_string();
+        if line.is_empty() {
+            return Err(invalid(format!(
+                "password file {} is empty",
+                path.display()
+            )));
+        }
+        return Ok(Some(line));
+    }
+    Ok(std::env::var(env).ok().filter(|v| !v.is_empty()))
+}
+
+fn parse_duration(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, AgentConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => humantime::parse_duration(v)
+            .map_err(|_| invalid(format!("{key}: {v:?} is not a duration such as 30s"))),
+    }
+}
+
+/// Default pg_hba lines: the agent's own local connections, replication
+/// and clients with passwords from anywhere.
+fn default_hba(superuser: &str, replication_user: &str) -> Vec<String> {
+    vec![
+        format!("local all {superuser} trust"),
+        format!("host replication {replication_user} 0.0.0.0/0 scram-sha-256"),
+        format!("host replication {replication_user} ::/0 scram-sha-256"),
+        "host all all 0.0.0.0/0 scram-sha-256".to_string(),
+        "host all all ::/0 scram-sha-256".to_string(),
+    ]
+}
+
+impl AgentConfig {
+    pub fn load(args: &AgentArgs, managers: &[String]) -> Result<Self, AgentConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                toml::from_str(&text).map_err(|e| AgentConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => AgentFile::default(),
+        };
+        Self::resolve(file, args, managers)
+    }
+
+    fn resolve(
+        file: AgentFile,
+        args: &AgentArgs,
+        managers: &[String],
+    ) -> Result<Self, AgentConfigError> {
+        let name = args.name.clone().or(file.name).ok_or_else(|| {
+            invalid("missing node name: give --name NAME or `name` in the config file")
+        })?;
+        let cluster = args
+            .cluster
+            .clone()
+            .or(file.cluster)
+            .unwrap_or_else(|| "main".to_string());
+        for (what, v) in [("node name", &name), ("cluster name", &cluster)] {
+            if !valid_name(v) {
+                return Err(invalid(format!(
+                    "{what} {v:?}: use letters, digits, '-' and '_' (at most 63)"
+                )));
+            }
+        }
+        let managers: Vec<String> = if managers.is_empty() {
+            file.managers.unwrap_or_default()
+        } else {
+            managers.to_vec()
+        };
+        if managers.is_empty() {
+            return Err(invalid("no manager addresses: give --managers HOST:PORT[,...] or `managers` in the config file"));
+        }
+        for m in &managers {
+            check_address(m).map_err(|e| invalid(format!("managers: {e}")))?;
+        }
+
+        let pg = file.postgresql;
+        let data_dir = args.data_dir.clone().or(pg.data_dir).ok_or_else(|| {
+            invalid("missing data directory: give --data-dir DIR or postgresql.data_dir")
+        })?;
+        if data_dir.is_relative() {
+            return Err(invalid(format!(
+                "data directory {} must be an absolute path",
+                data_dir.display()
+            )));
+        }
+        let pg_port = args.pg_port.or(pg.port).unwrap_or(5432);
+        if pg_port == 0 {
+            return Err(invalid("postgresql.port must be from 1 to 65535"));
+        }
+        let pg_listen = args
+            .pg_listen
+            .clone()
+            .or(pg.listen)
+            .unwrap_or_else(|| "127.0.0.1".to_string());
+        let pg_host = match args.pg_host.clone().or(pg.host) {
+            Some(h) => h,
+            None if pg_listen == "*" || pg_listen == "0.0.0.0" || pg_listen.contains(',') => {
+                return Err(invalid(
+                    "postgresql.listen binds several addresses: give --pg-host, the address other nodes use",
+                ))
+            }
+            None => pg_listen.clone(),
+        };
+        if pg_host.is_empty() || pg_host.contains(char::is_whitespace) {
+            return Err(invalid(format!("invalid PostgreSQL host {pg_host:?}")));
+        }
+
+        let http_text = args
+            .http_listen
+            .clone()
+            .or(file.http_listen)
+            .unwrap_or_else(|| "127.0.0.1:8008".to_string());
+        check_address(&http_text).map_err(|e| invalid(format!("http_listen: {e}")))?;
+        let http_listen: SocketAddr = http_text
+            .parse()
+            .map_err(|_| invalid(format!("http_listen {http_text:?} must be IP:PORT")))?;
+        let http_advertise = if http_listen.ip().is_unspecified() {
+            format!("{pg_host}:{}", http_listen.port())
+        } else {
+            http_text
+        };
+
+        let state_dir = args
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| {
+                let parent = data_dir.parent().unwrap_or(Path::new("/"));
+                parent.join(format!("pgquorum-{name}"))
+            });
+        let json_logs = match file.log_format.as_deref().unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(format!(
+                    "log_format {other:?}: use \"text\" or \"json\""
+                )))
+            }
+        };
+        let superuser = pg.superuser.unwrap_or_else(|| "postgres".to_string());
+        let replication_user = pg
+            .replication_user
+            .unwrap_or_else(|| "replicator".to_string());
+        let superuser_password = secret(
+            pg.superuser_password_file.as_deref(),
+            "PGQUORUM_SUPERUSER_PASSWORD",
+        )?;
+        let replication_password = secret(
+            pg.replication_password_file.as_deref(),
+            "PGQUORUM_REPLICATION_PASSWORD",
+        )?;
+        let hba = pg
+            .hba
+            .unwrap_or_else(|| default_hba(&superuser, &replication_user));
+        let callbacks = file.callbacks;
+        let socket_dir = pg.socket_dir.unwrap_or_else(|| state_dir.join("socket"));
+        if socket_dir.as_os_str().len() > 90 {
+            return Err(invalid(format!(
+                "socket directory {} is too long for a Unix socket path; set postgresql.socket_dir",
+                socket_dir.display()
+            )));
+        }
+        Ok(AgentConfig {
+            log_file: pg
+                .log_file
+                .unwrap_or_else(|| state_dir.join("postgresql.log")),
+            name,
+            cluster,
+            managers,
+            http_listen,
+            http_advertise,
+            json_logs,
+            register_timeout: parse_duration(
+                "register_timeout",
+                file.register_timeout.as_deref(),
+                Duration::from_secs(30),
+            )?,
+            tags: file.tags,
+            bin_dir: args.pg_bin_dir.clone().or(pg.bin_dir),
+            data_dir,
+            pg_listen,
+            pg_host,
+            pg_port,
+            socket_dir,
+            os_user: args.os_user.clone().or(pg.os_user),
+            superuser,
+            superuser_password,
+            replication_user,
+            replication_password,
+            hba,
+            archive_dir: pg.archive_dir,
+            local_parameters: pg.parameters,
+            on_role_change: callbacks.on_role_change,
+            on_start: callbacks.on_start,
+            on_stop: callbacks.on_stop,
+            callback_timeout: parse_duration(
+                "callbacks.timeout",
+                callbacks.timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            state_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> AgentArgs {
+        AgentArgs {
+            name: Some("n1".into()),
+            data_dir: Some("/tmp/pgq/n1/data".into()),
+            ..AgentArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let c = AgentConfig::resolve(AgentFile::default(), &args(), &["127.0.0.1:7001".into()])
+            .unwrap();
+        assert_eq!(c.cluster, "main");
+        assert_eq!(c.pg_port, 5432);
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/pgq/n1/pgquorum-n1"));
+        assert!(c.hba.iter().any(|l| l.contains("replication replicator")));
+    }
+
+    #[test]
+    fn refuses_bad_names_and_addresses() {
+        let mut a = args();
+        a.name = Some("bad name".into());
+        assert!(
+            AgentConfig::resolve(AgentFile::default(), &a, &["127.0.0.1:7001".into()]).is_err()
+        );
+        let err =
+            AgentConfig::resolve(AgentFile::default(), &args(), &["nope".into()]).unwrap_err();
+        assert!(err.to_string().contains("invalid address"), "{err}");
+        let err = AgentConfig::resolve(AgentFile::default(), &args(), &[]).unwrap_err();
+        assert!(err.to_string().contains("no manager addresses"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<AgentFile>("name = \"n1\"\n[postgresql]\ndatadir = \"/x\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("datadir"), "{err}");
+    }
+}

@@ -1,0 +1,236 @@
+//! HTTP endpoints for load balancers and monitoring.
+//!
+//! * `GET /primary` — 200 only while this node is the primary of the
+//!   current epoch, runs writable and holds a valid lease; 503 otherwise.
+//! * `GET /replica[?lag=BYTES]` — 200 for a streaming replica (no further
+//!   behind the primary than `lag` bytes, when given).
+//! * `GET /health` — 200 while PostgreSQL runs and answers.
+//! * `GET /status` — the node's state as JSON.
+//! * `GET /metrics` — Prometheus text format.
+//!
+//! HAProxy's `option httpchk` sends OPTIONS (or HEAD) by default; the
+//! health endpoints answer any method.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::node::Node;
+use super::state::Intent;
+
+/// The node's state, as `/status` shows it (and the other endpoints' body).
+#[derive(Debug, Serialize)]
+pub struct NodeStatusJson {
+    pub node: String,
+    pub cluster: String,
+    /// `primary`, `replica`, `fenced` or `down`.
+    pub role: String,
+    pub running: bool,
+    pub in_recovery: Option<bool>,
+    pub streaming: bool,
+    pub timeline: Option<u32>,
+    pub lsn: Option<String>,
+    pub received_lsn: Option<String>,
+    pub replay_lsn: Option<String>,
+    pub lag_bytes: Option<u64>,
+    pub epoch: u64,
+    pub intent: Intent,
+    pub lease_valid: bool,
+    pub lease_remaining_ms: u64,
+    pub phase: String,
+    pub upstream: Option<String>,
+    pub pending_restart: bool,
+}
+
+/// The state behind every endpoint.
+pub fn status_of(node: &Node) -> NodeStatusJson {
+    let o = node.observation();
+    let p = node.persisted();
+    let pg = o.postgres.as_ref();
+    let streaming = pg
+        .and_then(|pg| pg.wal_receiver.as_ref())
+        .is_some_and(|w| w.status == "streaming");
+    let lease_remaining_ms = node.lease.remaining(p.epoch);
+    let phase = node.phase();
+    let role = match pg {
+        Some(pg) if pg.in_recovery => "replica",
+        Some(_) => "primary",
+        None if phase == crate::cluster::wire::AgentPhase::Fenced => "fenced",
+        None => "down",
+    };
+    let primary_lsn = node.primary_lsn();
+    NodeStatusJson {
+        node: node.config.name.clone(),
+        cluster: node.config.cluster.clone(),
+        role: role.to_string(),
+        running: pg.is_some(),
+        in_recovery: pg.map(|pg| pg.in_recovery),
+        streaming,
+        timeline: pg.map(|pg| pg.timeline),
+        lsn: pg.map(|pg| pg.lsn.to_string()),
+        received_lsn: pg.map(|pg| pg.received_lsn.to_string()),
+        replay_lsn: pg.map(|pg| pg.replay_lsn.to_string()),
+        lag_bytes: pg
+            .filter(|pg| pg.in_recovery && primary_lsn.0 > 0)
+            .map(|pg| pg.replay_lsn.bytes_until(primary_lsn)),
+        epoch: p.epoch,
+        intent: p.intent,
+        lease_valid: lease_remaining_ms > 0,
+        lease_remaining_ms,
+        phase: phase.as_str().to_string(),
+        upstream: p.upstream.map(|u| u.node),
+        pending_restart: pg.is_some_and(|pg| pg.pending_restart),
+    }
+}
+
+fn answer(ok: bool, node: &Node) -> Response {
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(status_of(node))).into_response()
+}
+
+async fn primary(State(node): State<Arc<Node>>) -> Response {
+    answer(
+        node.is_leased_primary() && node.intent() == Intent::Primary,
+        &node,
+    )
+}
+
+async fn replica(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let s = status_of(&node);
+    let mut ok = s.in_recovery == Some(true) && s.streaming;
+    if let Some(limit) = q.get("lag") {
+        match limit.parse::<u64>() {
+            Ok(limit) => ok = ok && s.lag_bytes.is_some_and(|lag| lag <= limit),
+            Err(_) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "lag must be a number of bytes, e.g. /replica?lag=1048576\n",
+                )
+                    .into_response()
+            }
+        }
+    }
+    answer(ok, &node)
+}
+
+async fn health(State(node): State<Arc<Node>>) -> Response {
+    answer(node.observation().postgres.is_some(), &node)
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Response {
+    (StatusCode::OK, Json(status_of(&node))).into_response()
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let s = status_of(&node);
+    let labels = format!("cluster=\"{}\",node=\"{}\"", s.cluster, s.node);
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, value: String| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}"
+        );
+    };
+    let b = |v: bool| if v { "1" } else { "0" }.to_string();
+    metric(
+        "pgquorum_postgres_up",
+        "PostgreSQL runs and answers.",
+        b(s.running),
+    );
+    metric(
+        "pgquorum_primary",
+        "This node runs as a writable primary.",
+        b(s.role == "primary"),
+    );
+    metric(
+        "pgquorum_replica",
+        "This node runs as a replica.",
+        b(s.role == "replica"),
+    );
+    metric(
+        "pgquorum_fenced",
+        "PostgreSQL was fenced (lease lost or ordered).",
+        b(s.role == "fenced"),
+    );
+    metric(
+        "pgquorum_streaming",
+        "The WAL receiver streams from the upstream.",
+        b(s.streaming),
+    );
+    metric(
+        "pgquorum_epoch",
+        "Highest epoch this node has seen.",
+        s.epoch.to_string(),
+    );
+    metric(
+        "pgquorum_lease_valid",
+        "This node holds a valid primary lease.",
+        b(s.lease_valid),
+    );
+    metric(
+        "pgquorum_lease_remaining_seconds",
+        "Time left on the primary lease.",
+        format!("{:.3}", s.lease_remaining_ms as f64 / 1000.0),
+    );
+    let o = node.observation();
+    if let Some(pg) = o.postgres {
+        metric(
+            "pgquorum_timeline",
+            "PostgreSQL timeline.",
+            pg.timeline.to_string(),
+        );
+        metric(
+            "pgquorum_wal_lsn_bytes",
+            "Write LSN (primary) or replay LSN (replica), in bytes.",
+            pg.lsn.0.to_string(),
+        );
+        metric(
+            "pgquorum_received_lsn_bytes",
+            "Flushed (primary) or received (replica) LSN, in bytes.",
+            pg.received_lsn.0.to_string(),
+        );
+        metric(
+            "pgquorum_replay_lsn_bytes",
+            "Replayed LSN, in bytes.",
+            pg.replay_lsn.0.to_string(),
+        );
+        metric(
+            "pgquorum_pending_restart",
+            "A parameter change waits for a restart.",
+            b(pg.pending_restart),
+        );
+    }
+    if let Some(lag) = s.lag_bytes {
+        metric(
+            "pgquorum_replication_lag_bytes",
+            "Bytes the replica has not replayed yet.",
+            lag.to_string(),
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The router of the agent's HTTP server.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/primary", any(primary))
+        .route("/replica", any(replica))
+        .route("/health", any(health))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(node)
+}

@@ -1,0 +1,249 @@
+//! The agent's side of the channel to the manager leader: registration, a
+//! report every heartbeat, lease grants and commands coming back.
+//!
+//! The agent dials any manager; a follower refuses with the leader's address
+//! and the agent redials there. A broken session is simply opened again,
+//! against whoever leads by then.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::node::Node;
+use crate::cluster::wire::{
+    AgentCommand, ManagerMessage, NodeReport, Registration, RegistrationReply,
+};
+use crate::manager::api::LEADER_HEADER;
+use crate::proto::agent::agent_channel_client::AgentChannelClient;
+use crate::proto::agent::AgentEnvelope;
+use crate::transport;
+
+/// Why the agent cannot register.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("the managers refused node {node}: {message}")]
+    Refused { node: String, message: String },
+    #[error("no manager answered at {managers} within {seconds}s (last error: {last}); check that the managers run and --managers is right")]
+    Unreachable {
+        managers: String,
+        seconds: u64,
+        last: String,
+    },
+}
+
+fn encode<T: serde::Serialize>(body: &T) -> Option<AgentEnvelope> {
+    serde_json::to_vec(body)
+        .ok()
+        .map(|payload| AgentEnvelope { payload })
+}
+
+fn leader_hint(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The addresses to try: the leader hint first, then the configured list.
+fn candidates(node: &Node, hint: &Option<String>) -> Vec<String> {
+    let mut list: Vec<String> = hint.iter().cloned().collect();
+    list.extend(
+        node.config
+            .managers
+            .iter()
+            .filter(|m| Some(*m) != hint.as_ref())
+            .cloned(),
+    );
+    list
+}
+
+fn client(address: &str) -> Option<AgentChannelClient<Channel>> {
+    transport::lazy_channel(address)
+        .ok()
+        .map(AgentChannelClient::new)
+}
+
+/// Register this node with the managers (the leader commits it).
+pub async fn register(node: &Node, timeout: Duration) -> Result<RegistrationReply, RegisterError> {
+    let c = &node.config;
+    let registration = Registration {
+        cluster: c.cluster.clone(),
+        node: c.name.clone(),
+        host: c.pg_host.clone(),
+        port: c.pg_port,
+        http: c.http_advertise.clone(),
+        tags: c.tags.clone(),
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut hint = None;
+    let mut last = String::from("none");
+    loop {
+        for address in candidates(node, &hint) {
+            let Some(mut api) = client(&address) else {
+                continue;
+            };
+            let Some(envelope) = encode(&registration) else {
+                continue;
+            };
+            let mut request = tonic::Request::new(envelope);
+            request.set_timeout(Duration::from_secs(5));
+            match api.register(request).await {
+                Ok(reply) => {
+                    return serde_json::from_slice(&reply.into_inner().payload).map_err(|e| {
+                        RegisterError::Refused {
+                            node: c.name.clone(),
+                            message: format!("undecodable answer: {e}"),
+                        }
+                    })
+                }
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::FailedPrecondition | Code::InvalidArgument | Code::NotFound
+                    ) =>
+                {
+                    return Err(RegisterError::Refused {
+                        node: c.name.clone(),
+                        message: status.message().to_string(),
+                    })
+                }
+                Err(status) => {
+                    last = format!("{address}: {}", status.message());
+                    if let Some(h) = leader_hint(&status) {
+                        hint = Some(h);
+                        break;
+                    }
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(RegisterError::Unreachable {
+                managers: c.managers.join(","),
+                seconds: timeout.as_secs(),
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Keep a session with the leader open forever; commands go to `commands`.
+pub async fn run(node: Arc<Node>, commands: mpsc::Sender<AgentCommand>) {
+    let mut hint: Option<String> = None;
+    loop {
+        for address in candidates(&node, &hint) {
+            match session(&node, &address, &commands).await {
+                Ok(()) => {
+                    hint = None;
+                    break;
+                }
+                Err(status) => {
+                    tracing::debug!(manager = %address, code = ?status.code(), message = status.message(), "no session");
+                    if let Some(h) = leader_hint(&status) {
+                        hint = Some(h);
+                        break;
+                    }
+                    if status.code() == Code::NotFound {
+                        // Not a member (removed, or the group was rebuilt):
+                        // register again, then retry.
+                        if let Err(e) = register(&node, Duration::from_secs(5)).await {
+                            tracing::warn!(error = %e, "re-registration failed");
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One session: returns when it breaks.
+async fn session(
+    node: &Arc<Node>,
+    address: &str,
+    commands: &mpsc::Sender<AgentCommand>,
+) -> Result<(), Status> {
+    let mut api = client(address).ok_or_else(|| Status::invalid_argument("bad address"))?;
+    let (up_tx, up_rx) = mpsc::channel::<AgentEnvelope>(16);
+    // The first report names us; send it before the call so the leader can
+    // refuse an unknown node at once.
+    let first = node.next_report();
+    up_tx
+        .send(encode(&first).ok_or_else(|| Status::internal("encode"))?)
+        .await
+        .map_err(|_| Status::internal("closed"))?;
+    let response = api
+        .session(tokio_stream::wrappers::ReceiverStream::new(up_rx))
+        .await?;
+    let mut down = response.into_inner();
+    tracing::info!(manager = %address, "session with the leader open");
+
+    let mut interval = Duration::from_millis(250);
+    let reporter = {
+        let node = node.clone();
+        let up = up_tx.clone();
+        let (interval_tx, mut interval_rx) = tokio::sync::watch::channel(interval);
+        let handle = tokio::spawn(async move {
+            loop {
+                let wait = *interval_rx.borrow();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = node.report_now.notified() => {}
+                    r = interval_rx.changed() => { if r.is_err() { return; } continue; }
+                }
+                let report: NodeReport = node.next_report();
+                let Some(envelope) = encode(&report) else {
+                    continue;
+                };
+                if up.send(envelope).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (handle, interval_tx)
+    };
+    let result = loop {
+        let message = match down.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(status) => break Err(status),
+        };
+        let message: ManagerMessage = match serde_json::from_slice(&message.payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable message from the leader");
+                continue;
+            }
+        };
+        match message {
+            ManagerMessage::Welcome {
+                leader,
+                heartbeat_interval_ms,
+                ..
+            } => {
+                tracing::debug!(leader, heartbeat_interval_ms, "welcome");
+                interval = Duration::from_millis(heartbeat_interval_ms.clamp(50, 5000));
+                let _ = reporter.1.send(interval);
+            }
+            ManagerMessage::Lease(grant) => {
+                node.lease.grant(&grant, node.epoch());
+            }
+            ManagerMessage::Ack { primary_lsn } => node.set_primary_lsn(primary_lsn),
+            ManagerMessage::Command(command) => {
+                if commands.send(command).await.is_err() {
+                    break Ok(());
+                }
+            }
+            ManagerMessage::Refused { reason } => {
+                break Err(Status::not_found(reason));
+            }
+        }
+    };
+    reporter.0.abort();
+    tracing::info!(manager = %address, "session with the leader closed");
+    result
+}
