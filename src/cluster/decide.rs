@@ -57,6 +57,9 @@ pub struct Decision {
     pub grant: Option<(String, LeaseGrant)>,
     /// Why nothing (more) happens: for logs and status.
     pub waiting: Vec<String>,
+    /// The failover candidate is catching up from a more advanced replica
+    /// (bounded by [`CATCH_UP_LIMIT_MS`]).
+    pub catching_up: bool,
 }
 
 impl Decision {
@@ -403,6 +406,16 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
         d.wait("paused: no automatic failover");
         return false;
     }
+    if sync_protected(cluster) {
+        // Cut the sync standbys off the old primary first: from then on it
+        // cannot collect the acknowledgements a commit waits for, even if
+        // it is still running somewhere, and their LSNs stop moving.
+        for member in &cluster.sync_set {
+            if fresh(input, member).is_some_and(|o| o.report.upstream.is_some()) {
+                command(input, d, member, Action::Detach);
+            }
+        }
+    }
     let allowed = promotion_allowed_at(input);
     if input.now < allowed {
         d.wait(format!(
@@ -499,9 +512,22 @@ fn failover(input: &Input, old: &Member, d: &mut Decision) {
         .unwrap_or(top_timeline);
 
     let eligible: Vec<&Candidate> = if sync_protected(cluster) {
+        // Only members that no longer stream from the old primary count:
+        // their LSN is final.
+        let detached = |c: &&Candidate| {
+            fresh(input, &c.member.name).is_some_and(|o| {
+                o.report.upstream.is_none()
+                    && o.report.postgres.as_ref().is_some_and(|pg| {
+                        pg.wal_receiver
+                            .as_ref()
+                            .is_none_or(|w| w.status != "streaming")
+                    })
+            })
+        };
         let reported = all
             .iter()
             .filter(|c| cluster.sync_set.contains(&c.member.name))
+            .filter(detached)
             .count();
         let needed = sync::reports_needed(cluster.sync_set.len(), effective_k(cluster));
         if reported < needed {
@@ -512,6 +538,7 @@ fn failover(input: &Input, old: &Member, d: &mut Decision) {
         }
         all.iter()
             .filter(|c| cluster.sync_set.contains(&c.member.name) && c.timeline == timeline)
+            .filter(detached)
             .collect()
     } else {
         let reference = input.soft.last_primary_lsn.map(|(lsn, _)| lsn);
@@ -535,10 +562,12 @@ fn failover(input: &Input, old: &Member, d: &mut Decision) {
     // A reachable replica that is further ahead (a nofailover one, say):
     // let the candidate catch up from it first, for a bounded time.
     if let Some(ahead) = all.iter().find(|c| {
-        c.timeline == best.timeline
+        !sync_protected(cluster)
+            && c.timeline == best.timeline
             && c.received > best.received
             && c.member.name != best.member.name
     }) {
+        d.catching_up = true;
         let since = input.soft.catch_up_since.unwrap_or(input.now);
         if input.now.saturating_sub(since) < CATCH_UP_LIMIT_MS {
             let following_ahead = fresh(input, &best.member.name)

@@ -133,6 +133,15 @@ impl Soft {
         self.catch_up_since = None;
     }
 
+    /// Remember what a decision implies for later decisions.
+    pub fn record(&mut self, catching_up: bool, now: u64) {
+        if catching_up {
+            self.catch_up_since.get_or_insert(now);
+        } else {
+            self.catch_up_since = None;
+        }
+    }
+
     /// Record a command as sent; returns its id.
     pub fn sent(&mut self, node: &str, action: &Action, epoch: u64, now: u64) -> u64 {
         let id = self.next_command;

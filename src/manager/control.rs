@@ -226,6 +226,7 @@ impl Control {
                     now,
                     wall_ms: wall_ms(),
                 });
+                soft.record(d.catching_up, now);
                 l.waiting.insert(name.to_string(), d.waiting.clone());
                 d
             };

@@ -181,9 +181,11 @@ pub(crate) fn render_pgquorum_conf(
         )?;
         line("restore_command", &format!("cp {file}%f %p"))?;
     }
+    // Always present (a primary ignores it): it can only change with a
+    // restart, so toggling it with the role would flag `pending_restart`.
+    line("recovery_target_timeline", "latest")?;
     if let Some(up) = upstream {
         line("primary_conninfo", &primary_conninfo(cfg, up))?;
-        line("recovery_target_timeline", "latest")?;
     }
     Ok(out)
 }
