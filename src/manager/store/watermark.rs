@@ -37,7 +37,7 @@ impl WatermarkRecord {
             }
         }
         if let Some(marked) = &self.committed {
-            if !last_log_id.is_some_and(|l| l.index >= marked.index) {
+            if last_log_id.is_none_or(|l| l.index < marked.index) {
                 let last = last_log_id.map_or("none".to_string(), |l| l.to_string());
                 return Some(format!(
                     "the stored log ends at {last}, before the committed entry recorded in the \
