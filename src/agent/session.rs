@@ -207,10 +207,17 @@ async fn session(
         (handle, interval_tx)
     };
     let result = loop {
-        let message = match down.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => break Ok(()),
-            Err(status) => break Err(status),
+        // The leader answers every report at once: a silent leader is a
+        // dead or cut-off one, and the lease cannot wait for TCP to notice.
+        let silence = (interval * 3).max(Duration::from_millis(750));
+        let message = match tokio::time::timeout(silence, down.message()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => break Ok(()),
+            Ok(Err(status)) => break Err(status),
+            Err(_) => {
+                tracing::warn!(manager = %address, ?silence, "the leader went silent: redialing");
+                break Ok(());
+            }
         };
         let message: ManagerMessage = match serde_json::from_slice(&message.payload) {
             Ok(m) => m,

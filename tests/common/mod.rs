@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod deploy;
+pub mod netns;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;

@@ -1,0 +1,544 @@
+//! A pgquorum deployment for tests: one manager and one agent (with its
+//! PostgreSQL) per host, where a host is either a network namespace or just
+//! an address on loopback. Plus the client side: writers that record every
+//! acknowledged row, so that tests can count what was lost and check that
+//! two primaries never took writes at the same time.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgquorum::proto::api::{ClusterStatus, GetStatusRequest, NodeStatus};
+
+use super::netns::{Host, Network};
+use super::{bin, wait_for, Proc};
+
+pub const MANAGER_PORT: u16 = 7001;
+pub const PG_PORT: u16 = 5432;
+pub const HTTP_PORT: u16 = 8008;
+
+/// Managers and agents on network-namespace hosts.
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    pub hosts: Vec<Host>,
+    pub managers: BTreeMap<String, Proc>,
+    pub agents: BTreeMap<String, Proc>,
+    pub peers: String,
+}
+
+fn traversable_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("pgq-net-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+impl Deployment {
+    /// Start a manager on every host of `net`, then the agents (the first
+    /// host's agent first, so that it bootstraps).
+    pub async fn start(net: &Network, extra_config: &[(&str, &str)]) -> Deployment {
+        let dir = traversable_tempdir();
+        let peers = net
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("{}={}:{MANAGER_PORT}", i + 1, h.address))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut d = Deployment {
+            dir,
+            hosts: net.hosts.clone(),
+            managers: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            peers,
+        };
+        for i in 0..net.hosts.len() {
+            d.start_manager(net, i);
+        }
+        for i in 0..net.hosts.len() {
+            d.start_agent(net, i);
+            if i == 0 {
+                let host = net.hosts[0].name.clone();
+                wait_for(
+                    "the first node to register",
+                    Duration::from_secs(60),
+                    || async {
+                        d.status()
+                            .await
+                            .filter(|s| s.nodes.iter().any(|n| n.name == host))
+                            .map(|_| ())
+                    },
+                )
+                .await;
+                if !extra_config.is_empty() {
+                    d.set_config(extra_config).await;
+                }
+            }
+        }
+        d.wait_all_streaming(net.hosts.len(), Duration::from_secs(180))
+            .await;
+        d
+    }
+
+    pub fn host_dir(&self, host: &Host) -> PathBuf {
+        self.dir.path().join(&host.name)
+    }
+
+    pub fn start_manager(&mut self, net: &Network, i: usize) {
+        let host = &net.hosts[i];
+        let dir = self.host_dir(host);
+        std::fs::create_dir_all(&dir).expect("host dir");
+        let mut cmd = net.command(host, &bin());
+        cmd.args([
+            "manager",
+            "--id",
+            &(i + 1).to_string(),
+            "--peers",
+            &self.peers,
+            "--data-dir",
+        ])
+        .arg(dir.join("manager"));
+        let p = Proc::spawn(
+            &format!("manager {}", host.name),
+            &mut cmd,
+            &dir.join("manager.log"),
+        );
+        self.managers.insert(host.name.clone(), p);
+    }
+
+    pub fn start_agent(&mut self, net: &Network, i: usize) {
+        let host = &net.hosts[i];
+        let dir = self.host_dir(host);
+        std::fs::create_dir_all(&dir).expect("host dir");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, agent_config(&dir, host, &self.manager_addresses()))
+            .expect("agent config");
+        let mut cmd = net.command(host, &bin());
+        cmd.args(["agent", "--config"]).arg(&config);
+        let p = Proc::spawn(
+            &format!("agent {}", host.name),
+            &mut cmd,
+            &dir.join("agent.log"),
+        );
+        self.agents.insert(host.name.clone(), p);
+    }
+
+    pub fn manager_addresses(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .map(|h| format!("{}:{MANAGER_PORT}", h.address))
+            .collect()
+    }
+
+    pub fn dsn(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2",
+            self.hosts.iter().map(|h| h.address.clone()).collect::<Vec<_>>().join(","),
+            vec![PG_PORT.to_string(); self.hosts.len()].join(",")
+        )
+    }
+
+    /// Cluster status from any manager that answers (linearizable).
+    pub async fn status(&self) -> Option<ClusterStatus> {
+        for a in self.manager_addresses() {
+            let Ok(channel) = pgquorum::transport::lazy_channel(&a) else {
+                continue;
+            };
+            let mut c = pgquorum::proto::api::pg_quorum_client::PgQuorumClient::new(channel);
+            let mut req = tonic::Request::new(GetStatusRequest {
+                cluster: "main".into(),
+                local: false,
+            });
+            req.set_timeout(Duration::from_secs(2));
+            if let Ok(r) = c.get_status(req).await {
+                return Some(r.into_inner());
+            }
+        }
+        None
+    }
+
+    pub async fn set_config(&self, changes: &[(&str, &str)]) {
+        let changes: std::collections::HashMap<String, String> = changes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        wait_for("config set", Duration::from_secs(30), || {
+            let changes = changes.clone();
+            async move {
+                for a in self.manager_addresses() {
+                    let channel = pgquorum::transport::lazy_channel(&a).ok()?;
+                    let mut c =
+                        pgquorum::proto::api::pg_quorum_client::PgQuorumClient::new(channel);
+                    let req = pgquorum::proto::api::SetConfigRequest {
+                        cluster: "main".into(),
+                        changes: changes.clone(),
+                    };
+                    if c.set_config(req).await.is_ok() {
+                        return Some(());
+                    }
+                }
+                None
+            }
+        })
+        .await
+    }
+
+    /// Wait until the primary takes writes and every other node streams.
+    pub async fn wait_all_streaming(&self, nodes: usize, limit: Duration) -> ClusterStatus {
+        wait_for(
+            "primary healthy and every replica streaming",
+            limit,
+            || async {
+                let s = self.status().await?;
+                let healthy_primary = s
+                    .nodes
+                    .iter()
+                    .filter(|n| n.role == "primary" && n.healthy)
+                    .count()
+                    == 1;
+                let streaming = s
+                    .nodes
+                    .iter()
+                    .filter(|n| n.role == "replica" && n.healthy)
+                    .count()
+                    == nodes - 1;
+                (s.nodes.len() == nodes && healthy_primary && streaming).then_some(s)
+            },
+        )
+        .await
+    }
+
+    pub fn node<'a>(s: &'a ClusterStatus, name: &str) -> &'a NodeStatus {
+        s.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("node in status")
+    }
+
+    pub fn host_of_node(&self, node: &str) -> Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == node)
+            .cloned()
+            .expect("host")
+    }
+
+    /// The manager id running on `host`.
+    pub fn manager_id(&self, host: &Host) -> u64 {
+        self.hosts
+            .iter()
+            .position(|h| h.name == host.name)
+            .expect("host") as u64
+            + 1
+    }
+
+    /// HTTP status code of an agent endpoint, or None when unreachable.
+    pub async fn http(&self, host: &Host, path: &str) -> Option<u16> {
+        http_get(&format!("{}:{HTTP_PORT}", host.address), path).await
+    }
+}
+
+/// A minimal HTTP GET (status code only), bounded to 2 s.
+pub async fn http_get(address: &str, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(address).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        text.split_whitespace().nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn agent_config(dir: &Path, host: &Host, managers: &[String]) -> String {
+    let subnet = super::netns::SUBNET;
+    format!(
+        "name = \"{name}\"\ncluster = \"main\"\nmanagers = [{managers}]\nhttp_listen = \"{addr}:{HTTP_PORT}\"\n\
+         state_dir = \"{state}\"\nregister_timeout = \"60s\"\n\n[postgresql]\ndata_dir = \"{data}\"\n\
+         listen = \"{addr}\"\nport = {PG_PORT}\nsocket_dir = \"{socket}\"\nlog_file = \"{log}\"\n\
+         hba = [\"local all all trust\", \"host all all {subnet}.0/24 trust\", \"host replication all {subnet}.0/24 trust\", \"host all all 127.0.0.0/8 trust\", \"host replication all 127.0.0.0/8 trust\"]\n\n\
+         [postgresql.parameters]\nshared_buffers = \"32MB\"\nmax_connections = \"50\"\n",
+        name = host.name,
+        addr = host.address,
+        managers = managers.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", "),
+        state = dir.join("agent").display(),
+        data = dir.join("data").display(),
+        socket = dir.join("socket").display(),
+        log = dir.join("postgresql.log").display(),
+    )
+}
+
+/// One acknowledged write.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub id: i64,
+    /// Address of the server that acknowledged it.
+    pub server: String,
+    pub sent: Instant,
+    pub acked: Instant,
+}
+
+/// Client writers: one through the multi-host connection string, and one
+/// prober per node writing straight to it, each recording acknowledgements.
+pub struct Writers {
+    stop: Arc<AtomicBool>,
+    next_id: Arc<AtomicU64>,
+    pub acks: Arc<Mutex<Vec<Ack>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Create the table (through `dsn`) and start writing every `every`.
+    pub async fn start(dsn: &str, direct: &[(String, u16)], every: Duration) -> Writers {
+        let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the primary");
+        tokio::spawn(conn);
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS acked (id bigint PRIMARY KEY, via text)")
+            .await
+            .expect("create table");
+        let w = Writers {
+            stop: Arc::new(AtomicBool::new(false)),
+            next_id: Arc::new(AtomicU64::new(1)),
+            acks: Arc::new(Mutex::new(Vec::new())),
+            tasks: Vec::new(),
+        };
+        let mut w = w;
+        let mut targets = vec![dsn.to_string()];
+        for (host, port) in direct {
+            targets.push(format!(
+                "host={host} port={port} user=postgres dbname=postgres connect_timeout=1"
+            ));
+        }
+        for target in targets {
+            let (stop, next, acks) = (w.stop.clone(), w.next_id.clone(), w.acks.clone());
+            w.tasks.push(tokio::spawn(async move {
+                write_loop(target, every, stop, next, acks).await
+            }));
+        }
+        w
+    }
+
+    pub async fn stop(mut self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        let acks = self.acks.lock().expect("acks").clone();
+        acks
+    }
+
+    pub fn count(&self) -> usize {
+        self.acks.lock().expect("acks").len()
+    }
+
+    /// Acknowledged writes so far, by server.
+    pub fn acks_by(&self, server: &str) -> Vec<Ack> {
+        self.acks
+            .lock()
+            .expect("acks")
+            .iter()
+            .filter(|a| a.server == server)
+            .cloned()
+            .collect()
+    }
+}
+
+async fn write_loop(
+    target: String,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    next: Arc<AtomicU64>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    while !stop.load(Ordering::SeqCst) {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio_postgres::connect(&target, tokio_postgres::NoTls),
+            )
+            .await
+            {
+                Ok(Ok((c, conn))) => {
+                    tokio::spawn(conn);
+                    Some(c)
+                }
+                _ => None,
+            };
+        }
+        if let Some(c) = &client {
+            let id = next.fetch_add(1, Ordering::SeqCst) as i64;
+            let sent = Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(3),
+                c.query_one(
+                    "INSERT INTO acked (id, via) VALUES ($1, 'w') RETURNING host(inet_server_addr())",
+                    &[&id],
+                ),
+            )
+            .await;
+            match r {
+                Ok(Ok(row)) => {
+                    let server: String = row.get(0);
+                    acks.lock().expect("acks").push(Ack {
+                        id,
+                        server,
+                        sent,
+                        acked: Instant::now(),
+                    });
+                }
+                _ => client = None,
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Ids present on the server at `host:port` (read after everything healed).
+pub async fn ids_on(host: &str, port: u16) -> std::collections::BTreeSet<i64> {
+    let dsn = format!("host={host} port={port} user=postgres dbname=postgres connect_timeout=2");
+    let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    c.query("SELECT id FROM acked", &[])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The postmaster of `data_dir` and every process it started.
+pub fn postgres_pids(data_dir: &Path) -> Vec<i32> {
+    let Some(postmaster) = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+    else {
+        return Vec::new();
+    };
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster), None).is_err() {
+        return Vec::new();
+    }
+    let mut pids = vec![postmaster];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')').and_then(|(_, rest)| {
+                    rest.split_whitespace()
+                        .nth(1)
+                        .and_then(|p| p.parse::<i32>().ok())
+                })
+            });
+        if parent == Some(postmaster) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn signal(pids: &[i32], sig: nix::sys::signal::Signal) {
+    for p in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
+    }
+}
+
+impl Deployment {
+    fn host_pids(&self, host: &Host, with_manager: bool) -> Vec<i32> {
+        let mut pids = postgres_pids(&self.host_dir(host).join("data"));
+        pids.extend(self.agents.get(&host.name).and_then(|p| p.pid()));
+        if with_manager {
+            pids.extend(self.managers.get(&host.name).and_then(|p| p.pid()));
+        }
+        pids
+    }
+
+    /// The host dies: its agent, its PostgreSQL (and its manager) are frozen
+    /// and then killed, so that none of them notices the others going.
+    pub fn crash_host(&mut self, host: &Host, with_manager: bool) {
+        let pids = self.host_pids(host, with_manager);
+        signal(&pids, nix::sys::signal::Signal::SIGSTOP);
+        signal(&pids, nix::sys::signal::Signal::SIGKILL);
+        if let Some(p) = self.agents.get_mut(&host.name) {
+            p.kill9();
+        }
+        if with_manager {
+            if let Some(p) = self.managers.get_mut(&host.name) {
+                p.kill9();
+            }
+        }
+        let data = self.host_dir(host).join("data");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !postgres_pids(&data).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Freeze the host's agent and PostgreSQL (SIGSTOP); returns the pids.
+    pub fn freeze_host(&self, host: &Host) -> Vec<i32> {
+        let pids = self.host_pids(host, false);
+        signal(&pids, nix::sys::signal::Signal::SIGSTOP);
+        pids
+    }
+
+    pub fn thaw(&self, pids: &[i32]) {
+        signal(pids, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// Run the CLI against this deployment's managers.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let managers = self.manager_addresses().join(",");
+        let mut full = vec!["--managers", managers.as_str()];
+        full.extend_from_slice(args);
+        super::cli(&full)
+    }
+
+    /// The manager id that leads, if any answers.
+    pub async fn leader_id(&self) -> Option<u64> {
+        self.status()
+            .await?
+            .managers
+            .iter()
+            .find(|m| m.role == "leader")
+            .map(|m| m.id)
+    }
+}
+
+impl Drop for Deployment {
+    /// Agents and managers are killed by their `Proc` guards; PostgreSQL
+    /// servers are daemons of their own and are killed here.
+    fn drop(&mut self) {
+        for p in self.agents.values_mut().chain(self.managers.values_mut()) {
+            p.kill9();
+        }
+        for h in &self.hosts {
+            let pids = postgres_pids(&self.host_dir(h).join("data"));
+            signal(&pids, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
