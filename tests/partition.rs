@@ -13,11 +13,7 @@ use common::netns::{self, Network};
 use common::wait_for;
 
 /// One network at a time: the tests share the subnet.
-static NETWORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    NETWORK.lock().unwrap_or_else(|p| p.into_inner())
-}
+static NETWORK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -131,7 +127,7 @@ async fn isolated_primary_fences_itself_and_the_majority_takes_over_async() {
         eprintln!("skipped: network namespaces need root and iproute2");
         return;
     }
-    let _guard = lock();
+    let _guard = NETWORK.lock().await;
     let (acks, old, _new, final_ids) = isolate_primary(false).await;
     // Asynchronous mode: only what the old primary acknowledged may be lost.
     let lost: Vec<&Ack> = acks.iter().filter(|a| !final_ids.contains(&a.id)).collect();
@@ -151,7 +147,7 @@ async fn isolated_primary_loses_no_acknowledged_row_in_sync_mode() {
         eprintln!("skipped: network namespaces need root and iproute2");
         return;
     }
-    let _guard = lock();
+    let _guard = NETWORK.lock().await;
     let (acks, _old, _new, final_ids) = isolate_primary(true).await;
     let lost: Vec<i64> = acks
         .iter()
@@ -170,7 +166,7 @@ async fn a_cut_off_minority_manager_does_not_disturb_a_healthy_primary() {
         eprintln!("skipped: network namespaces need root and iproute2");
         return;
     }
-    let _guard = lock();
+    let _guard = NETWORK.lock().await;
     let net = Network::create(3).expect("network namespaces");
     let d = Deployment::start(&net, &[]).await;
     let before = d.status().await.expect("status");
