@@ -31,18 +31,33 @@ struct Sandbox {
 
 impl Sandbox {
     fn up(sync: bool) -> Sandbox {
-        let dir = tempfile::Builder::new().prefix("pgq-bench-").tempdir_in("/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("pgq-bench-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         let base = 20000 + (rand::random::<u16>() % 400) * 100;
         let mut cmd = Command::new(bin());
-        cmd.args(["sandbox", "up", "--json", "--base-port", &base.to_string(), "--dir"])
-            .arg(dir.path().join("s"));
+        cmd.args([
+            "sandbox",
+            "up",
+            "--json",
+            "--base-port",
+            &base.to_string(),
+            "--dir",
+        ])
+        .arg(dir.path().join("s"));
         if sync {
             cmd.arg("--sync");
         }
         let out = cmd.output().expect("sandbox up");
-        assert!(out.status.success(), "sandbox up: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sandbox up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let file: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sandbox json");
         let managers = file["managers"]
             .as_array()
@@ -68,7 +83,11 @@ impl Sandbox {
             .args(args)
             .output()
             .expect("pgquorum");
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn status(&self) -> Option<serde_json::Value> {
@@ -83,15 +102,24 @@ impl Sandbox {
     fn primary(&self) -> Option<(String, u16, bool)> {
         let s = self.status()?;
         let nodes = s["nodes"].as_array()?;
-        let p = nodes.iter().find(|n| n["role"] == "primary" && n["healthy"] == true)?;
+        let p = nodes
+            .iter()
+            .find(|n| n["role"] == "primary" && n["healthy"] == true)?;
         let all = nodes.iter().all(|n| n["healthy"] == true);
-        Some((p["name"].as_str()?.to_string(), p["port"].as_u64()? as u16, all))
+        Some((
+            p["name"].as_str()?.to_string(),
+            p["port"].as_u64()? as u16,
+            all,
+        ))
     }
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let _ = Command::new(bin()).args(["sandbox", "down", "--dir"]).arg(self.path()).output();
+        let _ = Command::new(bin())
+            .args(["sandbox", "down", "--dir"])
+            .arg(self.path())
+            .output();
     }
 }
 
@@ -101,8 +129,17 @@ fn stats(label: &str, unit: &str, mut v: Vec<f64>) {
         return;
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
-    println!("  {label}: median {median:.2}{unit}  min {:.2}{unit}  max {:.2}{unit}  (n={})", v[0], v[v.len() - 1], v.len());
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    println!(
+        "  {label}: median {median:.2}{unit}  min {:.2}{unit}  max {:.2}{unit}  (n={})",
+        v[0],
+        v[v.len() - 1],
+        v.len()
+    );
 }
 
 fn lost(acks: &[Ack], ids: &BTreeSet<i64>) -> usize {
@@ -115,25 +152,62 @@ async fn crash_and_switchover(runs: usize) {
     let (mut gaps, mut rejoin_sw, mut lost_sw) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         // (a) crash of the primary's host.
-        let (old, _, _) = wait_for("a healthy cluster", LONG, || async { sb.primary().filter(|p| p.2) }).await;
+        let (old, _, _) = wait_for("a healthy cluster", LONG, || async {
+            sb.primary().filter(|p| p.2)
+        })
+        .await;
         let w = Writers::start(&sb.dsn, &[], EVERY).await;
         wait_for("writes", LONG, || async { (w.count() > 20).then_some(()) }).await;
         let fault = Instant::now();
-        sb.run(&["sandbox", "crash", "--dir", sb.path().to_str().unwrap(), &old]);
-        let (new, port, _) = wait_for("a new primary", LONG, || async { sb.primary().filter(|p| p.0 != old) }).await;
-        wait_for("a write on the new primary", LONG, || async {
-            w.acks.lock().unwrap().iter().any(|a| a.sent > fault).then_some(())
+        sb.run(&[
+            "sandbox",
+            "crash",
+            "--dir",
+            sb.path().to_str().unwrap(),
+            &old,
+        ]);
+        let (new, port, _) = wait_for("a new primary", LONG, || async {
+            sb.primary().filter(|p| p.0 != old)
         })
         .await;
-        let first = w.acks.lock().unwrap().iter().filter(|a| a.sent > fault).map(|a| a.acked).min().unwrap();
+        wait_for("a write on the new primary", LONG, || async {
+            w.acks
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|a| a.sent > fault)
+                .then_some(())
+        })
+        .await;
+        let first = w
+            .acks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.sent > fault)
+            .map(|a| a.acked)
+            .min()
+            .unwrap();
         outage.push((first - fault).as_secs_f64());
         let started = Instant::now();
-        sb.run(&["sandbox", "start", "--dir", sb.path().to_str().unwrap(), &old]);
-        wait_for("the old primary streaming", LONG, || async { sb.primary().filter(|p| p.2).map(|_| ()) }).await;
+        sb.run(&[
+            "sandbox",
+            "start",
+            "--dir",
+            sb.path().to_str().unwrap(),
+            &old,
+        ]);
+        wait_for("the old primary streaming", LONG, || async {
+            sb.primary().filter(|p| p.2).map(|_| ())
+        })
+        .await;
         rejoin.push(started.elapsed().as_secs_f64());
         let acks = w.stop().await;
         lost_crash.push(lost(&acks, &ids_on("127.0.0.1", port).await) as f64);
-        eprintln!("crash run {run}: {old} -> {new}, outage {:.2}s", outage[run]);
+        eprintln!(
+            "crash run {run}: {old} -> {new}, outage {:.2}s",
+            outage[run]
+        );
 
         // (b) switchover to a replica.
         let w = Writers::start(&sb.dsn, &[], EVERY).await;
@@ -150,84 +224,161 @@ async fn crash_and_switchover(runs: usize) {
         let before = sb.primary().unwrap().0;
         let asked = Instant::now();
         sb.run(&["switchover", "--to", &target, "--force"]);
-        let (_, port, _) = wait_for("the switchover", LONG, || async { sb.primary().filter(|p| p.0 == target) }).await;
-        wait_for("writes on the new primary", LONG, || async {
-            w.acks.lock().unwrap().iter().filter(|a| a.sent > asked).count().gt(&10).then_some(())
+        let (_, port, _) = wait_for("the switchover", LONG, || async {
+            sb.primary().filter(|p| p.0 == target)
         })
         .await;
-        wait_for("the old primary streaming", LONG, || async { sb.primary().filter(|p| p.2).map(|_| ()) }).await;
+        wait_for("writes on the new primary", LONG, || async {
+            w.acks
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| a.sent > asked)
+                .count()
+                .gt(&10)
+                .then_some(())
+        })
+        .await;
+        wait_for("the old primary streaming", LONG, || async {
+            sb.primary().filter(|p| p.2).map(|_| ())
+        })
+        .await;
         rejoin_sw.push(asked.elapsed().as_secs_f64());
         let acks = w.stop().await;
         let mut times: Vec<Instant> = acks.iter().map(|a| a.acked).collect();
         times.sort();
-        let gap = times.windows(2).map(|p| p[1] - p[0]).max().unwrap_or_default();
+        let gap = times
+            .windows(2)
+            .map(|p| p[1] - p[0])
+            .max()
+            .unwrap_or_default();
         gaps.push(gap.as_secs_f64());
         lost_sw.push(lost(&acks, &ids_on("127.0.0.1", port).await) as f64);
         eprintln!("switchover run {run}: {before} -> {target}, longest gap {gap:?}");
     }
     println!("(a) primary host crash, {runs} runs (sandbox, async):");
-    stats("write outage (fault → first acknowledged write on the new primary)", "s", outage);
-    stats("old primary streaming again (after its restart)", "s", rejoin);
+    stats(
+        "write outage (fault → first acknowledged write on the new primary)",
+        "s",
+        outage,
+    );
+    stats(
+        "old primary streaming again (after its restart)",
+        "s",
+        rejoin,
+    );
     stats("acknowledged rows lost", "", lost_crash);
     println!("(b) switchover, {runs} runs (sandbox):");
     stats("longest gap between two acknowledged writes", "s", gaps);
-    stats("old primary streaming again (from the request)", "s", rejoin_sw);
+    stats(
+        "old primary streaming again (from the request)",
+        "s",
+        rejoin_sw,
+    );
     stats("acknowledged rows lost", "", lost_sw);
 }
 
 async fn isolation(runs: usize, sync: bool) {
     let mode = if sync { "sync" } else { "async" };
-    let (mut after_cut, mut lost_rows, mut first_new, mut overlaps, mut rejoin) = (Vec::new(), Vec::new(), Vec::new(), 0, Vec::new());
+    let (mut after_cut, mut lost_rows, mut first_new, mut overlaps, mut rejoin) =
+        (Vec::new(), Vec::new(), Vec::new(), 0, Vec::new());
     for run in 0..runs {
         let net = Network::create(3).expect("network namespaces");
         let config: &[(&str, &str)] = if sync { &[("sync_mode", "on")] } else { &[] };
         let d = Deployment::start(&net, config).await;
         if sync {
-            wait_for("a sync standby", LONG, || async { d.status().await.filter(|s| s.nodes.iter().any(|n| n.sync)).map(|_| ()) }).await;
+            wait_for("a sync standby", LONG, || async {
+                d.status()
+                    .await
+                    .filter(|s| s.nodes.iter().any(|n| n.sync))
+                    .map(|_| ())
+            })
+            .await;
         }
         let before = d.status().await.unwrap();
         let old = d.host_of_node(&before.primary);
-        let direct: Vec<(String, u16)> = d.hosts.iter().map(|h| (h.address.clone(), PG_PORT)).collect();
+        let direct: Vec<(String, u16)> = d
+            .hosts
+            .iter()
+            .map(|h| (h.address.clone(), PG_PORT))
+            .collect();
         let w = Writers::start(&d.dsn(), &direct, EVERY).await;
-        wait_for("writes", LONG, || async { (w.acks_by(&old.address).len() > 20).then_some(()) }).await;
+        wait_for("writes", LONG, || async {
+            (w.acks_by(&old.address).len() > 20).then_some(())
+        })
+        .await;
         let cut = Instant::now();
         net.isolate(&old);
         let s = wait_for("a new primary", LONG, || async {
             let s = d.status().await?;
-            (s.epoch > before.epoch && s.nodes.iter().any(|n| n.role == "primary" && n.healthy && n.name != old.name)).then_some(s)
+            (s.epoch > before.epoch
+                && s.nodes
+                    .iter()
+                    .any(|n| n.role == "primary" && n.healthy && n.name != old.name))
+            .then_some(s)
         })
         .await;
         let new = d.host_of_node(&s.primary);
-        wait_for("writes on the new primary", LONG, || async { (w.acks_by(&new.address).len() > 10).then_some(()) }).await;
+        wait_for("writes on the new primary", LONG, || async {
+            (w.acks_by(&new.address).len() > 10).then_some(())
+        })
+        .await;
         let heal = Instant::now();
         net.rejoin(&old);
         d.wait_all_streaming(3, LONG).await;
         rejoin.push(heal.elapsed().as_secs_f64());
         let acks = w.stop().await;
-        let old_acks: Vec<&Ack> = acks.iter().filter(|a| a.server == old.address && a.sent > cut).collect();
+        let old_acks: Vec<&Ack> = acks
+            .iter()
+            .filter(|a| a.server == old.address && a.sent > cut)
+            .collect();
         after_cut.push(old_acks.len() as f64);
-        let new_first = acks.iter().filter(|a| a.server == new.address).map(|a| a.acked).min().unwrap();
+        let new_first = acks
+            .iter()
+            .filter(|a| a.server == new.address)
+            .map(|a| a.acked)
+            .min()
+            .unwrap();
         first_new.push((new_first - cut).as_secs_f64());
-        let new_first_sent = acks.iter().filter(|a| a.server == new.address).map(|a| a.sent).min().unwrap();
+        let new_first_sent = acks
+            .iter()
+            .filter(|a| a.server == new.address)
+            .map(|a| a.sent)
+            .min()
+            .unwrap();
         if old_acks.iter().any(|a| a.acked >= new_first_sent) {
             overlaps += 1;
         }
         lost_rows.push(lost(&acks, &ids_on(&new.address, PG_PORT).await) as f64);
-        eprintln!("isolation ({mode}) run {run}: old acknowledged {} after the cut", old_acks.len());
+        eprintln!(
+            "isolation ({mode}) run {run}: old acknowledged {} after the cut",
+            old_acks.len()
+        );
         drop(d);
         drop(net);
     }
     println!("(c) primary host isolated, clients still reach it, {mode} mode, {runs} runs:");
-    stats("writes the old primary acknowledged after the cut", "", after_cut);
+    stats(
+        "writes the old primary acknowledged after the cut",
+        "",
+        after_cut,
+    );
     stats("acknowledged rows lost after healing", "", lost_rows);
-    stats("cut → first write acknowledged by the new primary", "s", first_new);
+    stats(
+        "cut → first write acknowledged by the new primary",
+        "s",
+        first_new,
+    );
     println!("  runs where both primaries acknowledged writes at once: {overlaps}");
     stats("heal → old primary streaming again", "s", rejoin);
 }
 
 #[tokio::main]
 async fn main() {
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     crash_and_switchover(runs).await;
     if netns::available() {
         isolation(runs.min(3), false).await;

@@ -143,13 +143,25 @@ async fn execute(node: &Node, command: &AgentCommand) -> anyhow::Result<String> 
             callbacks::fire(node, Event::Stop, "fenced");
             Ok("fenced".into())
         }
-        Action::Restart { action_id } => {
-            node.set_phase(AgentPhase::Starting);
-            if node.pg.postmaster_pid().is_some() {
+        Action::Restart {
+            action_id,
+            pending_only,
+        } => {
+            let pending = status(node).await.is_some_and(|pg| pg.pending_restart);
+            let message = if *pending_only && !pending {
+                "no restart pending"
+            } else if node.pg.postmaster_pid().is_some() {
+                if node.intent() == Intent::Primary {
+                    await_lease(node).await?;
+                }
+                node.set_phase(AgentPhase::Starting);
                 node.pg.restart(START_TIMEOUT).await?;
-            }
+                "restarted"
+            } else {
+                "not running"
+            };
             node.update(|p| p.completed_action = Some(*action_id))?;
-            Ok("restarted".into())
+            Ok(message.into())
         }
         Action::Configure { settings } => {
             let upstream = match node.intent() {

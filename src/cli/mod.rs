@@ -105,6 +105,8 @@ pub enum Command {
     /// A whole cluster on this machine, for a first look, demos and tests.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Print the version.
     Version,
 }
@@ -140,6 +142,7 @@ fn merge(global: &GlobalArgs, conn: &ConnArgs) -> GlobalArgs {
 async fn run(cli: Cli) -> Result<(), Failure> {
     let global = cli.global;
     if !matches!(cli.command, Command::Manager(_) | Command::Agent(_)) {
+        // Commands log only warnings, to stderr, so stdout stays clean.
         crate::logging::init(false, "warn");
     }
     match cli.command {
@@ -172,6 +175,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Failover(w) => ops::failover(&merge(&global, &w.conn), w.args).await,
         Command::Node(g) => ops::node(&merge(&global, &g.conn), g.command).await,
         Command::Sandbox(cmd) => sandbox::run(&global, cmd).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "pgquorum", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Version => {
             output::print(
                 global.json,

@@ -50,7 +50,7 @@ pub struct UpArgs {
     /// Managers (3 or 5 for fault tolerance; 1 works too).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=7))]
     pub managers: u16,
-    /// Ports: managers P+1…, PostgreSQL P+11…, agent HTTP P+21….
+    /// Ports: managers P+1…, PostgreSQL P+11…, agent HTTP P+21…, manager metrics P+31….
     #[arg(long, default_value_t = 7000, value_parser = clap::value_parser!(u16).range(1024..=65000))]
     pub base_port: u16,
     /// Synchronous replication (sync_mode=on).
@@ -98,6 +98,9 @@ pub struct ManagerEntry {
     pub peers: String,
     #[serde(default)]
     pub log: PathBuf,
+    /// Prometheus `/metrics` address.
+    #[serde(default)]
+    pub metrics: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -321,7 +324,13 @@ async fn up(global: &GlobalArgs, args: UpArgs) -> Result<(), Failure> {
     let manager_ports: Vec<u16> = (1..=args.managers).map(|i| base + i).collect();
     let pg_ports: Vec<u16> = (1..=args.nodes).map(|i| base + 10 + i).collect();
     let http_ports: Vec<u16> = (1..=args.nodes).map(|i| base + 20 + i).collect();
-    for port in manager_ports.iter().chain(&pg_ports).chain(&http_ports) {
+    let metrics_ports: Vec<u16> = (1..=args.managers).map(|i| base + 30 + i).collect();
+    for port in manager_ports
+        .iter()
+        .chain(&pg_ports)
+        .chain(&http_ports)
+        .chain(&metrics_ports)
+    {
         if !port_free(*port) {
             return Err(Failure::failed(format!(
                 "port {port} is already in use; choose other ports with --base-port"
@@ -361,24 +370,18 @@ async fn up(global: &GlobalArgs, args: UpArgs) -> Result<(), Failure> {
         let id = i as u64 + 1;
         let data_dir = dir.join("managers").join(format!("m{id}"));
         let log = dir.join("logs").join(format!("manager-{id}.log"));
-        let argv = vec![
-            "manager".into(),
-            "--id".into(),
-            id.to_string(),
-            "--peers".into(),
-            peers.clone(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-        ];
-        let pid = spawn_detached(&binary, &argv, &log)?;
-        file.managers.push(ManagerEntry {
+        let metrics = format!("127.0.0.1:{}", metrics_ports[i]);
+        let entry = ManagerEntry {
             id,
             address: format!("127.0.0.1:{port}"),
-            pid,
+            pid: 0,
             data_dir,
             peers: peers.clone(),
             log,
-        });
+            metrics,
+        };
+        let pid = spawn_detached(&binary, &manager_argv(&entry), &entry.log)?;
+        file.managers.push(ManagerEntry { pid, ..entry });
     }
     file.save(&dir)?;
 
@@ -488,6 +491,23 @@ async fn up(global: &GlobalArgs, args: UpArgs) -> Result<(), Failure> {
     );
     print(global.json, &file, || summary);
     Ok(())
+}
+
+fn manager_argv(m: &ManagerEntry) -> Vec<String> {
+    let mut argv = vec![
+        "manager".to_string(),
+        "--id".into(),
+        m.id.to_string(),
+        "--peers".into(),
+        m.peers.clone(),
+        "--data-dir".into(),
+        m.data_dir.display().to_string(),
+    ];
+    if !m.metrics.is_empty() {
+        argv.push("--metrics-listen".into());
+        argv.push(m.metrics.clone());
+    }
+    argv
 }
 
 fn start_agent(file: &mut SandboxFile, binary: &Path, i: usize) -> Result<(), Failure> {
@@ -734,16 +754,7 @@ fn start(dir: &Path, name: &str) -> Result<(), Failure> {
                 m.id, m.pid
             )));
         }
-        let argv = vec![
-            "manager".into(),
-            "--id".into(),
-            m.id.to_string(),
-            "--peers".into(),
-            m.peers.clone(),
-            "--data-dir".into(),
-            m.data_dir.display().to_string(),
-        ];
-        let pid = spawn_detached(&binary, &argv, &m.log)?;
+        let pid = spawn_detached(&binary, &manager_argv(m), &m.log)?;
         let id = m.id;
         if let Some(entry) = file.managers.iter_mut().find(|e| e.id == id) {
             entry.pid = pid;

@@ -785,6 +785,7 @@ fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mut Decision)
                     },
                     NodeActionKind::Restart | NodeActionKind::RestartPending => Action::Restart {
                         action_id: action.id,
+                        pending_only: action.kind == NodeActionKind::RestartPending,
                     },
                 };
                 command(input, d, &m.name, a);
@@ -853,6 +854,29 @@ fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mut Decision)
         }
     }
     if primary_ok {
+        if let (Some(o), Some(action)) = (fresh(input, &primary.name), primary.action.as_ref()) {
+            // An operator's restart of the primary (a reinit is refused
+            // when it is requested).
+            let restart = matches!(
+                action.kind,
+                NodeActionKind::Restart | NodeActionKind::RestartPending
+            );
+            if restart
+                && o.report.completed_action != Some(action.id)
+                && !busy(input, &primary.name)
+            {
+                command(
+                    input,
+                    d,
+                    &primary.name,
+                    Action::Restart {
+                        action_id: action.id,
+                        pending_only: action.kind == NodeActionKind::RestartPending,
+                    },
+                );
+                return;
+            }
+        }
         if let Some(o) = fresh(input, &primary.name) {
             if o.report.config_version < cluster.config_version && !busy(input, &primary.name) {
                 command(

@@ -229,8 +229,13 @@ pub enum Action {
     Reinit { upstream: Upstream, action_id: u64 },
     /// Stop PostgreSQL immediately (no shutdown checkpoint, sessions cut).
     Fence { reason: String },
-    /// Restart PostgreSQL in its current role.
-    Restart { action_id: u64 },
+    /// Restart PostgreSQL in its current role (with `pending_only`, only
+    /// when a changed parameter waits for a restart).
+    Restart {
+        action_id: u64,
+        #[serde(default)]
+        pending_only: bool,
+    },
     /// Apply managed settings and reload.
     Configure { settings: ManagedSettings },
 }

@@ -64,6 +64,8 @@ pub struct ManagerFile {
     pub peers: Option<PeersSpec>,
     pub join: Option<bool>,
     pub log_format: Option<String>,
+    /// HTTP address for Prometheus `/metrics` (off when absent).
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub raft: RaftFile,
 }
@@ -93,6 +95,9 @@ pub struct ManagerArgs {
     /// Start empty and wait until `pgquorum managers add` brings this manager in.
     #[arg(long, conflicts_with = "peers")]
     pub join: bool,
+    /// HTTP address for Prometheus /metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 /// How this manager comes into its group.
@@ -115,6 +120,7 @@ pub struct ManagerConfig {
     pub data_dir: PathBuf,
     pub membership: Membership,
     pub json_logs: bool,
+    pub metrics_listen: Option<SocketAddr>,
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -292,6 +298,13 @@ impl ManagerConfig {
             }
         };
 
+        let metrics_listen = match args.metrics_listen.clone().or(file.metrics_listen) {
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|_| invalid(format!("metrics_listen {text:?} must be IP:PORT")))?,
+            ),
+            None => None,
+        };
         let raft = &file.raft;
         let heartbeat_interval = duration(
             "heartbeat_interval",
@@ -327,6 +340,7 @@ impl ManagerConfig {
             data_dir,
             membership,
             json_logs,
+            metrics_listen,
             heartbeat_interval,
             election_timeout_min,
             election_timeout_max,

@@ -8,6 +8,7 @@
 //! keeps no soft state and no sessions.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -76,8 +77,20 @@ struct Leadership {
     next_session: u64,
 }
 
+/// Counters for the manager's `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub decisions: AtomicU64,
+    pub failovers: AtomicU64,
+    pub switchovers: AtomicU64,
+    pub commands: AtomicU64,
+    pub lease_grants: AtomicU64,
+    pub lease_denials: AtomicU64,
+}
+
 struct Inner {
     node: Arc<ManagerNode>,
+    counters: Counters,
     started: Instant,
     leadership: Mutex<Leadership>,
     wake: Notify,
@@ -103,6 +116,7 @@ impl Control {
         Control {
             inner: Arc::new(Inner {
                 node,
+                counters: Counters::default(),
                 started: Instant::now(),
                 leadership: Mutex::new(Leadership::default()),
                 wake: Notify::new(),
@@ -232,6 +246,16 @@ impl Control {
             };
             if let Some(commit) = decision.commit {
                 let promotes = matches!(commit, ClusterCommand::Promote { .. });
+                let counters = &self.inner.counters;
+                counters.decisions.fetch_add(1, Ordering::Relaxed);
+                if let ClusterCommand::Promote { kind, .. } = &commit {
+                    match kind {
+                        EventKind::Switchover => {
+                            counters.switchovers.fetch_add(1, Ordering::Relaxed)
+                        }
+                        _ => counters.failovers.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
                 tracing::info!(cluster = name, command = ?commit, "committing decision");
                 match self.inner.node.propose(commit).await {
                     Ok(_) => {
@@ -248,6 +272,15 @@ impl Control {
                     Err(e) => return Err(e),
                 }
                 continue;
+            }
+            let counters = &self.inner.counters;
+            counters
+                .commands
+                .fetch_add(decision.commands.len() as u64, Ordering::Relaxed);
+            if decision.grant.is_some() {
+                counters.lease_grants.fetch_add(1, Ordering::Relaxed);
+            } else if self.primary_wants_lease(cluster) {
+                counters.lease_denials.fetch_add(1, Ordering::Relaxed);
             }
             self.send(cluster, decision.commands, decision.grant, now);
             return Ok(());
@@ -310,6 +343,43 @@ impl Control {
                 None => tracing::debug!(node, "no session to the agent; message dropped"),
             }
         }
+    }
+
+    fn primary_wants_lease(&self, cluster: &Cluster) -> bool {
+        let Some(primary) = cluster.primary.as_deref() else {
+            return false;
+        };
+        let now = self.now();
+        let l = self.lock();
+        l.clusters
+            .get(&cluster.name)
+            .and_then(|s| s.nodes.get(primary))
+            .is_some_and(|o| {
+                o.report.wants_lease && now.saturating_sub(o.received_at) <= cluster.config.ttl_ms
+            })
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Clusters in which more than one node reports running writable: a
+    /// split brain, if it lasts longer than a fence takes.
+    pub fn split_brain_suspected(&self) -> BTreeMap<String, bool> {
+        let now = self.now();
+        let l = self.lock();
+        l.clusters
+            .iter()
+            .map(|(name, soft)| {
+                let writable = soft
+                    .nodes
+                    .values()
+                    .filter(|o| now.saturating_sub(o.received_at) <= 2000)
+                    .filter(|o| o.report.postgres.as_ref().is_some_and(|pg| !pg.in_recovery))
+                    .count();
+                (name.clone(), writable > 1)
+            })
+            .collect()
     }
 
     /// An agent opened a session; messages for it go to `tx`. Returns the

@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod identity;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod raft_service;

@@ -135,10 +135,27 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         }
     }
     let control_task = control.spawn();
+    let metrics_task = match config.metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {address}"))?;
+            let router = super::metrics::router(node.clone(), control.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            }))
+        }
+        None => None,
+    };
 
     shutdown_signal().await;
     tracing::info!("stopping: closing the gRPC server, then Raft");
     control_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let _ = stop_tx.send(());
     match server.await {
         Ok(Ok(())) => {}
