@@ -37,6 +37,15 @@ pub async fn refresh(node: &Node) -> Observation {
             clean_shutdown: false,
             checkpoint_lsn: pg.lsn,
         },
+        // While a clone or rewind writes the data directory it is neither
+        // empty nor valid: keep the last look instead of a false alarm.
+        None if matches!(
+            node.phase(),
+            AgentPhase::Cloning | AgentPhase::Rewinding | AgentPhase::Bootstrapping
+        ) =>
+        {
+            node.observation().data
+        }
         None => node.pg.inspect().await,
     };
     let o = Observation { postgres, data };

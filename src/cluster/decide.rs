@@ -116,6 +116,17 @@ pub fn promotion_allowed_at(input: &Input) -> u64 {
     at
 }
 
+/// May this leader make a node writable that is not writable now? Not
+/// before every lease a predecessor may have granted has ended — only the
+/// committed primary gets leases, but a recovered manager group or a
+/// predecessor's lost decisions can leave another node holding one. A node
+/// that already runs writable holds such a lease itself and is kept.
+fn may_make_writable(input: &Input) -> bool {
+    let c = &input.cluster.config;
+    let first_bootstrap = input.cluster.epoch == 1 && input.cluster.system_identifier.is_none();
+    first_bootstrap || input.now >= input.soft.leader_since + c.ttl_ms + c.lease_margin_ms
+}
+
 /// The report's PostgreSQL is running as a primary.
 fn is_writable(r: &NodeReport) -> bool {
     r.postgres.as_ref().is_some_and(|pg| !pg.in_recovery)
@@ -322,6 +333,20 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
         };
         match &r.postgres {
             Some(pg) if !pg.in_recovery => {
+                if r.epoch < cluster.epoch && !demoting {
+                    // Running, but it has not seen this epoch (the manager
+                    // group was recovered): tell it, idempotently.
+                    command(
+                        input,
+                        d,
+                        &primary.name,
+                        Action::StartPrimary {
+                            settings: settings_now,
+                        },
+                    );
+                    grant(input, d, &primary.name, o);
+                    return false;
+                }
                 if r.epoch == cluster.epoch && r.wants_lease && !demoting {
                     grant(input, d, &primary.name, o);
                 }
@@ -330,6 +355,10 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
                     grant(input, d, &primary.name, o);
                 }
                 return r.epoch == cluster.epoch && !demoting;
+            }
+            Some(_) if !may_make_writable(input) => {
+                d.wait("a new leader waits out its predecessors' leases before promoting");
+                return false;
             }
             Some(_) => {
                 // Committed primary still in recovery: the promotion is
@@ -357,10 +386,14 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
                 let down_for = input
                     .now
                     .saturating_sub(input.soft.primary_down_since.unwrap_or(input.now));
-                if down_for < c.primary_start_timeout_ms
+                let may_restart = down_for < c.primary_start_timeout_ms
                     && !cluster.paused
-                    && !busy(input, &primary.name)
-                {
+                    && !busy(input, &primary.name);
+                if may_restart && !may_make_writable(input) {
+                    d.wait("a new leader waits out its predecessors' leases before starting the primary");
+                    return false;
+                }
+                if may_restart {
                     let action =
                         if cluster.system_identifier.is_none() && r.data == DataDirState::Empty {
                             Action::Bootstrap {

@@ -39,7 +39,9 @@ SELECT r.rec,
   (SELECT system_identifier FROM pg_control_system())::text,
   current_setting('synchronous_standby_names'),
   EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart),
-  w.status, w.sender_host, w.sender_port::text, w.received_tli::text
+  w.status, w.sender_host, w.sender_port::text, w.received_tli::text,
+  (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir()
+    WHERE name ~ '^[0-9A-F]{8}[.]history$')::text
 FROM (SELECT pg_is_in_recovery() AS rec OFFSET 0) r
 LEFT JOIN pg_stat_wal_receiver w ON true;
 SELECT application_name, state, flush_lsn::text, replay_lsn::text, sync_state
@@ -86,8 +88,9 @@ fn lsn(v: Option<&str>) -> Result<Lsn, String> {
 /// after promotion, unlike `pg_control_checkpoint()`, which shows the new
 /// timeline only after the next checkpoint. A standby's is the WAL
 /// receiver's `received_tli` (what it streams, follows the upstream's
-/// timeline switches); without a receiver, the larger of the latest
-/// restartpoint's timeline and the minimum-recovery-point timeline.
+/// timeline switches), or the newest `NNNNNNNN.history` file in pg_wal when
+/// the receiver is down (e.g. its primary just died), or the latest
+/// restartpoint's / minimum-recovery-point timeline, whichever is highest.
 fn parse_status(sets: &[Vec<tokio_postgres::SimpleQueryRow>]) -> Result<PgStatus, String> {
     let row = sets
         .first()
@@ -108,11 +111,11 @@ fn parse_status(sets: &[Vec<tokio_postgres::SimpleQueryRow>]) -> Result<PgStatus
         sender_host: get(12).unwrap_or_default().to_string(),
         sender_port: get(13).and_then(|p| p.parse().ok()).unwrap_or(0),
     });
+    // A standby whose receiver is down (its primary just died) must still
+    // report the timeline it follows: the newest timeline history file it
+    // received says so; restartpoint timelines lag behind.
     let timeline = if in_recovery {
-        match num(14) {
-            0 => num(6).max(num(7)),
-            tli => tli,
-        }
+        num(14).max(num(15)).max(num(6)).max(num(7))
     } else {
         get(3)
             .and_then(|hex| u32::from_str_radix(hex, 16).ok())
