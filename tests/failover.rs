@@ -270,3 +270,32 @@ async fn paused_cluster_promotes_nobody_until_resumed() {
     assert!(out.status.success(), "resume: {}", stderr(&out));
     new_primary(&d, &old, before.epoch).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_keeps_working_round_after_round() {
+    let net = Network::loopback(3);
+    let mut d = Deployment::start(&net, &[]).await;
+    let w = writers(&d).await;
+    for round in 0..3 {
+        let before = d.wait_all_streaming(3, LONG).await;
+        let old = d.host_of_node(&before.primary);
+        wait_for("writes on the primary", LONG, || async {
+            (w.acks_by(&old.address).len() >= 5).then_some(())
+        })
+        .await;
+        d.crash_host(&old, false);
+        let new = new_primary(&d, &old, before.epoch).await;
+        eprintln!("round {round}: {} -> {}", old.name, new.name);
+        let i = d.hosts.iter().position(|h| h.name == old.name).unwrap();
+        d.start_agent(&net, i);
+    }
+    d.wait_all_streaming(3, LONG).await;
+    let acks = w.stop().await;
+    let s = d.status().await.unwrap();
+    let ids = ids_on(&d.host_of_node(&s.primary).address, PG_PORT).await;
+    // Only rows acknowledged by a primary that then crashed may be missing.
+    assert!(
+        lost(&acks, &ids).len() < acks.len() / 2,
+        "most acknowledged rows are gone"
+    );
+}

@@ -2,6 +2,7 @@
 //! codes that mean something (0 done, 1 refused or failed, 2 usage).
 
 use std::fmt::Display;
+use std::io::Write;
 use std::process::ExitCode;
 
 use comfy_table::{presets, ContentArrangement, Table};
@@ -53,19 +54,22 @@ impl From<anyhow::Error> for Failure {
 
 /// Print `value` as JSON, or the human text `human` renders.
 pub fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) {
-    if json {
+    let mut text = if json {
         match serde_json::to_string_pretty(value) {
-            Ok(text) => println!("{text}"),
-            Err(e) => eprintln!("error: cannot render JSON: {e}"),
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("error: cannot render JSON: {e}");
+                return;
+            }
         }
     } else {
-        let text = human();
-        if text.ends_with('\n') {
-            print!("{text}");
-        } else {
-            println!("{text}");
-        }
+        human()
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
     }
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
 /// A plain table with a header row.
