@@ -208,11 +208,11 @@ async fn write_config(
 /// A primary acts only while it holds the lease; the grant follows the
 /// command within a moment.
 async fn await_lease(node: &Node) -> anyhow::Result<()> {
-    for _ in 0..40 {
+    for _ in 0..200 {
         if node.lease_remaining() > FENCE_LEAD_MS {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     bail!("no valid lease from the leader: not acting as primary")
 }

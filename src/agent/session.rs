@@ -195,6 +195,14 @@ async fn session(
                     _ = node.report_now.notified() => {}
                     r = interval_rx.changed() => { if r.is_err() { return; } continue; }
                 }
+                // A report carries what PostgreSQL looks like now, not a
+                // look up to one observer period old (bounded: a hung server
+                // must not hold the heartbeat back for long).
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(300),
+                    super::executor::refresh(&node),
+                )
+                .await;
                 let report: NodeReport = node.next_report();
                 let Some(envelope) = encode(&report) else {
                     continue;
@@ -245,6 +253,7 @@ async fn session(
                     break Ok(());
                 }
             }
+            ManagerMessage::Poll => node.report_now.notify_one(),
             ManagerMessage::Refused { reason } => {
                 break Err(Status::not_found(reason));
             }

@@ -87,7 +87,7 @@ impl Default for DynamicConfig {
         DynamicConfig {
             ttl_ms: 2000,
             heartbeat_interval_ms: 250,
-            lease_margin_ms: 500,
+            lease_margin_ms: 200,
             sync_mode: SyncMode::Off,
             sync_count: 1,
             sync_strict: false,

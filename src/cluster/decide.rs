@@ -60,6 +60,9 @@ pub struct Decision {
     /// The failover candidate is catching up from a more advanced replica
     /// (bounded by [`CATCH_UP_LIMIT_MS`]).
     pub catching_up: bool,
+    /// Nodes asked for a report right away: the decision waits for facts
+    /// newer than their latest report.
+    pub poll: Vec<String>,
 }
 
 impl Decision {
@@ -535,7 +538,18 @@ fn effective_k(cluster: &Cluster) -> u32 {
 fn failover(input: &Input, old: &Member, d: &mut Decision) {
     let cluster = input.cluster;
     let lease_end = input.soft.lease.as_ref().map(|b| b.expires_at).unwrap_or(0);
-    // LSNs are final only in reports sent after the old primary stopped.
+    // LSNs are final only in reports sent after the old primary stopped:
+    // ask for fresh ones rather than wait for the next heartbeat.
+    for m in input
+        .cluster
+        .members
+        .values()
+        .filter(|m| m.name != old.name)
+    {
+        if fresh(input, &m.name).is_some_and(|o| o.received_at < lease_end) {
+            d.poll.push(m.name.clone());
+        }
+    }
     let all = candidates(input, &old.name, lease_end);
     let top_timeline = all.iter().map(|c| c.timeline).max().unwrap_or(0);
     let timeline = input
@@ -956,6 +970,10 @@ fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) 
         d.wait("switchover: no report from the target");
         return;
     };
+    if t.received_at < o.received_at {
+        // The target's replay position predates the old primary's stop.
+        d.poll.push(target.to_string());
+    }
     let caught_up = t
         .report
         .postgres

@@ -284,6 +284,8 @@ pub enum ManagerMessage {
     Ack {
         primary_lsn: Lsn,
     },
+    /// Send a report now (the leader waits for fresh facts from this node).
+    Poll,
     /// The session is refused (unknown node, other cluster…).
     Refused {
         reason: String,

@@ -257,8 +257,14 @@ impl Control {
                     };
                 }
                 tracing::info!(cluster = name, command = ?commit, "committing decision");
+                let proposed_at = self.now();
                 match self.inner.node.propose(commit).await {
                     Ok(_) => {
+                        // A commit is a quorum round too: whoever reported
+                        // before the entry was appended may get a lease.
+                        if let Some(soft) = self.lock().clusters.get_mut(name) {
+                            soft.confirmed_at = soft.confirmed_at.max(Some(proposed_at));
+                        }
                         if promotes {
                             if let Some(soft) = self.lock().clusters.get_mut(name) {
                                 soft.epoch_changed();
@@ -282,10 +288,21 @@ impl Control {
             } else if self.primary_wants_lease(cluster) {
                 counters.lease_denials.fetch_add(1, Ordering::Relaxed);
             }
+            self.poll(cluster, &decision.poll);
             self.send(cluster, decision.commands, decision.grant, now);
             return Ok(());
         }
         Ok(())
+    }
+
+    /// Ask nodes for a report now.
+    fn poll(&self, cluster: &Cluster, nodes: &[String]) {
+        let l = self.lock();
+        for node in nodes {
+            if let Some(session) = l.sessions.get(&(cluster.name.clone(), node.clone())) {
+                let _ = session.tx.try_send(ManagerMessage::Poll);
+            }
+        }
     }
 
     /// Send commands, then the lease grant, and book both.

@@ -286,57 +286,61 @@ impl Postgres {
             })?
     }
 
-    /// Promote this standby (`pg_promote(wait => true)`) and return once
-    /// `pg_is_in_recovery()` is false. No-op on a primary.
+    /// Promote this standby and return once `pg_is_in_recovery()` is
+    /// false. No-op on a primary. `pg_promote(wait => true)` checks only
+    /// every 100 ms; asking without waiting and polling every 10 ms shaves
+    /// most of that off a failover.
     pub async fn promote(&self, timeout: Duration) -> Result<(), PgError> {
         let t0 = std::time::Instant::now();
-        let wait_secs = timeout.as_secs().clamp(1, 3600);
-        let sql = format!(
-            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_promote(true, {wait_secs}) END, \
-             pg_is_in_recovery()"
-        );
+        let in_recovery = |sets: Vec<Vec<tokio_postgres::SimpleQueryRow>>| {
+            sets.first()
+                .and_then(|s| s.first())
+                .and_then(|r| r.get(0).map(|v| v == "t"))
+        };
         let sets = self
             .query_on(
                 Target::Local,
                 "promotion",
-                &sql,
-                timeout + Duration::from_secs(2),
+                "SELECT CASE WHEN pg_is_in_recovery() THEN pg_promote(false) ELSE false END",
+                Duration::from_secs(10),
             )
             .await?;
-        let row = sets.first().and_then(|s| s.first());
-        let promoted = row.and_then(|r| r.get(0));
-        let still = row.and_then(|r| r.get(1)) == Some("t");
-        match promoted {
-            None if !still => {
-                tracing::info!("promote: already a primary");
-            }
-            Some("t") => {
-                // pg_promote(wait) returns once recovery has ended; check it.
-                let sets = self
-                    .query_on(
-                        Target::Local,
-                        "promotion check",
-                        "SELECT pg_is_in_recovery()",
-                        Duration::from_secs(5),
-                    )
-                    .await?;
-                if sets.first().and_then(|s| s.first()).and_then(|r| r.get(0)) != Some("f") {
-                    return Err(self.promote_failed("still in recovery after pg_promote"));
-                }
-                tracing::info!(elapsed = ?t0.elapsed(), "promoted");
-            }
-            _ => {
-                return Err(
-                    self.promote_failed(&format!("pg_promote did not finish within {wait_secs} s"))
+        if in_recovery(sets) == Some(false) {
+            // pg_promote(false) answered false only if it could not signal.
+            let sets = self
+                .query_on(
+                    Target::Local,
+                    "promotion check",
+                    "SELECT pg_is_in_recovery()",
+                    Duration::from_secs(5),
                 )
+                .await?;
+            if in_recovery(sets) == Some(false) {
+                tracing::info!("promote: already a primary");
+                return Ok(());
             }
         }
-        Ok(())
+        while t0.elapsed() < timeout {
+            let sets = self
+                .query_on(
+                    Target::Local,
+                    "promotion check",
+                    "SELECT pg_is_in_recovery()",
+                    Duration::from_secs(5),
+                )
+                .await?;
+            if in_recovery(sets) == Some(false) {
+                tracing::info!(elapsed = ?t0.elapsed(), "promoted");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(self.promote_failed(&format!("still in recovery {timeout:?} after pg_promote")))
     }
 
     fn promote_failed(&self, what: &str) -> PgError {
         PgError::Failed {
-            command: "SELECT pg_promote(true, …)".to_string(),
+            command: "SELECT pg_promote(false)".to_string(),
             status: what.to_string(),
             hint: format!(
                 "the standby may still be replaying WAL; see the server log {}",
