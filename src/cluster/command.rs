@@ -120,6 +120,11 @@ pub enum ClusterCommand {
     RetireManager {
         id: u64,
     },
+    /// Disaster recovery: the first entry of a re-formed group carries the
+    /// state the surviving manager had. Only accepted on an empty state.
+    RestoreState {
+        state: Box<ClusterState>,
+    },
 }
 
 /// What a successful command did.
@@ -255,7 +260,7 @@ impl ClusterCommand {
             | CancelSwitchover { cluster, .. }
             | RequestNodeAction { cluster, .. }
             | CompleteNodeAction { cluster, .. } => Some(cluster),
-            Recover { .. } | RetireManager { .. } => None,
+            Recover { .. } | RetireManager { .. } | RestoreState { .. } => None,
         }
     }
 
@@ -273,6 +278,18 @@ impl ClusterCommand {
                 http,
                 tags,
             } => register(state, cluster, name, host, *port, http, tags),
+            RestoreState { state: restored } => {
+                if !state.clusters.is_empty() {
+                    return Err(Rejection::precondition(
+                        "a state can only be restored into an empty manager group",
+                    ));
+                }
+                *state = (**restored).clone();
+                Ok(Applied {
+                    message: format!("restored {} cluster(s)", state.clusters.len()),
+                    ..Applied::default()
+                })
+            }
             RetireManager { id } => {
                 state.retired_managers.insert(*id);
                 Ok(Applied {
@@ -319,7 +336,7 @@ impl ClusterCommand {
     fn apply_to_cluster(&self, c: &mut Cluster) -> CommandResult {
         use ClusterCommand::*;
         match self {
-            RegisterNode { .. } | Recover { .. } | RetireManager { .. } => {
+            RegisterNode { .. } | Recover { .. } | RetireManager { .. } | RestoreState { .. } => {
                 Err(Rejection::invalid("internal: not a single-cluster command"))
             }
             RemoveNode { name, .. } => {

@@ -98,6 +98,10 @@ pub struct ManagerArgs {
     /// HTTP address for Prometheus /metrics.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
+    /// Disaster recovery: re-form the group from this manager's data alone,
+    /// when a majority of managers is lost for good (see docs/operations).
+    #[arg(long, conflicts_with_all = ["join", "peers"])]
+    pub force_new_cluster: bool,
 }
 
 /// How this manager comes into its group.
@@ -121,6 +125,7 @@ pub struct ManagerConfig {
     pub membership: Membership,
     pub json_logs: bool,
     pub metrics_listen: Option<SocketAddr>,
+    pub force_new_cluster: bool,
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -235,6 +240,8 @@ impl ManagerConfig {
             (None, None) => None,
         };
         let join = args.join || file.join.unwrap_or(false);
+        // Recovery re-forms the group from the data directory alone.
+        let peers = if args.force_new_cluster { None } else { peers };
         let membership = match (peers, join) {
             (Some(_), true) => {
                 return Err(invalid("--peers and --join exclude each other: --peers forms a new group, --join waits to be added to one"))
@@ -341,6 +348,7 @@ impl ManagerConfig {
             membership,
             json_logs,
             metrics_listen,
+            force_new_cluster: args.force_new_cluster,
             heartbeat_interval,
             election_timeout_min,
             election_timeout_max,

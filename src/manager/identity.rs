@@ -34,7 +34,7 @@ pub enum IdentityError {
         found: NodeId,
         wanted: NodeId,
     },
-    #[error("data directory {dir} was written by another manager group (formed with peers {found}); --peers says {wanted}. Use this group's data directory, or give the same --peers")]
+    #[error("data directory {dir} was written by another manager group (formed with peers {found}); --peers says {wanted}. Use this group's data directory, or give the same --peers, or none (the data directory remembers its group)")]
     OtherGroup {
         dir: PathBuf,
         found: String,

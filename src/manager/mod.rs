@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod raft_service;
+pub mod recovery;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -20,6 +20,7 @@ use super::identity::Identity;
 use super::network::Network;
 use super::node::ManagerNode;
 use super::raft_service::RaftService;
+use super::recovery;
 use super::store::{self, Durability};
 use super::types::Raft;
 use crate::proto;
@@ -60,18 +61,45 @@ fn raft_config(config: &ManagerConfig) -> anyhow::Result<openraft::Config> {
 /// Run a manager until SIGTERM.
 pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     let (identity, fresh) = Identity::prepare(&config)?;
+    let raft_dir = config.data_dir.join("raft");
+    let recovered = if config.force_new_cluster {
+        if fresh {
+            anyhow::bail!(
+                "--force-new-cluster needs the data directory of a surviving manager; {} is empty",
+                config.data_dir.display()
+            );
+        }
+        let state = recovery::surviving_state(&raft_dir).await?;
+        let aside = recovery::set_aside(&raft_dir)?;
+        let peers = BTreeMap::from([(config.id, config.advertise.clone())]);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        identity.reset_group(
+            &format!("{}-r{stamp}", super::identity::group_of(&peers)),
+            peers.clone(),
+        )?;
+        tracing::warn!(
+            clusters = state.clusters.len(),
+            old_store = %aside.display(),
+            "forcing a new manager group from this manager's data"
+        );
+        Some((state, peers))
+    } else {
+        None
+    };
     let durability = if config.fsync {
         Durability::Fsync
     } else {
         Durability::SledFlushOnly
     };
-    let (log_store, state_machine) = store::open(&config.data_dir.join("raft"), durability)
-        .with_context(|| {
-            format!(
-                "cannot open the Raft store in {}",
-                config.data_dir.display()
-            )
-        })?;
+    let (log_store, state_machine) = store::open(&raft_dir, durability).with_context(|| {
+        format!(
+            "cannot open the Raft store in {}",
+            config.data_dir.display()
+        )
+    })?;
     let state = state_machine.watch();
 
     // Bind before starting Raft so that a taken port fails fast and cleanly.
@@ -129,7 +157,10 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     let server = tokio::spawn(server);
     tracing::info!(id = config.id, listen = %config.listen, advertise = %config.advertise, fresh, "manager started");
 
-    if let Membership::Peers(peers) = &config.membership {
+    if let Some((state, peers)) = recovered {
+        form_group(&raft, &peers).await?;
+        restore(&raft, &node, state).await?;
+    } else if let Membership::Peers(peers) = &config.membership {
         if !raft.is_initialized().await.context("raft stopped")? {
             form_group(&raft, peers).await?;
         }
@@ -164,6 +195,36 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     }
     raft.shutdown().await.context("raft shutdown")?;
     tracing::info!("manager stopped");
+    Ok(())
+}
+
+/// Commit the surviving state into the re-formed group, then bump the epochs.
+async fn restore(
+    raft: &Raft,
+    node: &ManagerNode,
+    state: crate::cluster::ClusterState,
+) -> anyhow::Result<()> {
+    raft.wait(Some(std::time::Duration::from_secs(30)))
+        .current_leader(node.id, "leading the re-formed group")
+        .await
+        .context("the re-formed group elected no leader")?;
+    let clusters = state.clusters.len();
+    node.propose(crate::cluster::ClusterCommand::RestoreState {
+        state: Box::new(state),
+    })
+    .await
+    .context("restore the cluster state")?;
+    let at_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    node.propose(crate::cluster::ClusterCommand::Recover {
+        bump: recovery::EPOCH_BUMP,
+        at_unix_ms,
+    })
+    .await
+    .context("bump the epochs")?;
+    tracing::warn!(clusters, bump = recovery::EPOCH_BUMP, "manager group re-formed; add new managers with `pgquorum managers add`, and start this one without --force-new-cluster from now on");
     Ok(())
 }
 

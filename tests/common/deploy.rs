@@ -92,19 +92,20 @@ impl Deployment {
     }
 
     pub fn start_manager(&mut self, net: &Network, i: usize) {
+        let peers = self.peers.clone();
+        self.start_manager_with(net, i, &["--peers", &peers]);
+    }
+
+    /// Start manager `i` with `extra` arguments instead of `--peers`.
+    pub fn start_manager_with(&mut self, net: &Network, i: usize, extra: &[&str]) {
         let host = &net.hosts[i];
         let dir = self.host_dir(host);
         std::fs::create_dir_all(&dir).expect("host dir");
         let mut cmd = net.command(host, &bin());
-        cmd.args([
-            "manager",
-            "--id",
-            &(i + 1).to_string(),
-            "--peers",
-            &self.peers,
-            "--data-dir",
-        ])
-        .arg(dir.join("manager"));
+        cmd.args(["manager", "--id", &(i + 1).to_string()])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir.join("manager"));
         let p = Proc::spawn(
             &format!("manager {}", host.name),
             &mut cmd,
