@@ -1,0 +1,17 @@
+//! The example configurations in deploy/ stay valid as the code changes.
+
+use pgquorum::agent::config::AgentFile;
+use pgquorum::manager::config::ManagerFile;
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/deploy/{name}", env!("CARGO_MANIFEST_DIR"))).expect("example file")
+}
+
+#[test]
+fn example_configurations_parse() {
+    let m: ManagerFile = toml::from_str(&read("manager.toml")).expect("deploy/manager.toml");
+    assert_eq!(m.id, Some(1));
+    let a: AgentFile = toml::from_str(&read("agent.toml")).expect("deploy/agent.toml");
+    assert_eq!(a.name.as_deref(), Some("db1"));
+    assert!(a.postgresql.hba.is_some());
+}
