@@ -5,6 +5,7 @@ mod client;
 mod managers;
 mod ops;
 mod output;
+mod progress;
 mod sandbox;
 mod status;
 

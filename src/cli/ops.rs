@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::client::request;
 use super::output::{print, table, Failure};
+use super::progress::{wait, Goal, WAIT};
 use super::GlobalArgs;
 use crate::proto::api::{
     ClusterRequest, ConfigResponse, FailoverRequest, NodeRequest, OperationResponse,
@@ -61,6 +62,9 @@ pub struct SwitchoverArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub force: bool,
+    /// Return once the switchover is scheduled instead of waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +77,9 @@ pub struct FailoverArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub force: bool,
+    /// Return once the promotion is committed instead of waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +92,9 @@ pub enum NodeCommand {
         /// Only if a parameter change waits for a restart.
         #[arg(long)]
         pending: bool,
+        /// Return once the restart is requested.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Wipe a replica's data directory and clone it again from the primary.
     Reinit {
@@ -94,6 +104,9 @@ pub enum NodeCommand {
         /// Do not ask for confirmation.
         #[arg(long)]
         force: bool,
+        /// Return once the re-initialisation is requested.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -424,7 +437,26 @@ pub async fn switchover(global: &GlobalArgs, args: SwitchoverArgs) -> Result<(),
             async move { api.switchover(request(req, t)).await }
         })
         .await?;
-    print_operation(global, &r);
+    if args.no_wait || args.at.is_some() {
+        print_operation(global, &r);
+        return Ok(());
+    }
+    let goal = Goal::NewPrimary {
+        epoch: r.epoch,
+        to: args.to.clone(),
+    };
+    let s = wait(&client, &args.cluster.cluster, goal, WAIT).await?;
+    print_operation(
+        global,
+        &OperationResponse {
+            message: format!(
+                "switched over: {} is the primary of epoch {}",
+                s.primary, s.epoch
+            ),
+            epoch: s.epoch,
+            primary: s.primary,
+        },
+    );
     Ok(())
 }
 
@@ -447,52 +479,73 @@ pub async fn failover(global: &GlobalArgs, args: FailoverArgs) -> Result<(), Fai
             async move { api.failover(request(req, t)).await }
         })
         .await?;
+    if !args.no_wait {
+        // The promotion is committed; wait until the node takes writes.
+        let goal = Goal::NewPrimary {
+            epoch: r.epoch.saturating_sub(1),
+            to: Some(args.to.clone()),
+        };
+        wait(&client, &args.cluster.cluster, goal, WAIT).await?;
+    }
     print_operation(global, &r);
     Ok(())
 }
 
 pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failure> {
     let client = super::connect(global)?;
-    let r = match command {
+    let (cluster, name, no_wait, r) = match command {
         NodeCommand::Restart {
             cluster,
             name,
             pending,
+            no_wait,
         } => {
             let req = NodeRequest {
-                cluster: cluster.cluster,
-                node: name,
+                cluster: cluster.cluster.clone(),
+                node: name.clone(),
                 pending_only: pending,
             };
-            client
+            let r = client
                 .call(|mut api, t| {
                     let req = req.clone();
                     async move { api.restart_node(request(req, t)).await }
                 })
-                .await?
+                .await?;
+            (cluster.cluster, name, no_wait, r)
         }
         NodeCommand::Reinit {
             cluster,
             name,
             force,
+            no_wait,
         } => {
             confirm(
                 &format!("Wipe {name}'s data directory and clone it again?"),
                 force,
             )?;
             let req = NodeRequest {
-                cluster: cluster.cluster,
-                node: name,
+                cluster: cluster.cluster.clone(),
+                node: name.clone(),
                 pending_only: false,
             };
-            client
+            let r = client
                 .call(|mut api, t| {
                     let req = req.clone();
                     async move { api.reinit_node(request(req, t)).await }
                 })
-                .await?
+                .await?;
+            (cluster.cluster, name, no_wait, r)
         }
     };
+    if !no_wait {
+        wait(
+            &client,
+            &cluster,
+            Goal::NodeDone { node: name.clone() },
+            WAIT,
+        )
+        .await?;
+    }
     print_operation(global, &r);
     Ok(())
 }

@@ -102,6 +102,16 @@ fn node_status(
         priority: member.tags.priority,
         http: member.http.clone(),
         last_seen_ms: last.map(|n| n.age_ms),
+        pending_action: member
+            .action
+            .as_ref()
+            .map(|a| match a.kind {
+                crate::cluster::state::NodeActionKind::Restart => "restart",
+                crate::cluster::state::NodeActionKind::RestartPending => "restart_pending",
+                crate::cluster::state::NodeActionKind::Reinit => "reinit",
+            })
+            .unwrap_or_default()
+            .to_string(),
         ..NodeStatus::default()
     };
     let Some(soft) = fresh else {

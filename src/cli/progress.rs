@@ -1,0 +1,92 @@
+//! Waiting for a long operation (switchover, failover, reinit, restart) to
+//! finish, with progress on a terminal: the nodes' roles and states as
+//! they change.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use super::client::{request, ApiClient};
+use super::output::Failure;
+use crate::proto::api::{ClusterStatus, GetStatusRequest};
+
+/// How long the CLI waits for an operation by default.
+pub const WAIT: Duration = Duration::from_secs(180);
+
+/// What "done" means.
+pub enum Goal {
+    /// A healthy primary in an epoch after `epoch` (and it is `to`, if given).
+    NewPrimary { epoch: u64, to: Option<String> },
+    /// `node`'s operator action is carried out and it is healthy again.
+    NodeDone { node: String },
+}
+
+pub async fn status(client: &ApiClient, cluster: &str) -> Result<ClusterStatus, Failure> {
+    Ok(client
+        .call(|mut c, t| {
+            let req = GetStatusRequest {
+                cluster: cluster.to_string(),
+                local: false,
+            };
+            async move { c.get_status(request(req, t)).await }
+        })
+        .await?)
+}
+
+fn summary(s: &ClusterStatus) -> String {
+    s.nodes
+        .iter()
+        .map(|n| format!("{} {}/{}", n.name, n.role, n.state))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn reached(goal: &Goal, s: &ClusterStatus) -> bool {
+    let healthy_primary = s
+        .nodes
+        .iter()
+        .any(|n| n.name == s.primary && n.role == "primary" && n.healthy);
+    match goal {
+        Goal::NewPrimary { epoch, to } => {
+            s.epoch > *epoch && healthy_primary && to.as_ref().is_none_or(|t| *t == s.primary)
+        }
+        Goal::NodeDone { node } => s
+            .nodes
+            .iter()
+            .any(|n| n.name == *node && n.pending_action.is_empty() && n.healthy),
+    }
+}
+
+/// Poll the status until `goal` is reached; progress lines on a terminal.
+pub async fn wait(
+    client: &ApiClient,
+    cluster: &str,
+    goal: Goal,
+    limit: Duration,
+) -> Result<ClusterStatus, Failure> {
+    let show = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        if let Ok(s) = status(client, cluster).await {
+            let line = summary(&s);
+            if show && line != last {
+                eprintln!(
+                    "  [{:>5.1}s] epoch {}: {line}",
+                    started.elapsed().as_secs_f64(),
+                    s.epoch
+                );
+                last = line;
+            }
+            if reached(&goal, &s) {
+                return Ok(s);
+            }
+        }
+        if started.elapsed() > limit {
+            return Err(Failure::failed(format!(
+                "not finished after {}s; `pgquorum status` shows where it stands",
+                limit.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

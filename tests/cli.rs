@@ -1,0 +1,166 @@
+//! The CLI against a running cluster: every command, human and JSON output,
+//! confirmations, pending restarts, and exit codes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::deploy::Deployment;
+use common::netns::Network;
+use common::{stderr, stdout, wait_for};
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "command failed: {}", stderr(out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_in_human_and_json_form() {
+    let net = Network::loopback(3);
+    let d = Deployment::start(&net, &[]).await;
+
+    // status
+    let out = d.cli(&["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("primary") && stdout(&out).contains("streaming"),
+        "{}",
+        stdout(&out)
+    );
+    let s = json(&d.cli(&["status", "--json"]));
+    for key in ["cluster", "epoch", "primary", "paused", "nodes", "managers"] {
+        assert!(s.get(key).is_some(), "status --json lacks {key}: {s}");
+    }
+    let primary = s["primary"].as_str().unwrap().to_string();
+    let replica = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["role"] == "replica")
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // managers
+    assert!(stdout(&d.cli(&["managers", "list"])).contains("leader"));
+    assert_eq!(
+        json(&d.cli(&["managers", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // config
+    assert!(stdout(&d.cli(&["config", "show"])).contains("ttl = 2s"));
+    let c = json(&d.cli(&["config", "set", "maximum_lag_on_failover=2097152", "--json"]));
+    assert_eq!(c["config"]["maximum_lag_on_failover"], "2097152");
+    assert_eq!(
+        json(&d.cli(&["config", "show", "--json"]))["config"]["maximum_lag_on_failover"],
+        "2097152"
+    );
+
+    // pause / resume
+    assert_eq!(
+        json(&d.cli(&["pause", "--json"]))["message"],
+        "paused: no automatic action until resumed"
+    );
+    assert_eq!(json(&d.cli(&["status", "--json"]))["paused"], true);
+    assert!(d.cli(&["resume"]).status.success());
+    assert_eq!(json(&d.cli(&["status", "--json"]))["paused"], false);
+
+    // history
+    let h = json(&d.cli(&["history", "--json"]));
+    assert_eq!(h[0]["kind"], "bootstrap");
+    assert!(stdout(&d.cli(&["history"])).contains("bootstrap"));
+
+    // Confirmations: refused without a terminal unless --force.
+    let out = d.cli(&["switchover", "--to", &replica]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("add --force"), "{}", stderr(&out));
+    let out = d.cli(&["failover", "--to", &replica]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = d.cli(&["node", "reinit", &replica]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        json(&d.cli(&["status", "--json"]))["primary"],
+        primary.as_str(),
+        "a refused command changed something"
+    );
+
+    // A failover while the primary is healthy points to switchover.
+    let out = d.cli(&["failover", "--to", &replica, "--force"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("switchover"), "{}", stderr(&out));
+
+    // Switchover waits until done and reports the new primary.
+    let r = json(&d.cli(&["switchover", "--to", &replica, "--force", "--json"]));
+    assert_eq!(r["primary"], replica.as_str());
+    d.wait_all_streaming(3, LONG).await;
+
+    // Node actions: reinit of the primary is refused, of a replica works.
+    let out = d.cli(&["node", "reinit", &replica, "--force"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "reinit of the primary must be refused"
+    );
+    let r = json(&d.cli(&["node", "reinit", &primary, "--force", "--json"]));
+    assert!(r["message"].as_str().unwrap().contains("reinit"), "{r}");
+    d.wait_all_streaming(3, LONG).await;
+    assert!(d.cli(&["node", "restart", &primary]).status.success());
+
+    // version and completions
+    assert!(json(&d.cli(&["version", "--json"]))["version"].is_string());
+    let out = d.cli(&["completions", "bash"]);
+    assert!(stdout(&out).contains("pgquorum"));
+    // Usage errors exit 2.
+    assert_eq!(d.cli(&["switchover", "--bogus"]).status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_needing_parameter_is_pending_until_node_restart_pending() {
+    let net = Network::loopback(2);
+    let d = Deployment::start(&net, &[]).await;
+    let out = d.cli(&[
+        "config",
+        "set",
+        "postgresql.parameters.max_locks_per_transaction=128",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let s = wait_for("pending restart on every node", LONG, || async {
+        let s = json(&d.cli(&["status", "--json"]));
+        s["nodes"]
+            .as_array()?
+            .iter()
+            .all(|n| n["pending_restart"] == true)
+            .then_some(s)
+    })
+    .await;
+    assert!(stdout(&d.cli(&["status"])).contains("pending restart"));
+    let pending = json(&d.cli(&["config", "show", "--json"]))["pending_restart"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(pending, 2);
+
+    for n in s["nodes"].as_array().unwrap() {
+        let name = n["name"].as_str().unwrap();
+        let out = d.cli(&["node", "restart", name, "--pending"]);
+        assert!(out.status.success(), "restart {name}: {}", stderr(&out));
+    }
+    wait_for("no pending restart", LONG, || async {
+        let s = json(&d.cli(&["status", "--json"]));
+        s["nodes"]
+            .as_array()?
+            .iter()
+            .all(|n| n["pending_restart"] == false && n["healthy"] == true)
+            .then_some(())
+    })
+    .await;
+}
