@@ -9,6 +9,9 @@ use pgquorum::proto::api::pg_quorum_client::PgQuorumClient;
 use pgquorum::proto::api::*;
 use tonic::Code;
 
+/// What a call answered, its message dropped.
+type Outcome = Result<tonic::Response<()>, tonic::Status>;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn health_reflection_and_bad_requests() {
     let net = Network::loopback(2);
@@ -82,7 +85,7 @@ async fn health_reflection_and_bad_requests() {
         .unwrap()
         .name
         .clone();
-    let cases: Vec<(&str, Code, Result<tonic::Response<()>, tonic::Status>)> = vec![
+    let cases: Vec<(&str, Code, Outcome)> = vec![
         (
             "unknown cluster",
             Code::NotFound,
