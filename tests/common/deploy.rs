@@ -20,6 +20,7 @@ use super::{bin, wait_for, Proc};
 pub const MANAGER_PORT: u16 = 7001;
 pub const PG_PORT: u16 = 5432;
 pub const HTTP_PORT: u16 = 8008;
+pub const METRICS_PORT: u16 = 9187;
 
 /// Managers and agents on network-namespace hosts.
 pub struct Deployment {
@@ -28,6 +29,9 @@ pub struct Deployment {
     pub managers: BTreeMap<String, Proc>,
     pub agents: BTreeMap<String, Proc>,
     pub peers: String,
+    /// Extra agent configuration: top-level keys, and tables at the end.
+    pub agent_top: String,
+    pub agent_tables: String,
 }
 
 fn traversable_tempdir() -> tempfile::TempDir {
@@ -44,6 +48,11 @@ impl Deployment {
     /// Start a manager on every host of `net`, then the agents (the first
     /// host's agent first, so that it bootstraps).
     pub async fn start(net: &Network, extra_config: &[(&str, &str)]) -> Deployment {
+        Self::start_custom(net, extra_config, "", "").await
+    }
+
+    /// `start`, with extra agent configuration (top-level keys and tables).
+    pub async fn start_custom(net: &Network, extra_config: &[(&str, &str)], agent_top: &str, agent_tables: &str) -> Deployment {
         let dir = traversable_tempdir();
         let peers = net
             .hosts
@@ -58,6 +67,8 @@ impl Deployment {
             managers: BTreeMap::new(),
             agents: BTreeMap::new(),
             peers,
+            agent_top: agent_top.to_string(),
+            agent_tables: agent_tables.to_string(),
         };
         for i in 0..net.hosts.len() {
             d.start_manager(net, i);
@@ -93,7 +104,8 @@ impl Deployment {
 
     pub fn start_manager(&mut self, net: &Network, i: usize) {
         let peers = self.peers.clone();
-        self.start_manager_with(net, i, &["--peers", &peers]);
+        let metrics = format!("{}:{METRICS_PORT}", net.hosts[i].address);
+        self.start_manager_with(net, i, &["--peers", &peers, "--metrics-listen", &metrics]);
     }
 
     /// Start manager `i` with `extra` arguments instead of `--peers`.
