@@ -129,7 +129,9 @@ fn parse_status(sets: &[Vec<tokio_postgres::SimpleQueryRow>]) -> Result<PgStatus
         });
     }
     let (lsn, received_lsn, replay_lsn) = if in_recovery {
-        let received = if received.0 == 0 { replay } else { received };
+        // A receiver that (re)started reports the start of its first
+        // segment until new WAL arrives, behind what was replayed already.
+        let received = received.max(replay);
         (replay, received, replay)
     } else {
         (current, flush, current)
