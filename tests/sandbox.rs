@@ -381,7 +381,7 @@ fn up_streams_reports_serves_health_and_down_leaves_nothing() {
 }
 
 #[test]
-fn switchover_round_trip_then_a_node_ahead_in_epoch_is_left_alone() {
+fn switchover_round_trip_then_failover_then_a_node_ahead_in_epoch_is_left_alone() {
     let sb = Sandbox::up("switchover", 3);
     let p0 = primary(&sb);
     let s = sb.wait_settled(&p0, SETTLE);
@@ -445,11 +445,25 @@ fn switchover_round_trip_then_a_node_ahead_in_epoch_is_left_alone() {
         "{history}"
     );
 
+    // The replicas followed timeline switches without a restart: when the
+    // primary now dies, one of them must still qualify for promotion.
+    sb.must("crash", &p0);
+    let p1 = new_primary(&sb, &p0);
+    let landed = psql(
+        &dsn,
+        "INSERT INTO it_rows VALUES (4, 'four'); SELECT inet_server_port()",
+    )
+    .unwrap();
+    assert_eq!(landed, sb.pg_port(&p1).to_string());
+    sb.must("start", &p0);
+    let s3 = sb.wait_settled(&p1, SETTLE);
+    wait_rows(&sb, &all, "1,2,3,4");
+
     // A replica whose agent has seen a newer epoch than the cluster's
     // (its state file says so) refuses this epoch's commands; the leader
     // must leave it alone, and nothing in its data directory changes.
-    let epoch = s2["epoch"].as_u64().unwrap();
-    let victim = third;
+    let epoch = s3["epoch"].as_u64().unwrap();
+    let victim = p0.clone();
     let data = sb.data_dir(&victim);
     let state_file = data
         .parent()
@@ -505,7 +519,7 @@ fn switchover_round_trip_then_a_node_ahead_in_epoch_is_left_alone() {
         if s.is_object() {
             let n = node_of(&s, &victim);
             assert_eq!(n["role"], "down", "{}", compact(&s));
-            assert_eq!(s["primary"], p0.as_str(), "{}", compact(&s));
+            assert_eq!(s["primary"], p1.as_str(), "{}", compact(&s));
             assert_eq!(
                 s["epoch"],
                 epoch,
@@ -548,8 +562,8 @@ fn switchover_round_trip_then_a_node_ahead_in_epoch_is_left_alone() {
     state["epoch"] = epoch.into();
     std::fs::write(&state_file, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
     sb.must("start", &victim);
-    sb.wait_settled(&p0, SETTLE);
-    wait_rows(&sb, std::slice::from_ref(&victim), "1,2,3");
+    sb.wait_settled(&p1, SETTLE);
+    wait_rows(&sb, std::slice::from_ref(&victim), "1,2,3,4");
 }
 
 #[test]
