@@ -610,7 +610,10 @@ fn failover_rewinds_a_diverged_old_primary_and_reclones_when_rewind_fails() {
         );
     }
     sb.must("crash", &p0);
-    drop(frozen);
+    // They died with the crash: nothing to continue (their pids may be
+    // somebody else's by now).
+    let mut frozen = frozen;
+    frozen.0.clear();
     assert!(
         http_get(&sb.http(&p0), "/health").is_err(),
         "{p0}'s HTTP port is still open after the crash"

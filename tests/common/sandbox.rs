@@ -274,20 +274,23 @@ pub struct Sandbox {
 impl Sandbox {
     /// `pgquorum sandbox up` with `nodes` nodes and 3 managers.
     pub fn up(name: &str, nodes: u16) -> Sandbox {
-        let dir = TestDir::new(name);
-        let base = free_base_port();
         let mut sandbox = Sandbox {
-            base,
+            base: 0,
             up_output: String::new(),
-            dir,
+            dir: TestDir::new(name),
         };
-        let out = sandbox.run(&[
-            "up",
-            "--nodes",
-            &nodes.to_string(),
-            "--base-port",
-            &base.to_string(),
-        ]);
+        let mut attempts = 0;
+        let out = loop {
+            attempts += 1;
+            sandbox.base = free_base_port();
+            let base = sandbox.base.to_string();
+            let out = sandbox.run(&["up", "--nodes", &nodes.to_string(), "--base-port", &base]);
+            // Somebody took one of the ports between our check and its own.
+            if attempts < 3 && stderr(&out).contains("is already in use") {
+                continue;
+            }
+            break out;
+        };
         assert!(
             out.status.success(),
             "sandbox up failed ({}):\n{}\n{}",
