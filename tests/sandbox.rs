@@ -121,6 +121,61 @@ fn pids_of(text: &str) -> Vec<i32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
+/// `sandbox down` succeeds and leaves nothing: every pid in sandbox.json
+/// and every process in the sandbox's directories is gone, ports closed.
+fn down_leaves_nothing(sb: &Sandbox) {
+    let before = sb.live_processes();
+    assert!(before.len() >= 6, "managers, agents, postgres: {before:?}");
+    let out = sb.run(&["down"]);
+    assert!(
+        out.status.success(),
+        "sandbox down failed: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let f = sb.file();
+    for pid in f["managers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["pid"])
+        .chain(
+            f["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| &n["agent_pid"]),
+        )
+    {
+        let pid = pid.as_i64().unwrap() as i32;
+        // (A recycled pid is somebody else's process: only ours count.)
+        let ours = cmdline(pid).contains(&sb.path().display().to_string());
+        assert!(
+            !(alive(pid) && ours),
+            "pid {pid} ({}) still runs",
+            cmdline(pid)
+        );
+    }
+    for n in sb.file()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+    {
+        let left = processes_in(&sb.data_dir(&n));
+        assert!(
+            left.is_empty(),
+            "{n}: PostgreSQL processes {left:?} still run"
+        );
+        assert!(
+            http_get(&sb.http(&n), "/health").is_err(),
+            "{n} HTTP still open"
+        );
+    }
+    let left: Vec<i32> = before.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "still running after down: {left:?}");
+}
+
 #[test]
 fn up_streams_reports_serves_health_and_down_leaves_nothing() {
     let sb = Sandbox::up("up", 3);
@@ -338,46 +393,7 @@ fn up_streams_reports_serves_health_and_down_leaves_nothing() {
         }
     });
 
-    // sandbox down: nothing left, ports closed.
-    let before = sb.live_processes();
-    assert!(before.len() >= 6, "managers, agents, postgres: {before:?}");
-    let out = sb.run(&["down"]);
-    assert!(
-        out.status.success(),
-        "sandbox down failed: {}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    let f = sb.file();
-    for pid in f["managers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| &m["pid"])
-        .chain(
-            f["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| &n["agent_pid"]),
-        )
-    {
-        let pid = pid.as_i64().unwrap() as i32;
-        assert!(!alive(pid), "pid {pid} ({}) still runs", cmdline(pid));
-    }
-    for n in names(&s) {
-        let left = processes_in(&sb.data_dir(&n));
-        assert!(
-            left.is_empty(),
-            "{n}: PostgreSQL processes {left:?} still run"
-        );
-        assert!(
-            http_get(&sb.http(&n), "/health").is_err(),
-            "{n} HTTP still open"
-        );
-    }
-    let left: Vec<i32> = before.into_iter().filter(|p| alive(*p)).collect();
-    assert!(left.is_empty(), "still running after down: {left:?}");
+    down_leaves_nothing(&sb);
 }
 
 #[test]
@@ -564,6 +580,7 @@ fn switchover_round_trip_then_failover_then_a_node_ahead_in_epoch_is_left_alone(
     sb.must("start", &victim);
     sb.wait_settled(&p1, SETTLE);
     wait_rows(&sb, std::slice::from_ref(&victim), "1,2,3,4");
+    down_leaves_nothing(&sb);
 }
 
 #[test]
@@ -708,4 +725,5 @@ fn failover_rewinds_a_diverged_old_primary_and_reclones_when_rewind_fails() {
         .filter(|e| e["kind"] == "failover")
         .count();
     assert_eq!(failovers, 2, "{history}");
+    down_leaves_nothing(&sb);
 }
