@@ -217,6 +217,18 @@ async fn await_lease(node: &Node) -> anyhow::Result<()> {
     bail!("no valid lease from the leader: not acting as primary")
 }
 
+/// Ask for the lease (reports say `wants_lease` from now on) and wait for
+/// it. The leader keeps granting a starting primary's lease only while its
+/// reports want one; the grant sent along with the command may well arrive
+/// before this agent has taken on the command's epoch, and is then void.
+async fn claim_lease(node: &Node) -> anyhow::Result<()> {
+    if node.intent() != Intent::Primary {
+        node.update(|p| p.intent = Intent::Primary)?;
+        node.report_now.notify_one();
+    }
+    await_lease(node).await
+}
+
 async fn status(node: &Node) -> Option<PgStatus> {
     node.pg.status().await
 }
@@ -237,7 +249,7 @@ async fn bootstrap(node: &Node, settings: &ManagedSettings) -> anyhow::Result<St
             return Ok("already running as primary".into());
         }
     }
-    await_lease(node).await?;
+    claim_lease(node).await?;
     node.set_phase(AgentPhase::Bootstrapping);
     let message = match node.pg.inspect().await {
         DataDirState::Foreign { reason } => {
@@ -272,7 +284,7 @@ async fn start_primary(node: &Node, settings: &ManagedSettings) -> anyhow::Resul
         }
         return promote(node, settings).await;
     }
-    await_lease(node).await?;
+    claim_lease(node).await?;
     let data = node.pg.inspect().await;
     let DataDirState::Valid { standby, .. } = data else {
         bail!("no usable data directory to start the primary from");

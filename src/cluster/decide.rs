@@ -285,6 +285,19 @@ fn busy(input: &Input, node: &str) -> bool {
 }
 
 fn command(input: &Input, d: &mut Decision, node: &str, action: Action) {
+    // An agent that has seen a newer epoch than the committed one refuses
+    // every command of this epoch: sending them again and again changes
+    // nothing. Contradictory facts: wait for a person (or a newer state).
+    if let Some(seen) = fresh(input, node)
+        .map(|o| o.report.epoch)
+        .filter(|seen| *seen > input.cluster.epoch)
+    {
+        d.wait(format!(
+            "{node} has seen epoch {seen}, ahead of the cluster's {}: not commanding it",
+            input.cluster.epoch
+        ));
+        return;
+    }
     if pending(input, node, action.name()) {
         return;
     }

@@ -5,6 +5,7 @@
 
 pub mod deploy;
 pub mod netns;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -132,7 +132,9 @@ fn parse_status(sets: &[Vec<tokio_postgres::SimpleQueryRow>]) -> Result<PgStatus
         });
     }
     let (lsn, received_lsn, replay_lsn) = if in_recovery {
-        let received = if received.0 == 0 { replay } else { received };
+        // A receiver that (re)started reports the start of its first
+        // segment until new WAL arrives, behind what was replayed already.
+        let received = received.max(replay);
         (replay, received, replay)
     } else {
         (current, flush, current)
@@ -257,7 +259,8 @@ impl Postgres {
     /// connection (1 s connect timeout, 1 s statement timeout) and one round
     /// trip, the whole bounded by 2 s. The role comes only from
     /// `pg_is_in_recovery()`. For the timeline see `parse_status`: primary
-    /// from the current WAL file name, standby from the WAL receiver.
+    /// from the current WAL file name, standby from the WAL receiver (and
+    /// never lower than it was from the same postmaster).
     /// A primary's `replay_lsn` is its current LSN.
     pub async fn try_status(&self) -> Result<PgStatus, PgError> {
         let target = Target::Local;
@@ -277,6 +280,11 @@ impl Postgres {
             parse_status(&result_sets(messages))
                 .map_err(|e| PgError::InvalidConfig(format!("unexpected status query result: {e}")))
         };
+        let work = async {
+            let mut status = work.await?;
+            status.timeline = self.monotonic_timeline(status.timeline);
+            Ok(status)
+        };
         tokio::time::timeout(STATUS_BUDGET, work)
             .await
             .map_err(|_| PgError::SqlTimeout {
@@ -284,6 +292,29 @@ impl Postgres {
                 target: self.target_name(target),
                 timeout: STATUS_BUDGET,
             })?
+    }
+
+    /// A running server's timeline never goes back, but a standby whose
+    /// WAL receiver stopped (its upstream died) has only the control
+    /// file's timelines to show, which lag behind until the next
+    /// restartpoint: right after a failover they still name the timeline
+    /// before the last switch, and the standby would look diverged from the
+    /// primary it streamed from a moment ago. So the highest timeline seen
+    /// from the same postmaster is kept and reported.
+    fn monotonic_timeline(&self, timeline: u32) -> u32 {
+        let Some(pid) = self.postmaster_pid() else {
+            return timeline;
+        };
+        let mut seen = match self.timeline_seen.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let highest = match *seen {
+            Some((p, tli)) if p == pid => tli.max(timeline),
+            _ => timeline,
+        };
+        *seen = Some((pid, highest));
+        highest
     }
 
     /// Promote this standby and return once `pg_is_in_recovery()` is
