@@ -16,14 +16,19 @@ async fn http_body(address: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(address).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         Some(String::from_utf8_lossy(&buf).to_string())
     };
-    tokio::time::timeout(Duration::from_secs(3), fut).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(3), fut)
+        .await
+        .ok()
+        .flatten()
 }
 
 fn value(metrics: &str, name: &str) -> Option<f64> {
@@ -40,35 +45,69 @@ async fn metrics_json_logs_and_callbacks() {
     let marker = tempfile::tempdir().unwrap();
     let script = marker.path().join("callback.sh");
     let calls = marker.path().join("calls");
-    std::fs::write(&script, format!("#!/bin/sh\necho \"$1 $2 $3\" >> {}\n", calls.display())).unwrap();
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$1 $2 $3\" >> {}\n", calls.display()),
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let tables = format!("[callbacks]\non_role_change = \"{}\"\ntimeout = \"5s\"\n", script.display());
+    let tables = format!(
+        "[callbacks]\non_role_change = \"{}\"\ntimeout = \"5s\"\n",
+        script.display()
+    );
     let d = Deployment::start_custom(&net, &[], "log_format = \"json\"", &tables).await;
     let s = d.status().await.unwrap();
     let leader = s.managers.iter().find(|m| m.role == "leader").unwrap().id;
 
     // Manager metrics: Raft state and control-loop counters.
     let leader_host = &d.hosts[(leader - 1) as usize];
-    let m = http_body(&format!("{}:{METRICS_PORT}", leader_host.address), "/metrics").await.expect("manager metrics");
+    let m = http_body(
+        &format!("{}:{METRICS_PORT}", leader_host.address),
+        "/metrics",
+    )
+    .await
+    .expect("manager metrics");
     assert_eq!(value(&m, "pgquorum_raft_is_leader"), Some(1.0), "{m}");
     assert!(value(&m, "pgquorum_raft_term").unwrap() >= 1.0);
-    assert!(value(&m, "pgquorum_lease_grants_total").unwrap() > 0.0, "{m}");
-    assert_eq!(value(&m, "pgquorum_split_brain_suspected"), Some(0.0), "{m}");
-    for name in ["pgquorum_raft_apply_lag", "pgquorum_decisions_total", "pgquorum_failovers_total", "pgquorum_lease_denials_total"] {
+    assert!(
+        value(&m, "pgquorum_lease_grants_total").unwrap() > 0.0,
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, "pgquorum_split_brain_suspected"),
+        Some(0.0),
+        "{m}"
+    );
+    for name in [
+        "pgquorum_raft_apply_lag",
+        "pgquorum_decisions_total",
+        "pgquorum_failovers_total",
+        "pgquorum_lease_denials_total",
+    ] {
         assert!(m.contains(name), "{name} missing");
     }
     let follower_host = d.hosts.iter().find(|h| h.name != leader_host.name).unwrap();
-    let f = http_body(&format!("{}:{METRICS_PORT}", follower_host.address), "/metrics").await.unwrap();
+    let f = http_body(
+        &format!("{}:{METRICS_PORT}", follower_host.address),
+        "/metrics",
+    )
+    .await
+    .unwrap();
     assert_eq!(value(&f, "pgquorum_raft_is_leader"), Some(0.0));
 
     // Agent metrics.
     let primary = d.host_of_node(&s.primary);
-    let a = http_body(&format!("{}:8008", primary.address), "/metrics").await.unwrap();
+    let a = http_body(&format!("{}:8008", primary.address), "/metrics")
+        .await
+        .unwrap();
     assert_eq!(value(&a, "pgquorum_primary"), Some(1.0), "{a}");
     assert_eq!(value(&a, "pgquorum_lease_valid"), Some(1.0));
     assert!(value(&a, "pgquorum_epoch").unwrap() >= 1.0);
-    assert_eq!(http_get(&format!("{}:8008", primary.address), "/primary").await, Some(200));
+    assert_eq!(
+        http_get(&format!("{}:8008", primary.address), "/primary").await,
+        Some(200)
+    );
 
     // JSON logs: every line the agent wrote is a JSON object.
     let log = std::fs::read_to_string(d.host_dir(&primary).join("agent.log")).unwrap();
@@ -82,14 +121,20 @@ async fn metrics_json_logs_and_callbacks() {
     // Callbacks: the bootstrap made the first node primary; a switchover
     // makes the other one primary and the first a replica.
     wait_for("the bootstrap callback", LONG, || async {
-        std::fs::read_to_string(&calls).ok().filter(|c| c.contains("on_role_change primary main")).map(|_| ())
+        std::fs::read_to_string(&calls)
+            .ok()
+            .filter(|c| c.contains("on_role_change primary main"))
+            .map(|_| ())
     })
     .await;
     let other = d.hosts.iter().find(|h| h.name != primary.name).unwrap();
     let out = d.cli(&["switchover", "--to", &other.name, "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_for("the replica callback", LONG, || async {
-        std::fs::read_to_string(&calls).ok().filter(|c| c.contains("on_role_change replica main")).map(|_| ())
+        std::fs::read_to_string(&calls)
+            .ok()
+            .filter(|c| c.contains("on_role_change replica main"))
+            .map(|_| ())
     })
     .await;
 }

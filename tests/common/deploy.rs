@@ -35,8 +35,10 @@ pub struct Deployment {
 }
 
 fn traversable_tempdir() -> tempfile::TempDir {
+    // PGQ_KEEP=1 keeps the logs and data of a run for a post-mortem.
     let dir = tempfile::Builder::new()
         .prefix("pgq-net-")
+        .disable_cleanup(std::env::var_os("PGQ_KEEP").is_some())
         .tempdir_in("/tmp")
         .expect("tempdir");
     use std::os::unix::fs::PermissionsExt;
@@ -52,7 +54,12 @@ impl Deployment {
     }
 
     /// `start`, with extra agent configuration (top-level keys and tables).
-    pub async fn start_custom(net: &Network, extra_config: &[(&str, &str)], agent_top: &str, agent_tables: &str) -> Deployment {
+    pub async fn start_custom(
+        net: &Network,
+        extra_config: &[(&str, &str)],
+        agent_top: &str,
+        agent_tables: &str,
+    ) -> Deployment {
         let dir = traversable_tempdir();
         let peers = net
             .hosts
@@ -133,8 +140,13 @@ impl Deployment {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let config = dir.join("agent.toml");
-        std::fs::write(&config, agent_config(&dir, host, &self.manager_addresses()))
-            .expect("agent config");
+        let text = format!(
+            "{}\n{}\n{}",
+            self.agent_top,
+            agent_config(&dir, host, &self.manager_addresses()),
+            self.agent_tables
+        );
+        std::fs::write(&config, text).expect("agent config");
         let mut cmd = net.command(host, &bin());
         cmd.args(["agent", "--config"]).arg(&config);
         let p = Proc::spawn(
