@@ -175,7 +175,7 @@ async fn crash_and_switchover(runs: usize) {
                 .lock()
                 .unwrap()
                 .iter()
-                .any(|a| a.sent > fault)
+                .any(|a| a.port == port)
                 .then_some(())
         })
         .await;
@@ -184,7 +184,7 @@ async fn crash_and_switchover(runs: usize) {
             .lock()
             .unwrap()
             .iter()
-            .filter(|a| a.sent > fault)
+            .filter(|a| a.port == port)
             .map(|a| a.acked)
             .min()
             .unwrap();

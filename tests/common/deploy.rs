@@ -318,6 +318,8 @@ pub struct Ack {
     pub id: i64,
     /// Address of the server that acknowledged it.
     pub server: String,
+    /// Its port (sandbox nodes share one address).
+    pub port: u16,
     pub sent: Instant,
     pub acked: Instant,
 }
@@ -418,7 +420,7 @@ async fn write_loop(
             let r = tokio::time::timeout(
                 Duration::from_secs(3),
                 c.query_one(
-                    "INSERT INTO acked (id, via) VALUES ($1, 'w') RETURNING host(inet_server_addr())",
+                    "INSERT INTO acked (id, via) VALUES ($1, 'w') RETURNING host(inet_server_addr()), inet_server_port()",
                     &[&id],
                 ),
             )
@@ -426,9 +428,11 @@ async fn write_loop(
             match r {
                 Ok(Ok(row)) => {
                     let server: String = row.get(0);
+                    let port: i32 = row.get(1);
                     acks.lock().expect("acks").push(Ack {
                         id,
                         server,
+                        port: port as u16,
                         sent,
                         acked: Instant::now(),
                     });
