@@ -4,7 +4,8 @@ use pgquorum::agent::config::AgentFile;
 use pgquorum::manager::config::ManagerFile;
 
 fn read(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/deploy/{name}", env!("CARGO_MANIFEST_DIR"))).expect("example file")
+    std::fs::read_to_string(format!("{}/deploy/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("example file")
 }
 
 #[test]

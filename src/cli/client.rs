@@ -5,11 +5,32 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 use crate::proto::api::pg_quorum_client::PgQuorumClient;
+use crate::security::{ClientSecurity, Token};
 use crate::transport;
+
+/// Adds `authorization: Bearer <token>` to every call when there is a token.
+#[derive(Clone, Default)]
+pub struct BearerAuth(Option<Token>);
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(crate::security::token::AUTHORIZATION, token.header_value());
+        }
+        Ok(request)
+    }
+}
+
+/// The public API client the CLI's calls get.
+pub type Api = PgQuorumClient<InterceptedService<Channel, BearerAuth>>;
 
 /// How long the CLI keeps trying before it reports the managers unreachable.
 const RETRY_FOR: Duration = Duration::from_secs(15);
@@ -18,6 +39,8 @@ const RETRY_FOR: Duration = Duration::from_secs(15);
 pub struct ApiClient {
     addresses: Vec<String>,
     channels: Vec<Channel>,
+    auth: BearerAuth,
+    tls: bool,
     /// Per-call timeout.
     pub timeout: Duration,
 }
@@ -28,11 +51,12 @@ pub enum ClientError {
     /// The managers answered with a refusal (bad argument, not found…).
     #[error("{}", .0.message())]
     Refused(Status),
-    #[error("no manager answered at {addresses} within {seconds}s (last error: {last}); are the managers running? (--managers / PGQUORUM_MANAGERS)")]
+    #[error("no manager answered at {addresses} within {seconds}s (last error: {last}); are the managers running? (--managers / PGQUORUM_MANAGERS){hint}")]
     Unreachable {
         addresses: String,
         seconds: u64,
         last: String,
+        hint: &'static str,
     },
 }
 
@@ -53,15 +77,26 @@ fn retryable(status: &Status) -> bool {
 }
 
 impl ApiClient {
-    /// `addresses` is the `--managers` list; every entry is checked.
-    pub fn new(addresses: &[String]) -> Result<Self, transport::BadAddress> {
+    /// A plaintext client without a token; `addresses` is the `--managers`
+    /// list; every entry is checked.
+    pub fn new(addresses: &[String]) -> Result<Self, transport::ChannelError> {
+        Self::secure(addresses, &ClientSecurity::plaintext())
+    }
+
+    /// A client with TLS and/or a token.
+    pub fn secure(
+        addresses: &[String],
+        security: &ClientSecurity,
+    ) -> Result<Self, transport::ChannelError> {
         let mut channels = Vec::new();
         for a in addresses {
-            channels.push(transport::lazy_channel(a)?);
+            channels.push(transport::channel(a, security.tls.as_ref())?);
         }
         Ok(ApiClient {
             addresses: addresses.to_vec(),
             channels,
+            auth: BearerAuth(security.token.clone()),
+            tls: security.tls.is_some(),
             timeout: Duration::from_secs(10),
         })
     }
@@ -70,14 +105,14 @@ impl ApiClient {
     /// passes. Refusals (anything but "unavailable") end the call at once.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
-        F: Fn(PgQuorumClient<Channel>, Duration) -> Fut,
+        F: Fn(Api, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = Instant::now() + RETRY_FOR.max(self.timeout);
         let mut last = String::from("none");
         loop {
             for channel in &self.channels {
-                let client = PgQuorumClient::new(channel.clone());
+                let client = PgQuorumClient::with_interceptor(channel.clone(), self.auth.clone());
                 match f(client, self.timeout).await {
                     Ok(response) => return Ok(response.into_inner()),
                     Err(status) if retryable(&status) => {
@@ -92,6 +127,11 @@ impl ApiClient {
                     addresses: self.addresses.join(","),
                     seconds: RETRY_FOR.max(self.timeout).as_secs(),
                     last,
+                    hint: if self.tls {
+                        "; with TLS, check that --tls-ca is the CA that signed the managers' certificates and that they name the addresses given"
+                    } else {
+                        "; if the managers use TLS, give --tls-ca (PGQUORUM_TLS_CA)"
+                    },
                 });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
