@@ -58,13 +58,19 @@ pub enum ClientError {
         last: String,
         hint: &'static str,
     },
+    #[error("the manager at {address} does not speak plaintext gRPC ({message}): it probably uses TLS; give --tls-ca (PGQUORUM_TLS_CA) with the CA that signed its certificate")]
+    NeedsTls { address: String, message: String },
+    #[error("the managers' certificates are not accepted ({last}): give --tls-ca the CA that signed them, and make sure they name the addresses in --managers")]
+    BadServerCertificate { last: String },
 }
 
 impl ClientError {
     pub fn code(&self) -> Option<Code> {
         match self {
             ClientError::Refused(s) => Some(s.code()),
-            ClientError::Unreachable { .. } => None,
+            ClientError::Unreachable { .. }
+            | ClientError::NeedsTls { .. }
+            | ClientError::BadServerCertificate { .. } => None,
         }
     }
 }
@@ -111,16 +117,37 @@ impl ApiClient {
         let deadline = Instant::now() + RETRY_FOR.max(self.timeout);
         let mut last = String::from("none");
         loop {
-            for channel in &self.channels {
+            // A manager whose certificate this client rejects will not
+            // change its mind: when every manager fails that way, stop.
+            let mut rejected = 0;
+            for (address, channel) in self.addresses.iter().zip(&self.channels) {
                 let client = PgQuorumClient::with_interceptor(channel.clone(), self.auth.clone());
                 match f(client, self.timeout).await {
                     Ok(response) => return Ok(response.into_inner()),
+                    // Plain HTTP/2 against a TLS port fails in the protocol.
+                    Err(status)
+                        if !self.tls
+                            && status.code() == Code::Internal
+                            && status.message().contains("h2 protocol error") =>
+                    {
+                        return Err(ClientError::NeedsTls {
+                            address: address.clone(),
+                            message: status.message().to_string(),
+                        });
+                    }
                     Err(status) if retryable(&status) => {
                         tracing::debug!(code = ?status.code(), message = status.message(), "manager unavailable, trying the next");
                         last = status.message().to_string();
+                        if self.tls && last.contains("invalid peer certificate") {
+                            rejected += 1;
+                            last = format!("{address}: {last}");
+                        }
                     }
                     Err(status) => return Err(ClientError::Refused(status)),
                 }
+            }
+            if rejected == self.channels.len() {
+                return Err(ClientError::BadServerCertificate { last });
             }
             if Instant::now() >= deadline {
                 return Err(ClientError::Unreachable {
