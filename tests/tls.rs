@@ -680,3 +680,41 @@ async fn an_agent_with_mutual_tls_runs_postgresql() {
     let out = cli(&args);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// The commented TLS sections of the example configurations parse once
+/// uncommented.
+#[test]
+fn example_tls_sections_parse() {
+    let uncomment = |name: &str| -> String {
+        let text = std::fs::read_to_string(format!("{}/deploy/{name}", env!("CARGO_MANIFEST_DIR")))
+            .expect("example file");
+        text.lines()
+            .map(|l| {
+                let rest = l.strip_prefix("# ").unwrap_or(l);
+                let key = rest.split(" =").next().unwrap_or("");
+                let tls = rest == "[tls]"
+                    || [
+                        "api_token_file",
+                        "ca",
+                        "cert",
+                        "key",
+                        "http_cert",
+                        "http_key",
+                    ]
+                    .contains(&key);
+                if tls {
+                    rest
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let m: pgquorum::manager::config::ManagerFile =
+        toml::from_str(&uncomment("manager.toml")).expect("manager.toml with TLS");
+    assert!(m.tls.ca.is_some() && m.tls.http_key.is_some() && m.api_token_file.is_some());
+    let a: pgquorum::agent::config::AgentFile =
+        toml::from_str(&uncomment("agent.toml")).expect("agent.toml with TLS");
+    assert!(a.tls.cert.is_some() && a.tls.http_cert.is_some());
+}
