@@ -12,4 +12,5 @@ pub mod cluster;
 pub mod logging;
 pub mod manager;
 pub mod proto;
+pub mod security;
 pub mod transport;

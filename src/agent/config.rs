@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::cluster::command::valid_name;
 use crate::cluster::Tags;
+use crate::security::{self, ClientSecurity, TlsFile, TlsPaths};
 use crate::transport::check_address;
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,10 @@ pub struct AgentFile {
     pub tags: Tags,
     #[serde(default)]
     pub callbacks: CallbacksFile,
+    /// Mutual TLS to the managers (ca, cert, key) and optional HTTPS for
+    /// the HTTP endpoints (http_cert, http_key).
+    #[serde(default)]
+    pub tls: TlsFile,
 }
 
 /// Flags; they override the file.
@@ -123,6 +128,10 @@ pub struct AgentArgs {
     /// OS user PostgreSQL runs as when the agent runs as root.
     #[arg(long)]
     pub os_user: Option<String>,
+    /// `--tls-ca`, `--tls-cert`, `--tls-key`: the connection flags every
+    /// command shares (see `cli::ConnArgs`), set by the command line.
+    #[arg(skip)]
+    pub tls: TlsPaths,
 }
 
 /// The checked configuration of one agent.
@@ -157,6 +166,10 @@ pub struct AgentConfig {
     pub on_start: Option<PathBuf>,
     pub on_stop: Option<PathBuf>,
     pub callback_timeout: Duration,
+    /// How the agent dials the managers (mutual TLS, or plaintext).
+    pub security: ClientSecurity,
+    /// HTTPS for the HTTP endpoints.
+    pub http_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// A secret from a file (first line) or, failing that, an environment variable.
@@ -331,6 +344,12 @@ impl AgentConfig {
             .hba
             .unwrap_or_else(|| default_hba(&superuser, &replication_user));
         let callbacks = file.callbacks;
+        let tls = args
+            .tls
+            .over(&file.tls)
+            .load(true, &security::CONFIG_NAMES)
+            .map_err(|e| invalid(e.to_string()))?;
+        let http_tls = security::http_config(&file.tls).map_err(|e| invalid(e.to_string()))?;
         let socket_dir = pg.socket_dir.unwrap_or_else(|| state_dir.join("socket"));
         if socket_dir.as_os_str().len() > 90 {
             return Err(invalid(format!(
@@ -339,6 +358,8 @@ impl AgentConfig {
             )));
         }
         Ok(AgentConfig {
+            security: ClientSecurity { tls, token: None },
+            http_tls,
             log_file: pg
                 .log_file
                 .unwrap_or_else(|| state_dir.join("postgresql.log")),

@@ -97,13 +97,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     ];
     let http = {
         let router = http::router(node.clone());
+        let tls = node.config.http_tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(http_listener, router).await {
+            if let Err(e) = crate::security::http::serve(http_listener, router, tls).await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         })
     };
-    tracing::info!(http = %node.config.http_listen, "agent running");
+    tracing::info!(http = %node.config.http_listen, https = node.config.http_tls.is_some(), tls = node.config.security.tls.is_some(), "agent running");
 
     crate::manager::server::shutdown_signal().await;
     tracing::info!("stopping: PostgreSQL is shut down with the agent (a primary without its agent would outlive its lease)");

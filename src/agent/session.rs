@@ -61,10 +61,14 @@ fn candidates(node: &Node, hint: &Option<String>) -> Vec<String> {
     list
 }
 
-fn client(address: &str) -> Option<AgentChannelClient<Channel>> {
-    transport::lazy_channel(address)
-        .ok()
-        .map(AgentChannelClient::new)
+fn client(node: &Node, address: &str) -> Option<AgentChannelClient<Channel>> {
+    match transport::channel(address, node.config.security.tls.as_ref()) {
+        Ok(channel) => Some(AgentChannelClient::new(channel)),
+        Err(e) => {
+            tracing::warn!(manager = %address, error = %e, "cannot dial");
+            None
+        }
+    }
 }
 
 /// Register this node with the managers (the leader commits it).
@@ -83,7 +87,7 @@ pub async fn register(node: &Node, timeout: Duration) -> Result<RegistrationRepl
     let mut last = String::from("none");
     loop {
         for address in candidates(node, &hint) {
-            let Some(mut api) = client(&address) else {
+            let Some(mut api) = client(node, &address) else {
                 continue;
             };
             let Some(envelope) = encode(&registration) else {
@@ -103,7 +107,10 @@ pub async fn register(node: &Node, timeout: Duration) -> Result<RegistrationRepl
                 Err(status)
                     if matches!(
                         status.code(),
-                        Code::FailedPrecondition | Code::InvalidArgument | Code::NotFound
+                        Code::FailedPrecondition
+                            | Code::InvalidArgument
+                            | Code::NotFound
+                            | Code::Unauthenticated
                     ) =>
                 {
                     return Err(RegisterError::Refused {
@@ -167,7 +174,7 @@ async fn session(
     address: &str,
     commands: &mpsc::Sender<AgentCommand>,
 ) -> Result<(), Status> {
-    let mut api = client(address).ok_or_else(|| Status::invalid_argument("bad address"))?;
+    let mut api = client(node, address).ok_or_else(|| Status::invalid_argument("bad address"))?;
     let (up_tx, up_rx) = mpsc::channel::<AgentEnvelope>(16);
     // The first report names us; send it before the call so the leader can
     // refuse an unknown node at once.

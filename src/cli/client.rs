@@ -5,11 +5,32 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 use crate::proto::api::pg_quorum_client::PgQuorumClient;
+use crate::security::{ClientSecurity, Token};
 use crate::transport;
+
+/// Adds `authorization: Bearer <token>` to every call when there is a token.
+#[derive(Clone, Default)]
+pub struct BearerAuth(Option<Token>);
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(crate::security::token::AUTHORIZATION, token.header_value());
+        }
+        Ok(request)
+    }
+}
+
+/// The public API client the CLI's calls get.
+pub type Api = PgQuorumClient<InterceptedService<Channel, BearerAuth>>;
 
 /// How long the CLI keeps trying before it reports the managers unreachable.
 const RETRY_FOR: Duration = Duration::from_secs(15);
@@ -18,6 +39,8 @@ const RETRY_FOR: Duration = Duration::from_secs(15);
 pub struct ApiClient {
     addresses: Vec<String>,
     channels: Vec<Channel>,
+    auth: BearerAuth,
+    tls: bool,
     /// Per-call timeout.
     pub timeout: Duration,
 }
@@ -28,19 +51,26 @@ pub enum ClientError {
     /// The managers answered with a refusal (bad argument, not found…).
     #[error("{}", .0.message())]
     Refused(Status),
-    #[error("no manager answered at {addresses} within {seconds}s (last error: {last}); are the managers running? (--managers / PGQUORUM_MANAGERS)")]
+    #[error("no manager answered at {addresses} within {seconds}s (last error: {last}); are the managers running? (--managers / PGQUORUM_MANAGERS){hint}")]
     Unreachable {
         addresses: String,
         seconds: u64,
         last: String,
+        hint: &'static str,
     },
+    #[error("the manager at {address} does not speak plaintext gRPC ({message}): it probably uses TLS; give --tls-ca (PGQUORUM_TLS_CA) with the CA that signed its certificate")]
+    NeedsTls { address: String, message: String },
+    #[error("the managers' certificates are not accepted ({last}): give --tls-ca the CA that signed them, and make sure they name the addresses in --managers")]
+    BadServerCertificate { last: String },
 }
 
 impl ClientError {
     pub fn code(&self) -> Option<Code> {
         match self {
             ClientError::Refused(s) => Some(s.code()),
-            ClientError::Unreachable { .. } => None,
+            ClientError::Unreachable { .. }
+            | ClientError::NeedsTls { .. }
+            | ClientError::BadServerCertificate { .. } => None,
         }
     }
 }
@@ -53,15 +83,26 @@ fn retryable(status: &Status) -> bool {
 }
 
 impl ApiClient {
-    /// `addresses` is the `--managers` list; every entry is checked.
-    pub fn new(addresses: &[String]) -> Result<Self, transport::BadAddress> {
+    /// A plaintext client without a token; `addresses` is the `--managers`
+    /// list; every entry is checked.
+    pub fn new(addresses: &[String]) -> Result<Self, transport::ChannelError> {
+        Self::secure(addresses, &ClientSecurity::plaintext())
+    }
+
+    /// A client with TLS and/or a token.
+    pub fn secure(
+        addresses: &[String],
+        security: &ClientSecurity,
+    ) -> Result<Self, transport::ChannelError> {
         let mut channels = Vec::new();
         for a in addresses {
-            channels.push(transport::lazy_channel(a)?);
+            channels.push(transport::channel(a, security.tls.as_ref())?);
         }
         Ok(ApiClient {
             addresses: addresses.to_vec(),
             channels,
+            auth: BearerAuth(security.token.clone()),
+            tls: security.tls.is_some(),
             timeout: Duration::from_secs(10),
         })
     }
@@ -70,28 +111,54 @@ impl ApiClient {
     /// passes. Refusals (anything but "unavailable") end the call at once.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
-        F: Fn(PgQuorumClient<Channel>, Duration) -> Fut,
+        F: Fn(Api, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = Instant::now() + RETRY_FOR.max(self.timeout);
         let mut last = String::from("none");
         loop {
-            for channel in &self.channels {
-                let client = PgQuorumClient::new(channel.clone());
+            // A manager whose certificate this client rejects will not
+            // change its mind: when every manager fails that way, stop.
+            let mut rejected = 0;
+            for (address, channel) in self.addresses.iter().zip(&self.channels) {
+                let client = PgQuorumClient::with_interceptor(channel.clone(), self.auth.clone());
                 match f(client, self.timeout).await {
                     Ok(response) => return Ok(response.into_inner()),
+                    // Plain HTTP/2 against a TLS port fails in the protocol.
+                    Err(status)
+                        if !self.tls
+                            && status.code() == Code::Internal
+                            && status.message().contains("h2 protocol error") =>
+                    {
+                        return Err(ClientError::NeedsTls {
+                            address: address.clone(),
+                            message: status.message().to_string(),
+                        });
+                    }
                     Err(status) if retryable(&status) => {
                         tracing::debug!(code = ?status.code(), message = status.message(), "manager unavailable, trying the next");
                         last = status.message().to_string();
+                        if self.tls && last.contains("invalid peer certificate") {
+                            rejected += 1;
+                            last = format!("{address}: {last}");
+                        }
                     }
                     Err(status) => return Err(ClientError::Refused(status)),
                 }
+            }
+            if rejected == self.channels.len() {
+                return Err(ClientError::BadServerCertificate { last });
             }
             if Instant::now() >= deadline {
                 return Err(ClientError::Unreachable {
                     addresses: self.addresses.join(","),
                     seconds: RETRY_FOR.max(self.timeout).as_secs(),
                     last,
+                    hint: if self.tls {
+                        "; with TLS, check that --tls-ca is the CA that signed the managers' certificates and that they name the addresses given"
+                    } else {
+                        "; if the managers use TLS, give --tls-ca (PGQUORUM_TLS_CA)"
+                    },
                 });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -8,7 +8,9 @@ mod output;
 mod progress;
 mod sandbox;
 mod status;
+mod tls;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +45,33 @@ pub struct GlobalArgs {
     /// Print JSON instead of tables, for scripts.
     #[arg(long, global = true)]
     pub json: bool,
+    /// CA certificate (PEM) the managers' certificates are signed by: talk
+    /// TLS to the managers.
+    #[arg(long, env = "PGQUORUM_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) signed by that CA: allows every command.
+    #[arg(long, env = "PGQUORUM_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "PGQUORUM_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// API token for commands that change the cluster (prefer
+    /// PGQUORUM_TOKEN or --token-file: command lines are visible to others).
+    #[arg(
+        long,
+        env = "PGQUORUM_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// File whose first line is the API token.
+    #[arg(
+        long,
+        env = "PGQUORUM_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `--managers` after the subcommand (`pgquorum status --managers …`). Not
@@ -59,6 +88,56 @@ pub struct ConnArgs {
         value_delimiter = ','
     )]
     pub managers: Vec<String>,
+    /// CA certificate (PEM) the managers' certificates are signed by: talk
+    /// TLS to the managers.
+    #[arg(
+        long = "tls-ca",
+        id = "conn_tls_ca",
+        global = true,
+        env = "PGQUORUM_TLS_CA",
+        value_name = "FILE"
+    )]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) signed by that CA: allows every command
+    /// (agents: required with TLS).
+    #[arg(
+        long = "tls-cert",
+        id = "conn_tls_cert",
+        global = true,
+        env = "PGQUORUM_TLS_CERT",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long = "tls-key",
+        id = "conn_tls_key",
+        global = true,
+        env = "PGQUORUM_TLS_KEY",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// API token for commands that change the cluster (prefer
+    /// PGQUORUM_TOKEN or --token-file: command lines are visible to others).
+    #[arg(
+        long = "token",
+        id = "conn_token",
+        global = true,
+        env = "PGQUORUM_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// File whose first line is the API token.
+    #[arg(
+        long = "token-file",
+        id = "conn_token_file",
+        global = true,
+        env = "PGQUORUM_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "conn_token"
+    )]
+    pub token_file: Option<PathBuf>,
 }
 
 /// A command's own arguments plus `--managers`.
@@ -106,6 +185,9 @@ pub enum Command {
     /// A whole cluster on this machine, for a first look, demos and tests.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// TLS helpers: certificates and a token for a test deployment.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the version.
@@ -131,13 +213,56 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `--managers` given after the subcommand wins over the one before it.
+/// Connection flags given after the subcommand win over those before it.
 fn merge(global: &GlobalArgs, conn: &ConnArgs) -> GlobalArgs {
     let mut g = global.clone();
     if !conn.managers.is_empty() {
         g.managers = conn.managers.clone();
     }
+    let pick = |after: &Option<PathBuf>, before: &mut Option<PathBuf>| {
+        if after.is_some() {
+            before.clone_from(after);
+        }
+    };
+    pick(&conn.tls_ca, &mut g.tls_ca);
+    pick(&conn.tls_cert, &mut g.tls_cert);
+    pick(&conn.tls_key, &mut g.tls_key);
+    if conn.token.is_some() || conn.token_file.is_some() {
+        g.token.clone_from(&conn.token);
+        g.token_file.clone_from(&conn.token_file);
+    }
     g
+}
+
+impl GlobalArgs {
+    /// The TLS files given.
+    pub fn tls_paths(&self) -> crate::security::TlsPaths {
+        crate::security::TlsPaths {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
+
+    /// TLS and token for the CLI, read and checked.
+    pub fn security(&self) -> Result<crate::security::ClientSecurity, Failure> {
+        use crate::security::{Token, CLI_NAMES};
+        let tls = self
+            .tls_paths()
+            .load(false, &CLI_NAMES)
+            .map_err(Failure::usage)?;
+        let token = match (&self.token, &self.token_file) {
+            (Some(text), _) => {
+                Some(Token::new(text, "from --token (PGQUORUM_TOKEN)").map_err(Failure::usage)?)
+            }
+            (None, Some(path)) => Some(Token::from_file(path).map_err(Failure::usage)?),
+            (None, None) => None,
+        };
+        if token.is_some() && tls.is_none() {
+            tracing::warn!("sending the API token without TLS: give --tls-ca to encrypt it");
+        }
+        Ok(crate::security::ClientSecurity { tls, token })
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -156,8 +281,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Failure::failed(e)
             })
         }
-        Command::Agent(w) => {
+        Command::Agent(mut w) => {
             let global = merge(&global, &w.conn);
+            w.args.tls = global.tls_paths();
             let config = crate::agent::config::AgentConfig::load(&w.args, &global.managers)
                 .map_err(Failure::usage)?;
             crate::logging::init(config.json_logs, "info");
@@ -176,6 +302,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Failover(w) => ops::failover(&merge(&global, &w.conn), w.args).await,
         Command::Node(g) => ops::node(&merge(&global, &g.conn), g.command).await,
         Command::Sandbox(cmd) => sandbox::run(&global, cmd).await,
+        Command::Tls(cmd) => tls::run(&global, cmd),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -200,5 +327,7 @@ pub(crate) fn connect(global: &GlobalArgs) -> Result<ApiClient, Failure> {
             "no manager address: give --managers HOST:PORT[,...]",
         ));
     }
-    ApiClient::new(&global.managers).map_err(|e| Failure::usage(format!("--managers: {e}")))
+    let security = global.security()?;
+    ApiClient::secure(&global.managers, &security)
+        .map_err(|e| Failure::usage(format!("--managers: {e}")))
 }

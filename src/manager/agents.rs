@@ -57,6 +57,7 @@ impl AgentChannel for AgentService {
         &self,
         request: Request<AgentEnvelope>,
     ) -> Result<Response<AgentEnvelope>, Status> {
+        self.node.guard.peer(&request, "agent registration")?;
         self.require_leader()?;
         let r: Registration = decode(request.get_ref())?;
         let applied = self
@@ -83,6 +84,7 @@ impl AgentChannel for AgentService {
         &self,
         request: Request<Streaming<AgentEnvelope>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        self.node.guard.peer(&request, "the agent session")?;
         self.require_leader()?;
         let mut inbound = request.into_inner();
         let first = inbound

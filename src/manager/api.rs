@@ -3,6 +3,12 @@
 //! Any manager answers. A follower forwards each call to the leader, once
 //! (a forwarded call that lands on a non-leader fails with UNAVAILABLE and
 //! the client retries), so clients never need to know who leads.
+//!
+//! State-changing calls are checked ([`crate::security::Guard::write`])
+//! by the manager the client called, before forwarding; the forwarded call
+//! carries the follower's own client certificate (with TLS), which the
+//! leader accepts, and the caller's metadata, token included (which the
+//! leader checks again when there is no TLS).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -288,6 +294,7 @@ impl PgQuorum for ApiService {
         &self,
         request: Request<SwitchoverRequest>,
     ) -> Result<Response<OperationResponse>, Status> {
+        self.node.guard.write(&request, "switchover")?;
         forward!(self, request, switchover);
         let r = request.into_inner();
         let state = self.read_state(true).await?; // commands re-validate at apply time
@@ -327,6 +334,7 @@ impl PgQuorum for ApiService {
         &self,
         request: Request<FailoverRequest>,
     ) -> Result<Response<OperationResponse>, Status> {
+        self.node.guard.write(&request, "failover")?;
         forward!(self, request, failover);
         let r = request.into_inner();
         let state = self.read_state(true).await?; // commands re-validate at apply time
@@ -347,6 +355,7 @@ impl PgQuorum for ApiService {
         &self,
         request: Request<ClusterRequest>,
     ) -> Result<Response<OperationResponse>, Status> {
+        self.node.guard.write(&request, "pause")?;
         forward!(self, request, pause);
         let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
@@ -363,6 +372,7 @@ impl PgQuorum for ApiService {
         &self,
         request: Request<ClusterRequest>,
     ) -> Result<Response<OperationResponse>, Status> {
+        self.node.guard.write(&request, "resume")?;
         forward!(self, request, resume);
         let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
@@ -391,6 +401,7 @@ impl PgQuorum for ApiService {
         &self,
         request: Request<SetConfigRequest>,
     ) -> Result<Response<ConfigResponse>, Status> {
+        self.node.guard.write(&request, "config set")?;
         forward!(self, request, set_config);
         let r = request.into_inner();
         let state = self.read_state(true).await?; // commands re-validate at apply time
@@ -430,6 +441,7 @@ impl PgQuorum for ApiService {
         &self,
         request: Request<NodeRequest>,
     ) -> Result<Response<OperationResponse>, Status> {
+        self.node.guard.write(&request, "node restart")?;
         forward!(self, request, restart_node);
         let r = request.into_inner();
         let kind = if r.pending_only {
@@ -444,6 +456,7 @@ impl PgQuorum for ApiService {
         &self,
         request: Request<NodeRequest>,
     ) -> Result<Response<OperationResponse>, Status> {
+        self.node.guard.write(&request, "node reinit")?;
         forward!(self, request, reinit_node);
         let r = request.into_inner();
         self.node_action(&r, crate::cluster::state::NodeActionKind::Reinit)
@@ -463,6 +476,7 @@ impl PgQuorum for ApiService {
         &self,
         request: Request<AddManagerRequest>,
     ) -> Result<Response<ListManagersResponse>, Status> {
+        self.node.guard.write(&request, "managers add")?;
         forward!(self, request, add_manager);
         let r = request.into_inner();
         self.node
@@ -478,6 +492,7 @@ impl PgQuorum for ApiService {
         &self,
         request: Request<RemoveManagerRequest>,
     ) -> Result<Response<ListManagersResponse>, Status> {
+        self.node.guard.write(&request, "managers remove")?;
         forward!(self, request, remove_manager);
         let r = request.into_inner();
         self.node.remove_manager(r.id).await.map_err(status_of)?;

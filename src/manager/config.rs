@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::types::NodeId;
+use crate::security::{self, TlsFile, TlsPaths, Token};
 use crate::transport::check_address;
 
 /// A configuration problem: the manager does not start.
@@ -68,6 +69,12 @@ pub struct ManagerFile {
     pub metrics_listen: Option<String>,
     #[serde(default)]
     pub raft: RaftFile,
+    /// TLS for gRPC (and optionally HTTPS for metrics).
+    #[serde(default)]
+    pub tls: TlsFile,
+    /// A file whose first line is the bearer token that allows
+    /// state-changing API calls (besides a client certificate).
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// Flags given on the command line; they override the file.
@@ -102,6 +109,20 @@ pub struct ManagerArgs {
     /// when a majority of managers is lost for good (see docs/operations).
     #[arg(long, conflicts_with_all = ["join", "peers"])]
     pub force_new_cluster: bool,
+    /// CA certificate (PEM) that signs every manager's and agent's
+    /// certificate; turns TLS on for gRPC.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This manager's certificate (PEM): server and client use, naming the
+    /// host of --advertise.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// File with the bearer token that allows state-changing API calls.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// How this manager comes into its group.
@@ -131,6 +152,12 @@ pub struct ManagerConfig {
     pub election_timeout_max: Duration,
     pub fsync: bool,
     pub snapshot_logs: u64,
+    /// TLS for gRPC, server and client side (None: plaintext).
+    pub tls: Option<security::Tls>,
+    /// HTTPS for the metrics endpoint.
+    pub http_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// The token that allows state-changing API calls.
+    pub api_token: Option<Token>,
 }
 
 /// Parse `1=HOST:PORT,2=HOST:PORT`.
@@ -340,7 +367,36 @@ impl ManagerConfig {
             return Err(invalid("raft.snapshot_logs must be at least 10"));
         }
 
+        let tls_paths = TlsPaths {
+            ca: args.tls_ca.clone(),
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+        }
+        .over(&file.tls);
+        let tls = tls_paths
+            .load(true, &security::CONFIG_NAMES)
+            .map_err(|e| invalid(e.to_string()))?;
+        if let Some(tls) = &tls {
+            let host = advertise
+                .rsplit_once(':')
+                .map_or(advertise.as_str(), |(h, _)| h);
+            tls.check_server_name(host)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        let http_tls = security::http_config(&file.tls).map_err(|e| invalid(e.to_string()))?;
+        let api_token = match args
+            .api_token_file
+            .as_ref()
+            .or(file.api_token_file.as_ref())
+        {
+            Some(path) => Some(Token::from_file(path).map_err(|e| invalid(e.to_string()))?),
+            None => None,
+        };
+
         Ok(ManagerConfig {
+            tls,
+            http_tls,
+            api_token,
             id,
             listen,
             advertise,

@@ -24,17 +24,21 @@ use super::identity::Identity;
 use super::types::{NodeId, TypeConfig};
 use crate::proto::raft::raft_client::RaftClient;
 use crate::proto::raft::RaftMessage;
+use crate::security::ClientSecurity;
 use crate::transport;
 
 /// Creates one [`PeerConnection`] per target manager.
 #[derive(Clone)]
 pub struct Network {
     identity: Identity,
+    security: ClientSecurity,
 }
 
 impl Network {
-    pub fn new(identity: Identity) -> Self {
-        Network { identity }
+    /// `security`: how to dial the other managers (TLS with this
+    /// manager's own certificate, or plaintext).
+    pub fn new(identity: Identity, security: ClientSecurity) -> Self {
+        Network { identity, security }
     }
 }
 
@@ -44,6 +48,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
         PeerConnection {
             identity: self.identity.clone(),
+            security: self.security.clone(),
             target,
             address: node.addr.clone(),
             client: None,
@@ -54,6 +59,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// The Raft RPCs one leader or candidate sends to one peer.
 pub struct PeerConnection {
     identity: Identity,
+    security: ClientSecurity,
     target: NodeId,
     address: String,
     client: Option<RaftClient<Channel>>,
@@ -88,7 +94,8 @@ impl PeerConnection {
         if let Some(client) = &self.client {
             return Ok(client.clone());
         }
-        let channel = transport::lazy_channel(&self.address).map_err(|e| self.error(e))?;
+        let channel = transport::channel(&self.address, self.security.tls.as_ref())
+            .map_err(|e| self.error(e))?;
         // Snapshots are small (the cluster state), but leave room.
         let client = RaftClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         self.client = Some(client.clone());

@@ -16,6 +16,7 @@ use super::identity::Identity;
 use super::store::AppliedState;
 use super::types::{NodeId, Raft};
 use crate::cluster::{Applied, ClusterCommand, Rejection};
+use crate::security::{ClientSecurity, Guard};
 use crate::transport;
 
 /// How long a write may wait for a quorum before the client is told to retry.
@@ -64,6 +65,10 @@ pub struct ManagerNode {
     pub identity: Identity,
     state: watch::Receiver<Arc<AppliedState>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// How this manager dials the others (TLS with its own certificate).
+    pub security: ClientSecurity,
+    /// Who may call this manager's services.
+    pub guard: Guard,
 }
 
 impl ManagerNode {
@@ -81,7 +86,16 @@ impl ManagerNode {
             identity,
             state,
             channels: Mutex::new(HashMap::new()),
+            security: ClientSecurity::plaintext(),
+            guard: Guard::default(),
         }
+    }
+
+    /// Dial the others with `security`; admit callers through `guard`.
+    pub fn with_security(mut self, security: ClientSecurity, guard: Guard) -> Self {
+        self.security = security;
+        self.guard = guard;
+        self
     }
 
     /// This manager's own view, from Raft metrics.
@@ -151,8 +165,8 @@ impl ManagerNode {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let channel =
-            transport::lazy_channel(address).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let channel = transport::channel(address, self.security.tls.as_ref())
+            .map_err(|e| NodeError::Invalid(e.to_string()))?;
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

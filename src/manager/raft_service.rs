@@ -23,6 +23,7 @@ impl RaftService {
 
     /// Check the envelope and decode its payload.
     fn open<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
+        self.node.guard.peer(&request, "Raft between managers")?;
         let message = request.into_inner();
         if message.target != self.node.id {
             return Err(Status::failed_precondition(format!(
@@ -87,8 +88,9 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        // Anyone may ask who we are; no group check (a joiner has none yet).
-        let _ = request;
+        // Any manager may ask who we are; no group check (a joiner has
+        // none yet).
+        self.node.guard.peer(&request, "Raft between managers")?;
         self.reply(&self.node.view())
     }
 }

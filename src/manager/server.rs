@@ -27,6 +27,7 @@ use crate::proto;
 use crate::proto::agent::agent_channel_server::AgentChannelServer;
 use crate::proto::api::pg_quorum_server::PgQuorumServer;
 use crate::proto::raft::raft_server::RaftServer;
+use crate::security::{ClientSecurity, Guard};
 
 /// Resolves when the process is asked to stop (SIGTERM or SIGINT).
 pub async fn shutdown_signal() {
@@ -107,22 +108,42 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
 
+    // Managers dial each other with their own certificate; callers are
+    // admitted by the guard (see crate::security::guard).
+    let security = ClientSecurity {
+        tls: config.tls.clone(),
+        token: None,
+    };
+    let guard = Guard::new(config.tls.is_some(), config.api_token.clone());
+    let server_tls = match &config.tls {
+        Some(tls) => Some(tls.server_config()?),
+        None => {
+            if config.api_token.is_some() {
+                tracing::warn!("api_token_file is set without TLS: tokens cross the network in clear text; configure [tls]");
+            }
+            None
+        }
+    };
+
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
-        Network::new(identity.clone()),
+        Network::new(identity.clone(), security.clone()),
         log_store,
         state_machine,
     )
     .await
     .context("cannot start Raft")?;
-    let node = Arc::new(ManagerNode::new(
-        config.id,
-        config.advertise.clone(),
-        raft.clone(),
-        identity.clone(),
-        state,
-    ));
+    let node = Arc::new(
+        ManagerNode::new(
+            config.id,
+            config.advertise.clone(),
+            raft.clone(),
+            identity.clone(),
+            state,
+        )
+        .with_security(security, guard),
+    );
     let control = Control::new(node.clone());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -136,7 +157,13 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         .context("cannot build gRPC reflection")?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = server_tls {
+        builder = builder
+            .tls_config(tls)
+            .context("cannot set up TLS for the gRPC server")?;
+    }
+    let server = builder
         .add_service(
             RaftServer::new(RaftService::new(node.clone()))
                 .max_decoding_message_size(64 * 1024 * 1024),
@@ -155,7 +182,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
             let _ = stop_rx.await;
         });
     let server = tokio::spawn(server);
-    tracing::info!(id = config.id, listen = %config.listen, advertise = %config.advertise, fresh, "manager started");
+    tracing::info!(id = config.id, listen = %config.listen, advertise = %config.advertise, fresh, tls = config.tls.is_some(), "manager started");
 
     if let Some((state, peers)) = recovered {
         form_group(&raft, &peers).await?;
@@ -172,8 +199,9 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen for metrics on {address}"))?;
             let router = super::metrics::router(node.clone(), control.clone());
+            let tls = config.http_tls.clone();
             Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
+                if let Err(e) = crate::security::http::serve(listener, router, tls).await {
                     tracing::error!(error = %e, "metrics server failed");
                 }
             }))
