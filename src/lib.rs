@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cluster;
 pub mod logging;
 pub mod manager;
+pub mod process;
 pub mod proto;
 pub mod security;
 pub mod transport;

@@ -264,7 +264,9 @@ async fn paused_cluster_promotes_nobody_until_resumed() {
         // (The crashed node's last report may still say primary for a
         // moment; nobody else may.)
         assert!(
-            s.nodes.iter().all(|n| n.role != "primary" || n.name == old.name),
+            s.nodes
+                .iter()
+                .all(|n| n.role != "primary" || n.name == old.name),
             "a node became primary while paused"
         );
     }

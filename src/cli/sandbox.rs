@@ -11,13 +11,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::client::{request, ApiClient};
 use super::output::{print, table, Failure};
 use super::GlobalArgs;
+use crate::process::{alive, postgres_processes, signal_all, wait_gone};
 use crate::proto::api::{ClusterStatus, GetStatusRequest, SetConfigRequest};
 
 const CLUSTER: &str = "main";
@@ -149,20 +149,6 @@ impl SandboxFile {
     fn manager_addresses(&self) -> Vec<String> {
         self.managers.iter().map(|m| m.address.clone()).collect()
     }
-}
-
-fn alive(pid: i32) -> bool {
-    pid > 0 && kill(Pid::from_raw(pid), None).is_ok() && !is_zombie(pid)
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 fn progress(message: &str) {
@@ -558,53 +544,16 @@ fn check_alive(file: &SandboxFile, started: Instant) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The postmaster of a data directory and every process it started.
-fn postgres_pids(data_dir: &Path) -> Vec<i32> {
-    let Some(postmaster) = std::fs::read_to_string(data_dir.join("postmaster.pid"))
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-        .filter(|p| alive(*p))
-    else {
-        return Vec::new();
-    };
-    let mut pids = vec![postmaster];
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')').and_then(|(_, rest)| {
-                        rest.split_whitespace()
-                            .nth(1)
-                            .and_then(|p| p.parse::<i32>().ok())
-                    })
-                });
-            if parent == Some(postmaster) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
-}
-
-fn signal_all(pids: &[i32], signal: Signal) {
-    for pid in pids {
-        let _ = kill(Pid::from_raw(*pid), signal);
-    }
-}
-
-fn wait_gone(pids: &[i32], limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if !pids.iter().any(|p| alive(*p)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    !pids.iter().any(|p| alive(*p))
+/// The postmaster of a data directory (from its pid file, if it runs).
+fn postmaster(data_dir: &Path) -> Option<i32> {
+    let pid = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    postgres_processes(data_dir).contains(&pid).then_some(pid)
 }
 
 fn down(dir: &Path) -> Result<(), Failure> {
@@ -621,9 +570,9 @@ fn down(dir: &Path) -> Result<(), Failure> {
     signal_all(&agents, Signal::SIGKILL);
     // Any PostgreSQL left (its agent was killed earlier): stop it too.
     for n in &file.nodes {
-        let pids = postgres_pids(&n.data_dir);
+        let pids = postgres_processes(&n.data_dir);
         if !pids.is_empty() {
-            signal_all(&pids[..1], Signal::SIGQUIT);
+            signal_all(&pids, Signal::SIGQUIT);
             if !wait_gone(&pids, Duration::from_secs(5)) {
                 signal_all(&pids, Signal::SIGKILL);
             }
@@ -644,7 +593,11 @@ fn down(dir: &Path) -> Result<(), Failure> {
         .iter()
         .chain(&managers)
         .copied()
-        .chain(file.nodes.iter().flat_map(|n| postgres_pids(&n.data_dir)))
+        .chain(
+            file.nodes
+                .iter()
+                .flat_map(|n| postgres_processes(&n.data_dir)),
+        )
         .filter(|p| alive(*p))
         .collect();
     if !left.is_empty() {
@@ -672,7 +625,7 @@ async fn status(global: &GlobalArgs, dir: &Path) -> Result<(), Failure> {
         ]);
     }
     for n in &file.nodes {
-        let pg = postgres_pids(&n.data_dir).first().copied();
+        let pg = postmaster(&n.data_dir);
         rows.push(vec![
             n.name.clone(),
             "agent".into(),
@@ -731,7 +684,7 @@ fn crash(dir: &Path, name: &str) -> Result<(), Failure> {
     let node = node_entry(&file, name)?;
     // Freeze everything first so that nothing notices the others dying,
     // then kill it all: as close to a host losing power as signals get.
-    let mut pids = postgres_pids(&node.data_dir);
+    let mut pids = postgres_processes(&node.data_dir);
     pids.push(node.agent_pid);
     pids.retain(|p| alive(*p));
     signal_all(&pids, Signal::SIGSTOP);

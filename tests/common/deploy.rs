@@ -459,42 +459,10 @@ pub async fn ids_on(host: &str, port: u16) -> std::collections::BTreeSet<i64> {
         .collect()
 }
 
-/// The postmaster of `data_dir` and every process it started.
-pub fn postgres_pids(data_dir: &Path) -> Vec<i32> {
-    let Some(postmaster) = std::fs::read_to_string(data_dir.join("postmaster.pid"))
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-    else {
-        return Vec::new();
-    };
-    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster), None).is_err() {
-        return Vec::new();
-    }
-    let mut pids = vec![postmaster];
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')').and_then(|(_, rest)| {
-                    rest.split_whitespace()
-                        .nth(1)
-                        .and_then(|p| p.parse::<i32>().ok())
-                })
-            });
-        if parent == Some(postmaster) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
+pub use pgquorum::process::postgres_processes as postgres_pids;
 
 fn signal(pids: &[i32], sig: nix::sys::signal::Signal) {
-    for p in pids {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
-    }
+    pgquorum::process::signal_all(pids, sig);
 }
 
 impl Deployment {

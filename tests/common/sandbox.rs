@@ -79,19 +79,7 @@ pub fn free_base_port() -> u16 {
     }
 }
 
-/// The process exists and is not a zombie.
-pub fn alive(pid: i32) -> bool {
-    if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
+pub use pgquorum::process::{alive, wait_gone};
 
 /// Live processes whose working directory is `dir` or below it: every
 /// PostgreSQL process runs in its data directory.
@@ -125,18 +113,6 @@ pub fn signal(pid: i32, sig: Signal) {
     if pid > 0 {
         let _ = kill(Pid::from_raw(pid), sig);
     }
-}
-
-/// Wait (bounded) until none of `pids` is alive.
-pub fn wait_gone(pids: &[i32], limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if !pids.iter().any(|p| alive(*p)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    !pids.iter().any(|p| alive(*p))
 }
 
 /// Run `psql` on `conninfo` (bounded by `timeout`, 5 s to connect); its

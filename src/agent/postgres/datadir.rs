@@ -51,47 +51,8 @@ pub(crate) fn parse_controldata(text: &str) -> Result<ControlData, String> {
     })
 }
 
-/// `/proc/<pid>/cwd` and `/proc/<pid>/exe` of a live (non-zombie) process.
-fn proc_links(pid: i32) -> Option<(PathBuf, PathBuf)> {
-    let base = PathBuf::from(format!("/proc/{pid}"));
-    let cwd = std::fs::read_link(base.join("cwd")).ok()?;
-    let exe = std::fs::read_link(base.join("exe")).ok()?;
-    Some((cwd, exe))
-}
-
-/// A postgres binary (`postgres`, `postmaster`, or one replaced on disk).
-fn is_postgres_exe(exe: &Path) -> bool {
-    exe.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("postgres") || n.starts_with("postmaster"))
-}
-
-/// Whether the process is stopped (SIGSTOP, a debugger): it will not act
-/// on any signal but SIGKILL until continued.
-pub(crate) fn is_stopped(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // The command name in parentheses may contain spaces.
-            let after = s.rsplit_once(')')?.1;
-            after
-                .split_whitespace()
-                .next()
-                .map(|st| st == "T" || st == "t")
-        })
-        .unwrap_or(false)
-}
-
-/// Whether the process has exited but was not reaped yet.
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1;
-            after.split_whitespace().next().map(|st| st == "Z")
-        })
-        .unwrap_or(false)
-}
+pub(crate) use crate::process::is_stopped;
+use crate::process::{cwd_and_exe, is_postgres_exe, is_zombie};
 
 /// Exited (or a zombie not reaped yet).
 fn is_dead(pid: i32) -> bool {
@@ -137,7 +98,7 @@ impl Postgres {
         }
         if has_proc() {
             let dir = self.canonical_data_dir()?;
-            let (cwd, exe) = proc_links(pid)?;
+            let (cwd, exe) = cwd_and_exe(pid)?;
             (cwd == dir && is_postgres_exe(&exe)).then_some(pid)
         } else {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
@@ -152,21 +113,7 @@ impl Postgres {
         if !has_proc() {
             return self.postmaster_pid().into_iter().collect();
         }
-        let Some(dir) = self.canonical_data_dir() else {
-            return Vec::new();
-        };
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let mut pids: Vec<i32> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                proc_links(*pid).is_some_and(|(cwd, exe)| cwd == dir && is_postgres_exe(&exe))
-            })
-            .collect();
-        pids.sort_unstable();
-        pids
+        crate::process::postgres_processes(&self.cfg.data_dir)
     }
 
     /// What is in the data directory, read without a running server:

@@ -47,6 +47,11 @@ LEFT JOIN pg_stat_wal_receiver w ON true;
 SELECT application_name, state, flush_lsn::text, replay_lsn::text, sync_state
 FROM pg_stat_replication ORDER BY application_name";
 
+/// The first column of the first row of the first result set.
+fn first_value(sets: &[Vec<tokio_postgres::SimpleQueryRow>]) -> Option<&str> {
+    sets.first()?.first()?.get(0)
+}
+
 /// A SQL string literal (standard_conforming_strings is on since 9.1).
 pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -323,12 +328,7 @@ impl Postgres {
     /// most of that off a failover.
     pub async fn promote(&self, timeout: Duration) -> Result<(), PgError> {
         let t0 = std::time::Instant::now();
-        let in_recovery = |sets: Vec<Vec<tokio_postgres::SimpleQueryRow>>| {
-            sets.first()
-                .and_then(|s| s.first())
-                .and_then(|r| r.get(0).map(|v| v == "t"))
-        };
-        let sets = self
+        let signalled = self
             .query_on(
                 Target::Local,
                 "promotion",
@@ -336,37 +336,35 @@ impl Postgres {
                 Duration::from_secs(10),
             )
             .await?;
-        if in_recovery(sets) == Some(false) {
-            // pg_promote(false) answered false only if it could not signal.
-            let sets = self
-                .query_on(
-                    Target::Local,
-                    "promotion check",
-                    "SELECT pg_is_in_recovery()",
-                    Duration::from_secs(5),
-                )
-                .await?;
-            if in_recovery(sets) == Some(false) {
-                tracing::info!("promote: already a primary");
+        let signalled = first_value(&signalled) == Some("t");
+        loop {
+            if !self.in_recovery().await? {
+                if signalled {
+                    tracing::info!(elapsed = ?t0.elapsed(), "promoted");
+                } else {
+                    tracing::info!("promote: already a primary");
+                }
                 return Ok(());
             }
-        }
-        while t0.elapsed() < timeout {
-            let sets = self
-                .query_on(
-                    Target::Local,
-                    "promotion check",
-                    "SELECT pg_is_in_recovery()",
-                    Duration::from_secs(5),
-                )
-                .await?;
-            if in_recovery(sets) == Some(false) {
-                tracing::info!(elapsed = ?t0.elapsed(), "promoted");
-                return Ok(());
+            if !signalled || t0.elapsed() >= timeout {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err(self.promote_failed(&format!("still in recovery {timeout:?} after pg_promote")))
+    }
+
+    /// `pg_is_in_recovery()` of this server right now.
+    async fn in_recovery(&self) -> Result<bool, PgError> {
+        let sets = self
+            .query_on(
+                Target::Local,
+                "promotion check",
+                "SELECT pg_is_in_recovery()",
+                Duration::from_secs(5),
+            )
+            .await?;
+        Ok(first_value(&sets) != Some("f"))
     }
 
     fn promote_failed(&self, what: &str) -> PgError {

@@ -1,0 +1,117 @@
+//! Processes by pid, for the few places that deal with them directly (the
+//! PostgreSQL driver's fence, the sandbox, tests): is it alive, what belongs
+//! to a data directory, signal, wait. Linux `/proc` is the source.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// The one-letter state in `/proc/PID/stat` (R, S, T, Z…).
+fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may contain spaces.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// Exited but not reaped yet: as good as gone, though `kill(pid, 0)`
+/// still succeeds (PostgreSQL's own lock-file check is fooled by it).
+pub fn is_zombie(pid: i32) -> bool {
+    state(pid) == Some('Z')
+}
+
+/// Stopped (SIGSTOP, a debugger): acts on no signal but SIGKILL until continued.
+pub fn is_stopped(pid: i32) -> bool {
+    matches!(state(pid), Some('T') | Some('t'))
+}
+
+/// The process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    pid > 0
+        && kill(Pid::from_raw(pid), None).is_ok()
+        && !matches!(state(pid), Some('Z') | Some('X'))
+}
+
+pub fn signal_all(pids: &[i32], signal: Signal) {
+    for pid in pids.iter().filter(|p| **p > 0) {
+        let _ = kill(Pid::from_raw(*pid), signal);
+    }
+}
+
+/// Wait (bounded, polling) until none of `pids` is alive; whether they went.
+pub fn wait_gone(pids: &[i32], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !pids.iter().any(|p| alive(*p)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Working directory and executable of a process.
+pub fn cwd_and_exe(pid: i32) -> Option<(PathBuf, PathBuf)> {
+    let base = PathBuf::from(format!("/proc/{pid}"));
+    let cwd = std::fs::read_link(base.join("cwd")).ok()?;
+    let exe = std::fs::read_link(base.join("exe")).ok()?;
+    Some((cwd, exe))
+}
+
+/// A postgres binary (`postgres`, `postmaster`, or one replaced on disk).
+pub fn is_postgres_exe(exe: &Path) -> bool {
+    exe.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("postgres") || n.starts_with("postmaster"))
+}
+
+/// Every live PostgreSQL process of `data_dir` (postmaster, backends, a
+/// single-user server, orphans of a killed postmaster): each runs with the
+/// data directory as its working directory. Sorted by pid.
+pub fn postgres_processes(data_dir: &Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::canonicalize(data_dir) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            cwd_and_exe(*pid).is_some_and(|(cwd, exe)| cwd == dir && is_postgres_exe(&exe))
+        })
+        .filter(|pid| alive(*pid))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_running() {
+        let me = std::process::id() as i32;
+        assert!(alive(me));
+        assert!(!is_zombie(me));
+        assert!(!is_stopped(me));
+        assert!(!alive(0));
+        assert!(wait_gone(&[], Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn no_postgres_in_a_fresh_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(postgres_processes(dir.path()).is_empty());
+    }
+}
