@@ -357,7 +357,13 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
                 let down_for = input
                     .now
                     .saturating_sub(input.soft.primary_down_since.unwrap_or(input.now));
-                if down_for < c.primary_start_timeout_ms
+                // Past the timeout a replica is promoted instead; but when
+                // no replica could be (a new cluster whose replicas are not
+                // cloned yet — with a timeout of 0 it would never even
+                // bootstrap — or every replica down, too far behind, or
+                // not in the sync set), starting the primary again is the
+                // only way back to a writable cluster.
+                if (down_for < c.primary_start_timeout_ms || !failover_possible(input, primary))
                     && !cluster.paused
                     && !busy(input, &primary.name)
                 {
@@ -495,6 +501,40 @@ fn effective_k(cluster: &Cluster) -> u32 {
         cluster.config.sync_count
     } else {
         cluster.config.sync_count.min(n.max(1))
+    }
+}
+
+/// Could `failover` promote anybody once its waits are over (the old
+/// lease, the sync standbys detaching)? Its rules — timeline, lag, sync
+/// set and report count, tags — applied to every replica that reports now.
+fn failover_possible(input: &Input, old: &Member) -> bool {
+    let cluster = input.cluster;
+    let all = candidates(input, &old.name, 0);
+    let top_timeline = all.iter().map(|c| c.timeline).max().unwrap_or(0);
+    let timeline = input
+        .soft
+        .last_primary_lsn
+        .map(|(_, tl)| tl)
+        .unwrap_or(top_timeline);
+    if sync_protected(cluster) {
+        let members: Vec<&Candidate> = all
+            .iter()
+            .filter(|c| cluster.sync_set.contains(&c.member.name))
+            .collect();
+        let needed = sync::reports_needed(cluster.sync_set.len(), effective_k(cluster));
+        members.len() >= needed
+            && members
+                .iter()
+                .any(|c| c.timeline == timeline && !c.member.tags.nofailover)
+    } else {
+        let reference = input.soft.last_primary_lsn.map(|(lsn, _)| lsn);
+        all.iter().any(|c| {
+            !c.member.tags.nofailover
+                && c.timeline == timeline
+                && reference.is_none_or(|lsn| {
+                    c.received.bytes_until(lsn) <= cluster.config.maximum_lag_on_failover
+                })
+        })
     }
 }
 
@@ -924,5 +964,214 @@ fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) 
             lsn: checkpoint_lsn,
             at_unix_ms: input.wall_ms,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::state::{ClusterState, Tags};
+    use crate::cluster::wire::{PgStatus, WalReceiver};
+
+    const SYSID: u64 = 42;
+
+    /// Nodes n1.. (10.0.0.1..), bootstrapped on n1 with data, `config` set.
+    fn cluster(nodes: &[(&str, Tags)], config: &[(&str, &str)]) -> Cluster {
+        let mut s = ClusterState::default();
+        for (i, (name, tags)) in nodes.iter().enumerate() {
+            ClusterCommand::RegisterNode {
+                cluster: "main".into(),
+                name: (*name).into(),
+                host: format!("10.0.0.{}", i + 1),
+                port: 5432,
+                http: format!("10.0.0.{}:8008", i + 1),
+                tags: tags.clone(),
+            }
+            .apply(&mut s)
+            .unwrap();
+        }
+        if !config.is_empty() {
+            ClusterCommand::SetConfig {
+                cluster: "main".into(),
+                changes: config
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }
+            .apply(&mut s)
+            .unwrap();
+        }
+        for c in [
+            ClusterCommand::Bootstrap {
+                cluster: "main".into(),
+                node: nodes[0].0.into(),
+                at_unix_ms: 0,
+            },
+            ClusterCommand::SetSystemIdentifier {
+                cluster: "main".into(),
+                id: SYSID,
+            },
+        ] {
+            c.apply(&mut s).unwrap();
+        }
+        s.clusters["main"].clone()
+    }
+
+    fn three(config: &[(&str, &str)]) -> Cluster {
+        let nodes: Vec<(&str, Tags)> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| (*n, Tags::default()))
+            .collect();
+        cluster(&nodes, config)
+    }
+
+    fn apply(c: &mut Cluster, command: ClusterCommand) {
+        let mut s = ClusterState::default();
+        s.clusters.insert("main".into(), c.clone());
+        command.apply(&mut s).unwrap();
+        *c = s.clusters["main"].clone();
+    }
+
+    fn host(node: &str) -> String {
+        format!("10.0.0.{}", &node[1..])
+    }
+
+    /// A report with PostgreSQL down and a valid data directory.
+    fn down(node: &str) -> NodeReport {
+        NodeReport {
+            cluster: "main".into(),
+            node: node.into(),
+            seq: 1,
+            session: 1,
+            epoch: 1,
+            data: DataDirState::Valid {
+                system_identifier: SYSID,
+                timeline: 1,
+                standby: false,
+                clean_shutdown: false,
+                checkpoint_lsn: Lsn(0),
+            },
+            ..NodeReport::default()
+        }
+    }
+
+    fn primary(node: &str, lsn: u64) -> NodeReport {
+        NodeReport {
+            postgres: Some(PgStatus {
+                in_recovery: false,
+                timeline: 1,
+                system_identifier: SYSID,
+                lsn: Lsn(lsn),
+                received_lsn: Lsn(lsn),
+                replay_lsn: Lsn(lsn),
+                ..PgStatus::default()
+            }),
+            wants_lease: true,
+            ..down(node)
+        }
+    }
+
+    /// A replica at `lsn`, streaming from `upstream` when given.
+    fn replica(node: &str, lsn: u64, upstream: Option<&str>) -> NodeReport {
+        NodeReport {
+            postgres: Some(PgStatus {
+                in_recovery: true,
+                timeline: 1,
+                system_identifier: SYSID,
+                lsn: Lsn(lsn),
+                received_lsn: Lsn(lsn),
+                replay_lsn: Lsn(lsn),
+                wal_receiver: upstream.map(|u| WalReceiver {
+                    status: "streaming".into(),
+                    sender_host: host(u),
+                    sender_port: 5432,
+                }),
+                ..PgStatus::default()
+            }),
+            upstream: upstream.map(str::to_string),
+            ..down(node)
+        }
+    }
+
+    /// The soft state of a leader elected at 0 that received `reports`.
+    fn soft(c: &Cluster, reports: Vec<(NodeReport, u64)>) -> Soft {
+        let mut soft = Soft::new(0);
+        for (r, at) in reports {
+            soft.observe(c, r, at);
+        }
+        soft
+    }
+
+    fn run(c: &Cluster, soft: &Soft, now: u64, wall_ms: u64) -> Decision {
+        decide(&Input {
+            cluster: c,
+            soft,
+            now,
+            wall_ms,
+        })
+    }
+
+    fn commands_to(d: &Decision, node: &str) -> Vec<&'static str> {
+        d.commands
+            .iter()
+            .filter(|(n, _)| n == node)
+            .map(|(_, a)| a.name())
+            .collect()
+    }
+
+    #[test]
+    fn restarts_the_primary_when_no_replica_could_take_over() {
+        // primary_start_timeout 0: fail over at once rather than restart.
+        // But with no replica that could be promoted, restarting the
+        // primary is the only way back; the decision used to wait forever.
+        let mut c = three(&[("primary_start_timeout", "0")]);
+        let never_cloned = |n: &str| NodeReport {
+            data: DataDirState::Empty,
+            ..down(n)
+        };
+        let s = soft(
+            &c,
+            vec![
+                (down("n1"), 9_000),
+                (never_cloned("n2"), 9_500),
+                (never_cloned("n3"), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
+
+        // The same with replicas too far behind to be promoted.
+        apply(
+            &mut c,
+            ClusterCommand::SetConfig {
+                cluster: "main".into(),
+                changes: [("maximum_lag_on_failover".to_string(), "1000".to_string())].into(),
+            },
+        );
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 100_000), 1_000),
+                (down("n1"), 9_000),
+                (replica("n2", 50_000, None), 9_500),
+                (replica("n3", 40_000, None), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert!(d.commit.is_none(), "{d:?}");
+        assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
+
+        // And a new cluster bootstraps even with a timeout of 0.
+        c.system_identifier = None;
+        let s = soft(
+            &c,
+            vec![
+                (never_cloned("n1"), 9_000),
+                (never_cloned("n2"), 9_500),
+                (never_cloned("n3"), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(commands_to(&d, "n1"), ["bootstrap"], "{d:?}");
     }
 }
