@@ -495,6 +495,17 @@ fn sync_protected(cluster: &Cluster) -> bool {
     cluster.config.sync_mode != SyncMode::Off && !cluster.sync_set.is_empty()
 }
 
+/// Synchronous mode with an empty committed sync set: nobody but the
+/// primary is known to hold every acknowledged commit. It happens after
+/// every sync-mode failover (the promoted member leaves the set, and the
+/// commits acknowledged before it may exist on it alone until another
+/// standby has caught up and joined) and when a non-strict set shrinks to
+/// nothing. Failing over by asynchronous rules then could lose them: no
+/// automatic failover, as Patroni does.
+fn sync_unprotected(cluster: &Cluster) -> bool {
+    cluster.config.sync_mode != SyncMode::Off && cluster.sync_set.is_empty()
+}
+
 fn effective_k(cluster: &Cluster) -> u32 {
     let n = cluster.sync_set.len() as u32;
     if cluster.config.sync_strict {
@@ -509,6 +520,9 @@ fn effective_k(cluster: &Cluster) -> u32 {
 /// set and report count, tags — applied to every replica that reports now.
 fn failover_possible(input: &Input, old: &Member) -> bool {
     let cluster = input.cluster;
+    if sync_unprotected(cluster) {
+        return false;
+    }
     let all = candidates(input, &old.name, 0);
     let top_timeline = all.iter().map(|c| c.timeline).max().unwrap_or(0);
     let timeline = input
@@ -541,6 +555,10 @@ fn failover_possible(input: &Input, old: &Member) -> bool {
 /// Choose and promote a replica after the primary failed.
 fn failover(input: &Input, old: &Member, d: &mut Decision) {
     let cluster = input.cluster;
+    if sync_unprotected(cluster) {
+        d.wait("synchronous mode without a sync standby: acknowledged commits may exist on the old primary alone, so only it may come back; `pgquorum failover --to NODE` can force a replica");
+        return;
+    }
     let lease_end = input.soft.lease.as_ref().map(|b| b.expires_at).unwrap_or(0);
     // LSNs are final only in reports sent after the old primary stopped.
     let all = candidates(input, &old.name, lease_end);
@@ -1119,6 +1137,15 @@ mod tests {
             .collect()
     }
 
+    fn promoted(d: &Decision) -> Option<(String, BTreeSet<String>)> {
+        match &d.commit {
+            Some(ClusterCommand::Promote { node, sync_set, .. }) => {
+                Some((node.clone(), sync_set.clone()))
+            }
+            _ => None,
+        }
+    }
+
     #[test]
     fn restarts_the_primary_when_no_replica_could_take_over() {
         // primary_start_timeout 0: fail over at once rather than restart.
@@ -1173,5 +1200,43 @@ mod tests {
         );
         let d = run(&c, &s, 10_000, 0);
         assert_eq!(commands_to(&d, "n1"), ["bootstrap"], "{d:?}");
+    }
+
+    #[test]
+    fn sync_mode_without_a_sync_standby_does_not_fail_over() {
+        // After a sync-mode failover the new primary's sync set is empty
+        // until a standby catches up. The commits acknowledged before may
+        // then exist on the primary alone: promoting a replica by the
+        // asynchronous rules (as was done) loses them.
+        let c = three(&[("sync_mode", "on")]);
+        assert!(c.sync_set.is_empty());
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (replica("n2", 9_000, None), 9_500),
+                (replica("n3", 8_000, None), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(promoted(&d), None, "{d:?}");
+        assert!(
+            d.waiting
+                .iter()
+                .any(|w| w.contains("without a sync standby")),
+            "{d:?}"
+        );
+        // Only the old primary may come back: it is restarted.
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (down("n1"), 9_400),
+                (replica("n2", 9_000, None), 9_500),
+                (replica("n3", 8_000, None), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
     }
 }
