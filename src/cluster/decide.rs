@@ -650,8 +650,16 @@ fn failover(input: &Input, old: &Member, d: &mut Decision) {
             return;
         }
     }
-    let mut next_sync = cluster.sync_set.clone();
-    next_sync.remove(&best.member.name);
+    // The new epoch's sync set keeps only members that hold everything the
+    // new primary holds (detached at the same LSN: the same WAL). The
+    // others may lack commits acknowledged in this epoch (with FIRST k, a
+    // "potential" standby can lag far behind); were they kept, a later
+    // failover could promote one of them. The rest rejoin once streaming.
+    let next_sync: BTreeSet<String> = eligible
+        .iter()
+        .filter(|c| c.member.name != best.member.name && c.received == best.received)
+        .map(|c| c.member.name.clone())
+        .collect();
     d.commit = Some(ClusterCommand::Promote {
         cluster: cluster.name.clone(),
         expected_epoch: cluster.epoch,
@@ -969,8 +977,22 @@ fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) 
         return;
     }
     if d.commit.is_none() {
-        let mut next_sync = cluster.sync_set.clone();
-        next_sync.remove(target);
+        // Only members that replayed everything the old primary wrote stay
+        // in the sync set (see `failover`).
+        let next_sync: BTreeSet<String> = cluster
+            .sync_set
+            .iter()
+            .filter(|m| m.as_str() != target)
+            .filter(|m| {
+                fresh(input, m).is_some_and(|o| {
+                    o.report
+                        .postgres
+                        .as_ref()
+                        .is_some_and(|pg| pg.in_recovery && pg.replay_lsn > checkpoint_lsn)
+                })
+            })
+            .cloned()
+            .collect();
         d.commit = Some(ClusterCommand::Promote {
             cluster: cluster.name.clone(),
             expected_epoch: cluster.epoch,
@@ -1146,6 +1168,10 @@ mod tests {
         }
     }
 
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn restarts_the_primary_when_no_replica_could_take_over() {
         // primary_start_timeout 0: fail over at once rather than restart.
@@ -1238,5 +1264,42 @@ mod tests {
         );
         let d = run(&c, &s, 10_000, 0);
         assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
+    }
+
+    #[test]
+    fn a_promotion_keeps_only_sync_members_that_hold_everything() {
+        // FIRST 1 (n2, n3): n3 may be a lagging "potential" standby while
+        // n2 confirms every commit. Kept in the new epoch's sync set, n3
+        // could be promoted after n2 fails, without those commits.
+        let mut c = three(&[("sync_mode", "on")]);
+        apply(
+            &mut c,
+            ClusterCommand::SetSyncSet {
+                cluster: "main".into(),
+                epoch: 1,
+                sync_set: set(&["n2", "n3"]),
+            },
+        );
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (replica("n2", 10_000, None), 9_500),
+                (replica("n3", 9_000, None), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(promoted(&d), Some(("n2".into(), set(&[]))), "{d:?}");
+        // A member at the same LSN holds the same WAL: it stays.
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (replica("n2", 10_000, None), 9_500),
+                (replica("n3", 10_000, None), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(promoted(&d), Some(("n2".into(), set(&["n3"]))), "{d:?}");
     }
 }
