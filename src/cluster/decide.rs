@@ -536,10 +536,16 @@ fn failover_possible(input: &Input, old: &Member) -> bool {
             .filter(|c| cluster.sync_set.contains(&c.member.name))
             .collect();
         let needed = sync::reports_needed(cluster.sync_set.len(), effective_k(cluster));
+        // The most advanced member must be promotable (see `failover`).
+        let top = members
+            .iter()
+            .filter(|c| c.timeline == timeline)
+            .map(|c| c.received)
+            .max();
         members.len() >= needed
-            && members
-                .iter()
-                .any(|c| c.timeline == timeline && !c.member.tags.nofailover)
+            && members.iter().any(|c| {
+                c.timeline == timeline && !c.member.tags.nofailover && Some(c.received) == top
+            })
     } else {
         let reference = input.soft.last_primary_lsn.map(|(lsn, _)| lsn);
         all.iter().any(|c| {
@@ -617,6 +623,18 @@ fn failover(input: &Input, old: &Member, d: &mut Decision) {
         });
         return;
     };
+    if sync_protected(cluster) && eligible.first().is_some_and(|c| c.received > best.received) {
+        // The most advanced sync member is tagged nofailover. It may be the
+        // only one holding the last acknowledged commits (with FIRST k it
+        // is often the sync standby while the others lag), and catching up
+        // from it is not done in synchronous mode: wait instead of losing
+        // them.
+        d.wait(format!(
+            "synchronous mode: {} is ahead of every sync member that may be promoted (nofailover): promoting another could lose acknowledged commits",
+            eligible.first().map_or("?", |c| c.member.name.as_str())
+        ));
+        return;
+    }
     // A reachable replica that is further ahead (a nofailover one, say):
     // let the candidate catch up from it first, for a bounded time.
     if let Some(ahead) = all.iter().find(|c| {
@@ -1301,5 +1319,45 @@ mod tests {
         );
         let d = run(&c, &s, 10_000, 0);
         assert_eq!(promoted(&d), Some(("n2".into(), set(&["n3"]))), "{d:?}");
+    }
+
+    #[test]
+    fn sync_failover_never_skips_a_more_advanced_nofailover_member() {
+        // FIRST 1 (n2, n3) with n2 tagged nofailover: n2 confirms the
+        // commits while n3 lags. The failover skipped n2 for its tag and
+        // promoted n3 without them (no catching up in synchronous mode).
+        let nofailover = Tags {
+            nofailover: true,
+            ..Tags::default()
+        };
+        let mut c = cluster(
+            &[
+                ("n1", Tags::default()),
+                ("n2", nofailover),
+                ("n3", Tags::default()),
+            ],
+            &[("sync_mode", "on"), ("primary_start_timeout", "0")],
+        );
+        apply(
+            &mut c,
+            ClusterCommand::SetSyncSet {
+                cluster: "main".into(),
+                epoch: 1,
+                sync_set: set(&["n2", "n3"]),
+            },
+        );
+        let reports = vec![
+            (primary("n1", 10_000), 1_000),
+            (replica("n2", 10_000, None), 9_500),
+            (replica("n3", 9_000, None), 9_500),
+        ];
+        let d = run(&c, &soft(&c, reports.clone()), 10_000, 0);
+        assert_eq!(promoted(&d), None, "{d:?}");
+        assert!(d.waiting.iter().any(|w| w.contains("nofailover")), "{d:?}");
+        // Nobody can be promoted: the old primary is restarted instead.
+        let mut with_n1 = reports;
+        with_n1.push((down("n1"), 9_000));
+        let d = run(&c, &soft(&c, with_n1), 10_000, 0);
+        assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
     }
 }
