@@ -1029,7 +1029,7 @@ fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) 
 mod tests {
     use super::*;
     use crate::cluster::state::{ClusterState, Tags};
-    use crate::cluster::wire::{PgStatus, WalReceiver};
+    use crate::cluster::wire::{CommandOutcome, PgStatus, WalReceiver};
 
     const SYSID: u64 = 42;
 
@@ -1359,5 +1359,49 @@ mod tests {
         with_n1.push((down("n1"), 9_000));
         let d = run(&c, &soft(&c, with_n1), 10_000, 0);
         assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
+    }
+
+    #[test]
+    fn a_follow_restarts_the_not_streaming_clock() {
+        // A replica that has not streamed for RESEND_AFTER_MS is told to
+        // follow again. The clock was not reset by that, so the first
+        // report after the restart (before its WAL receiver connected)
+        // triggered another follow at once: a stop/start loop.
+        let c = three(&[]);
+        let mut s = soft(
+            &c,
+            vec![
+                (replica("n2", 5_000, None), 1_000),
+                (primary("n1", 6_000), 6_900),
+                (replica("n2", 5_000, None), 7_000),
+                (replica("n3", 6_000, Some("n1")), 7_000),
+            ],
+        );
+        let follows_n1 = |r: NodeReport| NodeReport {
+            upstream: Some("n1".into()),
+            ..r
+        };
+        s.observe(&c, follows_n1(replica("n2", 5_000, None)), 7_000);
+        let d = run(&c, &s, 7_000, 0);
+        let (node, action) = d
+            .commands
+            .iter()
+            .find(|(n, _)| n == "n2")
+            .cloned()
+            .expect("a nudge for n2");
+        assert_eq!((node.as_str(), action.name()), ("n2", "follow"));
+        let id = s.sent("n2", &action, 1, 7_000);
+        let done = NodeReport {
+            last_command: Some(CommandOutcome {
+                id,
+                ok: true,
+                message: "following n1".into(),
+            }),
+            ..follows_n1(replica("n2", 5_000, None))
+        };
+        s.observe(&c, primary("n1", 6_100), 7_500);
+        s.observe(&c, done, 7_600);
+        let d = run(&c, &s, 7_700, 0);
+        assert!(!commands_to(&d, "n2").contains(&"follow"), "{d:?}");
     }
 }

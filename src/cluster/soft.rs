@@ -144,6 +144,14 @@ impl Soft {
 
     /// Record a command as sent; returns its id.
     pub fn sent(&mut self, node: &str, action: &Action, epoch: u64, now: u64) -> u64 {
+        if matches!(action, Action::Follow { .. }) {
+            // A follow (re)starts the WAL receiver: a replica is "not
+            // streaming" again only from its next report on. Otherwise the
+            // first report after a nudge (taken before the receiver has
+            // connected) looked stuck for long already and was nudged again
+            // at once: a stop/start loop that never let it catch up.
+            self.not_streaming_since.remove(node);
+        }
         let id = self.next_command;
         self.next_command += 1;
         self.pending.insert(
