@@ -956,6 +956,27 @@ fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mut Decision)
 /// target once it has replayed everything the old primary wrote.
 fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) {
     let cluster = input.cluster;
+    // A switchover that cannot finish is given up; the stopped primary is
+    // then handled as any failed primary (restarted, or a failover).
+    // Without this the cluster stayed without a primary for good: while
+    // demoting, `primary_duties` neither restarts nor replaces it and
+    // `replicas` leaves the target alone.
+    let cancel = |d: &mut Decision, reason: &str| {
+        if d.commit.is_none() {
+            d.commit = Some(ClusterCommand::CancelSwitchover {
+                cluster: cluster.name.clone(),
+                reason: reason.to_string(),
+            });
+        }
+    };
+    if let Some(s) = &cluster.switchover {
+        let since = s.not_before_unix_ms.unwrap_or(s.requested_unix_ms);
+        // Up to one limit to find a streaming target, one to finish.
+        if input.wall_ms.saturating_sub(since) > 2 * SWITCHOVER_LIMIT_MS {
+            cancel(d, "the switchover did not complete in time");
+            return;
+        }
+    }
     let Some(o) = fresh(input, &primary.name) else {
         d.wait("switchover: no report from the old primary");
         return;
@@ -972,7 +993,13 @@ fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) 
         ..
     } = r.data
     else {
-        d.wait("switchover: the old primary did not stop cleanly");
+        if busy(input, &primary.name) {
+            d.wait("switchover: the old primary is stopping");
+        } else {
+            // Crashed or fenced instead: its replicas may lack its last
+            // WAL, so the zero-loss promotion of the target is off.
+            cancel(d, "the old primary did not stop cleanly");
+        }
         return;
     };
     if r.holds_lease {
@@ -1029,7 +1056,7 @@ fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) 
 mod tests {
     use super::*;
     use crate::cluster::state::{ClusterState, Tags};
-    use crate::cluster::wire::{CommandOutcome, PgStatus, WalReceiver};
+    use crate::cluster::wire::{AgentPhase, CommandOutcome, PgStatus, WalReceiver};
 
     const SYSID: u64 = 42;
 
@@ -1403,5 +1430,64 @@ mod tests {
         s.observe(&c, done, 7_600);
         let d = run(&c, &s, 7_700, 0);
         assert!(!commands_to(&d, "n2").contains(&"follow"), "{d:?}");
+    }
+
+    #[test]
+    fn a_switchover_that_cannot_finish_is_given_up() {
+        let mut c = three(&[]);
+        apply(
+            &mut c,
+            ClusterCommand::RequestSwitchover {
+                cluster: "main".into(),
+                from: None,
+                to: Some("n2".into()),
+                not_before_unix_ms: None,
+                requested_unix_ms: 1_000_000,
+            },
+        );
+        apply(
+            &mut c,
+            ClusterCommand::AdvanceSwitchover {
+                cluster: "main".into(),
+                epoch: 1,
+                phase: SwitchoverPhase::Demoting {
+                    target: "n2".into(),
+                },
+            },
+        );
+        let cancelled =
+            |d: &Decision| matches!(d.commit, Some(ClusterCommand::CancelSwitchover { .. }));
+        // The old primary was fenced instead of stopping cleanly: its last
+        // WAL may be missing on the target. It used to wait for a clean
+        // stop forever, with nobody restarting or replacing the primary.
+        let fenced = NodeReport {
+            phase: AgentPhase::Fenced,
+            ..down("n1")
+        };
+        let s = soft(
+            &c,
+            vec![(fenced, 9_500), (replica("n2", 5_000, Some("n1")), 9_500)],
+        );
+        assert!(cancelled(&run(&c, &s, 10_000, 1_010_000)));
+        // Stopped cleanly, but the target never catches up (it stopped, or
+        // lost its upstream): given up after twice SWITCHOVER_LIMIT_MS.
+        let clean = NodeReport {
+            data: DataDirState::Valid {
+                system_identifier: SYSID,
+                timeline: 1,
+                standby: false,
+                clean_shutdown: true,
+                checkpoint_lsn: Lsn(6_000),
+            },
+            ..down("n1")
+        };
+        let s = soft(
+            &c,
+            vec![(clean, 9_500), (replica("n2", 5_000, None), 9_500)],
+        );
+        let d = run(&c, &s, 10_000, 1_010_000);
+        assert!(!cancelled(&d) && promoted(&d).is_none(), "{d:?}");
+        let d = run(&c, &s, 10_000, 1_000_000 + 2 * SWITCHOVER_LIMIT_MS + 1);
+        assert!(cancelled(&d), "{d:?}");
     }
 }
