@@ -668,6 +668,16 @@ fn failover(input: &Input, old: &Member, d: &mut Decision) {
             return;
         }
     }
+    if busy(input, &best.member.name) {
+        // Its agent still carries out an earlier command (a follow, say,
+        // that may stop, rewind or even re-clone it). The promotion would
+        // only run after it, on whatever that left.
+        d.wait(format!(
+            "{} finishes its current command before promotion",
+            best.member.name
+        ));
+        return;
+    }
     // The new epoch's sync set keeps only members that hold everything the
     // new primary holds (detached at the same LSN: the same WAL). The
     // others may lack commits acknowledged in this epoch (with FIRST k, a
@@ -1489,5 +1499,44 @@ mod tests {
         assert!(!cancelled(&d) && promoted(&d).is_none(), "{d:?}");
         let d = run(&c, &s, 10_000, 1_000_000 + 2 * SWITCHOVER_LIMIT_MS + 1);
         assert!(cancelled(&d), "{d:?}");
+    }
+
+    #[test]
+    fn a_replica_busy_with_a_command_is_not_promoted() {
+        // A follow sent before the failure may still stop, rewind or
+        // re-clone the replica; a promotion queued behind it ran on
+        // whatever that left (in the simulation: an empty data directory).
+        let c = three(&[]);
+        let mut s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (replica("n2", 10_000, None), 9_500),
+                (replica("n3", 9_000, None), 9_500),
+            ],
+        );
+        let follow = Action::Follow {
+            upstream: Upstream {
+                node: "n3".into(),
+                host: host("n3"),
+                port: 5432,
+            },
+            settings: ManagedSettings::default(),
+            reclone: true,
+        };
+        let id = s.sent("n2", &follow, 1, 9_000);
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(promoted(&d), None, "{d:?}");
+        let done = NodeReport {
+            last_command: Some(CommandOutcome {
+                id,
+                ok: true,
+                message: String::new(),
+            }),
+            ..replica("n2", 10_000, None)
+        };
+        s.observe(&c, done, 10_100);
+        let d = run(&c, &s, 10_200, 0);
+        assert_eq!(promoted(&d), Some(("n2".into(), set(&[]))), "{d:?}");
     }
 }
