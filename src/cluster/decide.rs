@@ -506,12 +506,18 @@ fn sync_unprotected(cluster: &Cluster) -> bool {
     cluster.config.sync_mode != SyncMode::Off && cluster.sync_set.is_empty()
 }
 
+/// How many members of the committed sync set surely hold each
+/// acknowledged commit, for counting the reports a failover needs.
 fn effective_k(cluster: &Cluster) -> u32 {
-    let n = cluster.sync_set.len() as u32;
     if cluster.config.sync_strict {
         cluster.config.sync_count
     } else {
-        cluster.config.sync_count.min(n.max(1))
+        // Not strict, PostgreSQL waits for min(sync_count, members) of the
+        // set it has. The set grows member by member (a new epoch's may
+        // start with one), so commits acknowledged a moment ago may be on
+        // a single member even where the set now allows k = sync_count:
+        // counting with the larger k promoted a member without them.
+        1
     }
 }
 
@@ -1499,6 +1505,54 @@ mod tests {
         assert!(!cancelled(&d) && promoted(&d).is_none(), "{d:?}");
         let d = run(&c, &s, 10_000, 1_000_000 + 2 * SWITCHOVER_LIMIT_MS + 1);
         assert!(cancelled(&d), "{d:?}");
+    }
+
+    #[test]
+    fn not_strict_sync_failover_hears_from_every_member() {
+        // sync_count 2, not strict: while the set was {n2} PostgreSQL had
+        // FIRST 1 (n2), so those commits are on n2 alone. Once the set is
+        // {n2, n3} (FIRST 2), n - k + 1 = 1 report was taken as enough and
+        // n3 was promoted without them while n2 was down.
+        let mut c = three(&[("sync_mode", "on"), ("sync_count", "2")]);
+        apply(
+            &mut c,
+            ClusterCommand::SetSyncSet {
+                cluster: "main".into(),
+                epoch: 1,
+                sync_set: set(&["n2", "n3"]),
+            },
+        );
+        let reports = vec![
+            (primary("n1", 10_000), 1_000),
+            (replica("n3", 9_000, None), 9_500),
+        ];
+        let d = run(&c, &soft(&c, reports.clone()), 10_000, 0);
+        assert_eq!(promoted(&d), None, "{d:?}");
+        let mut all = reports;
+        all.push((replica("n2", 10_000, None), 9_500));
+        let d = run(&c, &soft(&c, all), 10_000, 0);
+        assert_eq!(promoted(&d), Some(("n2".into(), set(&[]))), "{d:?}");
+        // Strict, PostgreSQL always waited for 2: one report is enough.
+        apply(
+            &mut c,
+            ClusterCommand::SetConfig {
+                cluster: "main".into(),
+                changes: [("sync_strict".to_string(), "on".to_string())].into(),
+            },
+        );
+        let d = run(
+            &c,
+            &soft(
+                &c,
+                vec![
+                    (primary("n1", 10_000), 1_000),
+                    (replica("n3", 9_000, None), 9_500),
+                ],
+            ),
+            10_000,
+            0,
+        );
+        assert_eq!(promoted(&d), Some(("n3".into(), set(&[]))), "{d:?}");
     }
 
     #[test]
