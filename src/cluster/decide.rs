@@ -836,12 +836,32 @@ fn manage_sync_set(input: &Input, primary: &Member, d: &mut Decision) -> Option<
     }
     let removed: BTreeSet<String> = committed.difference(&desired).cloned().collect();
     if !removed.is_empty() && in_pg.is_subset(&desired) {
-        // PostgreSQL no longer waits for them: narrow the committed set.
-        return Some(ClusterCommand::SetSyncSet {
-            cluster: cluster.name.clone(),
-            epoch: cluster.epoch,
-            sync_set: desired,
-        });
+        // PostgreSQL no longer waits for them. But commits it acknowledged
+        // before may be on a removed member alone (FIRST 1 (b, c): b
+        // confirms while c lags): narrow the committed set only once
+        // enough members that stay flushed past the point where
+        // PostgreSQL's names changed. (An empty set needs nothing: then
+        // nobody but the primary may be promoted.)
+        let since = input
+            .soft
+            .sync_names_since
+            .as_ref()
+            .filter(|(names, _)| *names == pg.synchronous_standby_names)
+            .map(|(_, lsn)| *lsn);
+        let confirmed = pg
+            .replicas
+            .iter()
+            .filter(|r| r.state == "streaming" && desired.contains(&r.application_name))
+            .filter(|r| since.is_some_and(|lsn| r.flush_lsn >= lsn))
+            .count();
+        if desired.is_empty() || confirmed >= effective_k(cluster) as usize {
+            return Some(ClusterCommand::SetSyncSet {
+                cluster: cluster.name.clone(),
+                epoch: cluster.epoch,
+                sync_set: desired,
+            });
+        }
+        d.wait("sync set: the remaining standbys confirm the last commits before it shrinks");
     }
     None
 }
@@ -1072,7 +1092,9 @@ fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) 
 mod tests {
     use super::*;
     use crate::cluster::state::{ClusterState, Tags};
-    use crate::cluster::wire::{AgentPhase, CommandOutcome, PgStatus, WalReceiver};
+    use crate::cluster::wire::{
+        AgentPhase, CommandOutcome, PgStatus, ReplicaConnection, WalReceiver,
+    };
 
     const SYSID: u64 = 42;
 
@@ -1553,6 +1575,71 @@ mod tests {
             0,
         );
         assert_eq!(promoted(&d), Some(("n3".into(), set(&[]))), "{d:?}");
+    }
+
+    #[test]
+    fn a_vanished_sync_standby_is_dropped_once_the_others_confirmed() {
+        // Not strict, a member absent for a ttl leaves the sync set. The
+        // absence was never recorded, so it never left: with sync_count 2
+        // and FIRST 2 (n2, n3), n3 gone blocked every write for good.
+        let mut c = three(&[("sync_mode", "on"), ("sync_count", "2")]);
+        apply(
+            &mut c,
+            ClusterCommand::SetSyncSet {
+                cluster: "main".into(),
+                epoch: 1,
+                sync_set: set(&["n2", "n3"]),
+            },
+        );
+        let with = |names: &str, lsn: u64, n2_flush: u64| {
+            let mut r = primary("n1", lsn);
+            if let Some(pg) = r.postgres.as_mut() {
+                pg.synchronous_standby_names = names.into();
+                pg.replicas = vec![ReplicaConnection {
+                    application_name: "n2".into(),
+                    state: "streaming".into(),
+                    flush_lsn: Lsn(n2_flush),
+                    replay_lsn: Lsn(n2_flush),
+                    sync_state: "sync".into(),
+                }];
+            }
+            r
+        };
+        let both = "FIRST 2 (\"n2\",\"n3\")";
+        let only_n2 = "FIRST 1 (\"n2\")";
+        let mut s = soft(
+            &c,
+            vec![
+                (with(both, 1_000, 1_000), 1_000),
+                (replica("n2", 1_000, Some("n1")), 1_000),
+            ],
+        );
+        s.observe(&c, with(both, 4_000, 4_000), 3_500);
+        s.observe(&c, replica("n2", 4_000, Some("n1")), 3_500);
+        let d = run(&c, &s, 3_500, 0);
+        let configure = d.commands.iter().find_map(|(n, a)| match a {
+            Action::Configure { settings } if n == "n1" => {
+                Some(settings.synchronous_standby_names.clone())
+            }
+            _ => None,
+        });
+        assert_eq!(configure.as_deref(), Some(only_n2), "{d:?}");
+        // PostgreSQL waits for n2 alone from LSN 6000 on. Commits before
+        // may be on n3 alone: the committed set keeps n3 until n2 has
+        // flushed up to there.
+        s.observe(&c, with(only_n2, 6_000, 5_000), 3_600);
+        let d = run(&c, &s, 3_600, 0);
+        assert!(d.commit.is_none(), "{d:?}");
+        s.observe(&c, with(only_n2, 7_000, 6_000), 3_700);
+        let d = run(&c, &s, 3_700, 0);
+        assert_eq!(
+            d.commit,
+            Some(ClusterCommand::SetSyncSet {
+                cluster: "main".into(),
+                epoch: 1,
+                sync_set: set(&["n2"]),
+            })
+        );
     }
 
     #[test]
