@@ -92,6 +92,9 @@ pub struct PgProc {
 pub struct Ghost {
     pub node: usize,
     pub flush: usize,
+    /// The walsender's state when the connection died: "streaming" or
+    /// still "catchup".
+    pub caught_up: bool,
     pub until: u64,
 }
 
@@ -278,7 +281,7 @@ impl World {
         self.drop_downstream(n, host_up);
         if let Some(r) = p.receiver {
             if !host_up {
-                self.add_ghost(r.from, r.from_proc, n, r.flush);
+                self.add_ghost(r.from, n, &r);
             }
             self.after_standby_change(r.from);
         }
@@ -304,12 +307,17 @@ impl World {
 
     /// The walsender of `upstream`'s server process `proc_id` goes on
     /// listing `node` for a while after its connection died unseen.
-    fn add_ghost(&mut self, upstream: usize, proc_id: u64, node: usize, flush: usize) {
+    fn add_ghost(&mut self, upstream: usize, node: usize, rc: &Receiver) {
         let until = self.now + SENDER_TIMEOUT;
         let pg = &mut self.nodes[upstream].pg;
         pg.ghosts.retain(|g| g.node != node);
-        if pg.proc.as_ref().is_some_and(|p| p.id == proc_id) {
-            pg.ghosts.push(Ghost { node, flush, until });
+        if pg.proc.as_ref().is_some_and(|p| p.id == rc.from_proc) {
+            pg.ghosts.push(Ghost {
+                node,
+                flush: rc.flush,
+                caught_up: rc.caught_up,
+                until,
+            });
         }
     }
 
@@ -595,7 +603,7 @@ impl World {
         }
         for g in &self.nodes[u].pg.ghosts {
             if g.until > self.now && !out.iter().any(|(r, _, _)| *r == g.node) {
-                out.push((g.node, g.flush, true));
+                out.push((g.node, g.flush, g.caught_up));
             }
         }
         out
@@ -706,13 +714,12 @@ impl World {
                 let flowing = same_server && self.repl_link_ok(r, up) && !self.frozen(up);
                 if !flowing {
                     if now.saturating_sub(rc.last_ok) > RECEIVER_TIMEOUT {
-                        let flush = rc.flush;
                         if let Some(p) = self.nodes[r].pg.proc.as_mut() {
                             p.receiver = None;
                             p.retry_at = now + RETRY;
                         }
                         if same_server {
-                            self.add_ghost(up, rc.from_proc, r, flush);
+                            self.add_ghost(up, r, &rc);
                             self.after_standby_change(up);
                         }
                     }
