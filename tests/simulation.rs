@@ -10,7 +10,8 @@
 //! * `SIM_SEED=n` runs that seed only;
 //! * `SIM_SEEDS=n` runs n seeds (default 40), from `SIM_FIRST_SEED` (1);
 //! * `SIM_STEPS=n` sets the minimum number of events per seed;
-//! * `SIM_TRACE=n` prints n trace lines on failure.
+//! * `SIM_TRACE=n` prints n trace lines on failure;
+//! * `SIM_VERBOSE=1` prints the final state and trace of every run.
 
 mod sim;
 

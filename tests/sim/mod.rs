@@ -1252,6 +1252,9 @@ pub fn run(seed: u64, steps: u64) -> Result<Outcome, String> {
             (w.now - w.last_ack) as f64 / 1e6
         )));
     }
+    if std::env::var("SIM_VERBOSE").is_ok() {
+        println!("{}", w.failure("(no failure: SIM_VERBOSE)"));
+    }
     let s = &w.stats;
     Ok(Outcome {
         steps: w.steps,
