@@ -402,7 +402,14 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
                 let down_for = input
                     .now
                     .saturating_sub(input.soft.primary_down_since.unwrap_or(input.now));
-                let may_restart = down_for < c.primary_start_timeout_ms
+                // Past the timeout a replica is promoted instead; but when
+                // no replica could be (a new cluster whose replicas are not
+                // cloned yet — with a timeout of 0 it would never even
+                // bootstrap — or every replica down, too far behind, or
+                // not in the sync set), starting the primary again is the
+                // only way back to a writable cluster.
+                let may_restart = (down_for < c.primary_start_timeout_ms
+                    || !failover_possible(input, primary))
                     && !cluster.paused
                     && !busy(input, &primary.name);
                 if may_restart && !may_make_writable(input) {
@@ -538,18 +545,82 @@ fn sync_protected(cluster: &Cluster) -> bool {
     cluster.config.sync_mode != SyncMode::Off && !cluster.sync_set.is_empty()
 }
 
+/// Synchronous mode with an empty committed sync set: nobody but the
+/// primary is known to hold every acknowledged commit. It happens after
+/// every sync-mode failover (the promoted member leaves the set, and the
+/// commits acknowledged before it may exist on it alone until another
+/// standby has caught up and joined) and when a non-strict set shrinks to
+/// nothing. Failing over by asynchronous rules then could lose them: no
+/// automatic failover, as Patroni does.
+fn sync_unprotected(cluster: &Cluster) -> bool {
+    cluster.config.sync_mode != SyncMode::Off && cluster.sync_set.is_empty()
+}
+
+/// How many members of the committed sync set surely hold each
+/// acknowledged commit, for counting the reports a failover needs.
 fn effective_k(cluster: &Cluster) -> u32 {
-    let n = cluster.sync_set.len() as u32;
     if cluster.config.sync_strict {
         cluster.config.sync_count
     } else {
-        cluster.config.sync_count.min(n.max(1))
+        // Not strict, PostgreSQL waits for min(sync_count, members) of the
+        // set it has. The set grows member by member (a new epoch's may
+        // start with one), so commits acknowledged a moment ago may be on
+        // a single member even where the set now allows k = sync_count:
+        // counting with the larger k promoted a member without them.
+        1
+    }
+}
+
+/// Could `failover` promote anybody once its waits are over (the old
+/// lease, the sync standbys detaching)? Its rules — timeline, lag, sync
+/// set and report count, tags — applied to every replica that reports now.
+fn failover_possible(input: &Input, old: &Member) -> bool {
+    let cluster = input.cluster;
+    if sync_unprotected(cluster) {
+        return false;
+    }
+    let all = candidates(input, &old.name, 0);
+    let top_timeline = all.iter().map(|c| c.timeline).max().unwrap_or(0);
+    let timeline = input
+        .soft
+        .last_primary_lsn
+        .map(|(_, tl)| tl)
+        .unwrap_or(top_timeline);
+    if sync_protected(cluster) {
+        let members: Vec<&Candidate> = all
+            .iter()
+            .filter(|c| cluster.sync_set.contains(&c.member.name))
+            .collect();
+        let needed = sync::reports_needed(cluster.sync_set.len(), effective_k(cluster));
+        // The most advanced member must be promotable (see `failover`).
+        let top = members
+            .iter()
+            .filter(|c| c.timeline == timeline)
+            .map(|c| c.received)
+            .max();
+        members.len() >= needed
+            && members.iter().any(|c| {
+                c.timeline == timeline && !c.member.tags.nofailover && Some(c.received) == top
+            })
+    } else {
+        let reference = input.soft.last_primary_lsn.map(|(lsn, _)| lsn);
+        all.iter().any(|c| {
+            !c.member.tags.nofailover
+                && c.timeline == timeline
+                && reference.is_none_or(|lsn| {
+                    c.received.bytes_until(lsn) <= cluster.config.maximum_lag_on_failover
+                })
+        })
     }
 }
 
 /// Choose and promote a replica after the primary failed.
 fn failover(input: &Input, old: &Member, d: &mut Decision) {
     let cluster = input.cluster;
+    if sync_unprotected(cluster) {
+        d.wait("synchronous mode without a sync standby: acknowledged commits may exist on the old primary alone, so only it may come back; `pgquorum failover --to NODE` can force a replica");
+        return;
+    }
     let lease_end = input.soft.lease.as_ref().map(|b| b.expires_at).unwrap_or(0);
     // LSNs are final only in reports sent after the old primary stopped:
     // ask for fresh ones rather than wait for the next heartbeat.
@@ -619,6 +690,18 @@ fn failover(input: &Input, old: &Member, d: &mut Decision) {
         });
         return;
     };
+    if sync_protected(cluster) && eligible.first().is_some_and(|c| c.received > best.received) {
+        // The most advanced sync member is tagged nofailover. It may be the
+        // only one holding the last acknowledged commits (with FIRST k it
+        // is often the sync standby while the others lag), and catching up
+        // from it is not done in synchronous mode: wait instead of losing
+        // them.
+        d.wait(format!(
+            "synchronous mode: {} is ahead of every sync member that may be promoted (nofailover): promoting another could lose acknowledged commits",
+            eligible.first().map_or("?", |c| c.member.name.as_str())
+        ));
+        return;
+    }
     // A reachable replica that is further ahead (a nofailover one, say):
     // let the candidate catch up from it first, for a bounded time.
     if let Some(ahead) = all.iter().find(|c| {
@@ -652,8 +735,26 @@ fn failover(input: &Input, old: &Member, d: &mut Decision) {
             return;
         }
     }
-    let mut next_sync = cluster.sync_set.clone();
-    next_sync.remove(&best.member.name);
+    if busy(input, &best.member.name) {
+        // Its agent still carries out an earlier command (a follow, say,
+        // that may stop, rewind or even re-clone it). The promotion would
+        // only run after it, on whatever that left.
+        d.wait(format!(
+            "{} finishes its current command before promotion",
+            best.member.name
+        ));
+        return;
+    }
+    // The new epoch's sync set keeps only members that hold everything the
+    // new primary holds (detached at the same LSN: the same WAL). The
+    // others may lack commits acknowledged in this epoch (with FIRST k, a
+    // "potential" standby can lag far behind); were they kept, a later
+    // failover could promote one of them. The rest rejoin once streaming.
+    let next_sync: BTreeSet<String> = eligible
+        .iter()
+        .filter(|c| c.member.name != best.member.name && c.received == best.received)
+        .map(|c| c.member.name.clone())
+        .collect();
     d.commit = Some(ClusterCommand::Promote {
         cluster: cluster.name.clone(),
         expected_epoch: cluster.epoch,
@@ -796,12 +897,32 @@ fn manage_sync_set(input: &Input, primary: &Member, d: &mut Decision) -> Option<
     }
     let removed: BTreeSet<String> = committed.difference(&desired).cloned().collect();
     if !removed.is_empty() && in_pg.is_subset(&desired) {
-        // PostgreSQL no longer waits for them: narrow the committed set.
-        return Some(ClusterCommand::SetSyncSet {
-            cluster: cluster.name.clone(),
-            epoch: cluster.epoch,
-            sync_set: desired,
-        });
+        // PostgreSQL no longer waits for them. But commits it acknowledged
+        // before may be on a removed member alone (FIRST 1 (b, c): b
+        // confirms while c lags): narrow the committed set only once
+        // enough members that stay flushed past the point where
+        // PostgreSQL's names changed. (An empty set needs nothing: then
+        // nobody but the primary may be promoted.)
+        let since = input
+            .soft
+            .sync_names_since
+            .as_ref()
+            .filter(|(names, _)| *names == pg.synchronous_standby_names)
+            .map(|(_, lsn)| *lsn);
+        let confirmed = pg
+            .replicas
+            .iter()
+            .filter(|r| r.state == "streaming" && desired.contains(&r.application_name))
+            .filter(|r| since.is_some_and(|lsn| r.flush_lsn >= lsn))
+            .count();
+        if desired.is_empty() || confirmed >= effective_k(cluster) as usize {
+            return Some(ClusterCommand::SetSyncSet {
+                cluster: cluster.name.clone(),
+                epoch: cluster.epoch,
+                sync_set: desired,
+            });
+        }
+        d.wait("sync set: the remaining standbys confirm the last commits before it shrinks");
     }
     None
 }
@@ -956,6 +1077,27 @@ fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mut Decision)
 /// target once it has replayed everything the old primary wrote.
 fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) {
     let cluster = input.cluster;
+    // A switchover that cannot finish is given up; the stopped primary is
+    // then handled as any failed primary (restarted, or a failover).
+    // Without this the cluster stayed without a primary for good: while
+    // demoting, `primary_duties` neither restarts nor replaces it and
+    // `replicas` leaves the target alone.
+    let cancel = |d: &mut Decision, reason: &str| {
+        if d.commit.is_none() {
+            d.commit = Some(ClusterCommand::CancelSwitchover {
+                cluster: cluster.name.clone(),
+                reason: reason.to_string(),
+            });
+        }
+    };
+    if let Some(s) = &cluster.switchover {
+        let since = s.not_before_unix_ms.unwrap_or(s.requested_unix_ms);
+        // Up to one limit to find a streaming target, one to finish.
+        if input.wall_ms.saturating_sub(since) > 2 * SWITCHOVER_LIMIT_MS {
+            cancel(d, "the switchover did not complete in time");
+            return;
+        }
+    }
     let Some(o) = fresh(input, &primary.name) else {
         d.wait("switchover: no report from the old primary");
         return;
@@ -972,7 +1114,13 @@ fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) 
         ..
     } = r.data
     else {
-        d.wait("switchover: the old primary did not stop cleanly");
+        if busy(input, &primary.name) {
+            d.wait("switchover: the old primary is stopping");
+        } else {
+            // Crashed or fenced instead: its replicas may lack its last
+            // WAL, so the zero-loss promotion of the target is off.
+            cancel(d, "the old primary did not stop cleanly");
+        }
         return;
     };
     if r.holds_lease {
@@ -999,8 +1147,22 @@ fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) 
         return;
     }
     if d.commit.is_none() {
-        let mut next_sync = cluster.sync_set.clone();
-        next_sync.remove(target);
+        // Only members that replayed everything the old primary wrote stay
+        // in the sync set (see `failover`).
+        let next_sync: BTreeSet<String> = cluster
+            .sync_set
+            .iter()
+            .filter(|m| m.as_str() != target)
+            .filter(|m| {
+                fresh(input, m).is_some_and(|o| {
+                    o.report
+                        .postgres
+                        .as_ref()
+                        .is_some_and(|pg| pg.in_recovery && pg.replay_lsn > checkpoint_lsn)
+                })
+            })
+            .cloned()
+            .collect();
         d.commit = Some(ClusterCommand::Promote {
             cluster: cluster.name.clone(),
             expected_epoch: cluster.epoch,
@@ -1012,5 +1174,599 @@ fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut Decision) 
             lsn: checkpoint_lsn,
             at_unix_ms: input.wall_ms,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::state::{ClusterState, Tags};
+    use crate::cluster::wire::{
+        AgentPhase, CommandOutcome, PgStatus, ReplicaConnection, WalReceiver,
+    };
+
+    const SYSID: u64 = 42;
+
+    /// Nodes n1.. (10.0.0.1..), bootstrapped on n1 with data, `config` set.
+    fn cluster(nodes: &[(&str, Tags)], config: &[(&str, &str)]) -> Cluster {
+        let mut s = ClusterState::default();
+        for (i, (name, tags)) in nodes.iter().enumerate() {
+            ClusterCommand::RegisterNode {
+                cluster: "main".into(),
+                name: (*name).into(),
+                host: format!("10.0.0.{}", i + 1),
+                port: 5432,
+                http: format!("10.0.0.{}:8008", i + 1),
+                tags: tags.clone(),
+            }
+            .apply(&mut s)
+            .unwrap();
+        }
+        if !config.is_empty() {
+            ClusterCommand::SetConfig {
+                cluster: "main".into(),
+                changes: config
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }
+            .apply(&mut s)
+            .unwrap();
+        }
+        for c in [
+            ClusterCommand::Bootstrap {
+                cluster: "main".into(),
+                node: nodes[0].0.into(),
+                at_unix_ms: 0,
+            },
+            ClusterCommand::SetSystemIdentifier {
+                cluster: "main".into(),
+                id: SYSID,
+            },
+        ] {
+            c.apply(&mut s).unwrap();
+        }
+        s.clusters["main"].clone()
+    }
+
+    fn three(config: &[(&str, &str)]) -> Cluster {
+        let nodes: Vec<(&str, Tags)> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| (*n, Tags::default()))
+            .collect();
+        cluster(&nodes, config)
+    }
+
+    fn apply(c: &mut Cluster, command: ClusterCommand) {
+        let mut s = ClusterState::default();
+        s.clusters.insert("main".into(), c.clone());
+        command.apply(&mut s).unwrap();
+        *c = s.clusters["main"].clone();
+    }
+
+    fn host(node: &str) -> String {
+        format!("10.0.0.{}", &node[1..])
+    }
+
+    /// A report with PostgreSQL down and a valid data directory.
+    fn down(node: &str) -> NodeReport {
+        NodeReport {
+            cluster: "main".into(),
+            node: node.into(),
+            seq: 1,
+            session: 1,
+            epoch: 1,
+            data: DataDirState::Valid {
+                system_identifier: SYSID,
+                timeline: 1,
+                standby: false,
+                clean_shutdown: false,
+                checkpoint_lsn: Lsn(0),
+            },
+            ..NodeReport::default()
+        }
+    }
+
+    fn primary(node: &str, lsn: u64) -> NodeReport {
+        NodeReport {
+            postgres: Some(PgStatus {
+                in_recovery: false,
+                timeline: 1,
+                system_identifier: SYSID,
+                lsn: Lsn(lsn),
+                received_lsn: Lsn(lsn),
+                replay_lsn: Lsn(lsn),
+                ..PgStatus::default()
+            }),
+            wants_lease: true,
+            ..down(node)
+        }
+    }
+
+    /// A replica at `lsn`, streaming from `upstream` when given.
+    fn replica(node: &str, lsn: u64, upstream: Option<&str>) -> NodeReport {
+        NodeReport {
+            postgres: Some(PgStatus {
+                in_recovery: true,
+                timeline: 1,
+                system_identifier: SYSID,
+                lsn: Lsn(lsn),
+                received_lsn: Lsn(lsn),
+                replay_lsn: Lsn(lsn),
+                wal_receiver: upstream.map(|u| WalReceiver {
+                    status: "streaming".into(),
+                    sender_host: host(u),
+                    sender_port: 5432,
+                }),
+                ..PgStatus::default()
+            }),
+            upstream: upstream.map(str::to_string),
+            ..down(node)
+        }
+    }
+
+    /// The soft state of a leader elected at 0 that received `reports`.
+    fn soft(c: &Cluster, reports: Vec<(NodeReport, u64)>) -> Soft {
+        let mut soft = Soft::new(0);
+        for (r, at) in reports {
+            soft.observe(c, r, at);
+        }
+        soft
+    }
+
+    fn run(c: &Cluster, soft: &Soft, now: u64, wall_ms: u64) -> Decision {
+        decide(&Input {
+            cluster: c,
+            soft,
+            now,
+            wall_ms,
+        })
+    }
+
+    fn commands_to(d: &Decision, node: &str) -> Vec<&'static str> {
+        d.commands
+            .iter()
+            .filter(|(n, _)| n == node)
+            .map(|(_, a)| a.name())
+            .collect()
+    }
+
+    fn promoted(d: &Decision) -> Option<(String, BTreeSet<String>)> {
+        match &d.commit {
+            Some(ClusterCommand::Promote { node, sync_set, .. }) => {
+                Some((node.clone(), sync_set.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn restarts_the_primary_when_no_replica_could_take_over() {
+        // primary_start_timeout 0: fail over at once rather than restart.
+        // But with no replica that could be promoted, restarting the
+        // primary is the only way back; the decision used to wait forever.
+        let mut c = three(&[("primary_start_timeout", "0")]);
+        let never_cloned = |n: &str| NodeReport {
+            data: DataDirState::Empty,
+            ..down(n)
+        };
+        let s = soft(
+            &c,
+            vec![
+                (down("n1"), 9_000),
+                (never_cloned("n2"), 9_500),
+                (never_cloned("n3"), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
+
+        // The same with replicas too far behind to be promoted.
+        apply(
+            &mut c,
+            ClusterCommand::SetConfig {
+                cluster: "main".into(),
+                changes: [("maximum_lag_on_failover".to_string(), "1000".to_string())].into(),
+            },
+        );
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 100_000), 1_000),
+                (down("n1"), 9_000),
+                (replica("n2", 50_000, None), 9_500),
+                (replica("n3", 40_000, None), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert!(d.commit.is_none(), "{d:?}");
+        assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
+
+        // And a new cluster bootstraps even with a timeout of 0.
+        c.system_identifier = None;
+        let s = soft(
+            &c,
+            vec![
+                (never_cloned("n1"), 9_000),
+                (never_cloned("n2"), 9_500),
+                (never_cloned("n3"), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(commands_to(&d, "n1"), ["bootstrap"], "{d:?}");
+    }
+
+    #[test]
+    fn sync_mode_without_a_sync_standby_does_not_fail_over() {
+        // After a sync-mode failover the new primary's sync set is empty
+        // until a standby catches up. The commits acknowledged before may
+        // then exist on the primary alone: promoting a replica by the
+        // asynchronous rules (as was done) loses them.
+        let c = three(&[("sync_mode", "on")]);
+        assert!(c.sync_set.is_empty());
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (replica("n2", 9_000, None), 9_500),
+                (replica("n3", 8_000, None), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(promoted(&d), None, "{d:?}");
+        assert!(
+            d.waiting
+                .iter()
+                .any(|w| w.contains("without a sync standby")),
+            "{d:?}"
+        );
+        // Only the old primary may come back: it is restarted.
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (down("n1"), 9_400),
+                (replica("n2", 9_000, None), 9_500),
+                (replica("n3", 8_000, None), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
+    }
+
+    #[test]
+    fn a_promotion_keeps_only_sync_members_that_hold_everything() {
+        // FIRST 1 (n2, n3): n3 may be a lagging "potential" standby while
+        // n2 confirms every commit. Kept in the new epoch's sync set, n3
+        // could be promoted after n2 fails, without those commits.
+        let mut c = three(&[("sync_mode", "on")]);
+        apply(
+            &mut c,
+            ClusterCommand::SetSyncSet {
+                cluster: "main".into(),
+                epoch: 1,
+                sync_set: set(&["n2", "n3"]),
+            },
+        );
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (replica("n2", 10_000, None), 9_500),
+                (replica("n3", 9_000, None), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(promoted(&d), Some(("n2".into(), set(&[]))), "{d:?}");
+        // A member at the same LSN holds the same WAL: it stays.
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (replica("n2", 10_000, None), 9_500),
+                (replica("n3", 10_000, None), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(promoted(&d), Some(("n2".into(), set(&["n3"]))), "{d:?}");
+    }
+
+    #[test]
+    fn sync_failover_never_skips_a_more_advanced_nofailover_member() {
+        // FIRST 1 (n2, n3) with n2 tagged nofailover: n2 confirms the
+        // commits while n3 lags. The failover skipped n2 for its tag and
+        // promoted n3 without them (no catching up in synchronous mode).
+        let nofailover = Tags {
+            nofailover: true,
+            ..Tags::default()
+        };
+        let mut c = cluster(
+            &[
+                ("n1", Tags::default()),
+                ("n2", nofailover),
+                ("n3", Tags::default()),
+            ],
+            &[("sync_mode", "on"), ("primary_start_timeout", "0")],
+        );
+        apply(
+            &mut c,
+            ClusterCommand::SetSyncSet {
+                cluster: "main".into(),
+                epoch: 1,
+                sync_set: set(&["n2", "n3"]),
+            },
+        );
+        let reports = vec![
+            (primary("n1", 10_000), 1_000),
+            (replica("n2", 10_000, None), 9_500),
+            (replica("n3", 9_000, None), 9_500),
+        ];
+        let d = run(&c, &soft(&c, reports.clone()), 10_000, 0);
+        assert_eq!(promoted(&d), None, "{d:?}");
+        assert!(d.waiting.iter().any(|w| w.contains("nofailover")), "{d:?}");
+        // Nobody can be promoted: the old primary is restarted instead.
+        let mut with_n1 = reports;
+        with_n1.push((down("n1"), 9_000));
+        let d = run(&c, &soft(&c, with_n1), 10_000, 0);
+        assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
+    }
+
+    #[test]
+    fn a_follow_restarts_the_not_streaming_clock() {
+        // A replica that has not streamed for RESEND_AFTER_MS is told to
+        // follow again. The clock was not reset by that, so the first
+        // report after the restart (before its WAL receiver connected)
+        // triggered another follow at once: a stop/start loop.
+        let c = three(&[]);
+        let mut s = soft(
+            &c,
+            vec![
+                (replica("n2", 5_000, None), 1_000),
+                (primary("n1", 6_000), 6_900),
+                (replica("n2", 5_000, None), 7_000),
+                (replica("n3", 6_000, Some("n1")), 7_000),
+            ],
+        );
+        let follows_n1 = |r: NodeReport| NodeReport {
+            upstream: Some("n1".into()),
+            ..r
+        };
+        s.observe(&c, follows_n1(replica("n2", 5_000, None)), 7_000);
+        let d = run(&c, &s, 7_000, 0);
+        let (node, action) = d
+            .commands
+            .iter()
+            .find(|(n, _)| n == "n2")
+            .cloned()
+            .expect("a nudge for n2");
+        assert_eq!((node.as_str(), action.name()), ("n2", "follow"));
+        let id = s.sent("n2", &action, 1, 7_000);
+        let done = NodeReport {
+            last_command: Some(CommandOutcome {
+                id,
+                ok: true,
+                message: "following n1".into(),
+            }),
+            ..follows_n1(replica("n2", 5_000, None))
+        };
+        s.observe(&c, primary("n1", 6_100), 7_500);
+        s.observe(&c, done, 7_600);
+        let d = run(&c, &s, 7_700, 0);
+        assert!(!commands_to(&d, "n2").contains(&"follow"), "{d:?}");
+    }
+
+    #[test]
+    fn a_switchover_that_cannot_finish_is_given_up() {
+        let mut c = three(&[]);
+        apply(
+            &mut c,
+            ClusterCommand::RequestSwitchover {
+                cluster: "main".into(),
+                from: None,
+                to: Some("n2".into()),
+                not_before_unix_ms: None,
+                requested_unix_ms: 1_000_000,
+            },
+        );
+        apply(
+            &mut c,
+            ClusterCommand::AdvanceSwitchover {
+                cluster: "main".into(),
+                epoch: 1,
+                phase: SwitchoverPhase::Demoting {
+                    target: "n2".into(),
+                },
+            },
+        );
+        let cancelled =
+            |d: &Decision| matches!(d.commit, Some(ClusterCommand::CancelSwitchover { .. }));
+        // The old primary was fenced instead of stopping cleanly: its last
+        // WAL may be missing on the target. It used to wait for a clean
+        // stop forever, with nobody restarting or replacing the primary.
+        let fenced = NodeReport {
+            phase: AgentPhase::Fenced,
+            ..down("n1")
+        };
+        let s = soft(
+            &c,
+            vec![(fenced, 9_500), (replica("n2", 5_000, Some("n1")), 9_500)],
+        );
+        assert!(cancelled(&run(&c, &s, 10_000, 1_010_000)));
+        // Stopped cleanly, but the target never catches up (it stopped, or
+        // lost its upstream): given up after twice SWITCHOVER_LIMIT_MS.
+        let clean = NodeReport {
+            data: DataDirState::Valid {
+                system_identifier: SYSID,
+                timeline: 1,
+                standby: false,
+                clean_shutdown: true,
+                checkpoint_lsn: Lsn(6_000),
+            },
+            ..down("n1")
+        };
+        let s = soft(
+            &c,
+            vec![(clean, 9_500), (replica("n2", 5_000, None), 9_500)],
+        );
+        let d = run(&c, &s, 10_000, 1_010_000);
+        assert!(!cancelled(&d) && promoted(&d).is_none(), "{d:?}");
+        let d = run(&c, &s, 10_000, 1_000_000 + 2 * SWITCHOVER_LIMIT_MS + 1);
+        assert!(cancelled(&d), "{d:?}");
+    }
+
+    #[test]
+    fn not_strict_sync_failover_hears_from_every_member() {
+        // sync_count 2, not strict: while the set was {n2} PostgreSQL had
+        // FIRST 1 (n2), so those commits are on n2 alone. Once the set is
+        // {n2, n3} (FIRST 2), n - k + 1 = 1 report was taken as enough and
+        // n3 was promoted without them while n2 was down.
+        let mut c = three(&[("sync_mode", "on"), ("sync_count", "2")]);
+        apply(
+            &mut c,
+            ClusterCommand::SetSyncSet {
+                cluster: "main".into(),
+                epoch: 1,
+                sync_set: set(&["n2", "n3"]),
+            },
+        );
+        let reports = vec![
+            (primary("n1", 10_000), 1_000),
+            (replica("n3", 9_000, None), 9_500),
+        ];
+        let d = run(&c, &soft(&c, reports.clone()), 10_000, 0);
+        assert_eq!(promoted(&d), None, "{d:?}");
+        let mut all = reports;
+        all.push((replica("n2", 10_000, None), 9_500));
+        let d = run(&c, &soft(&c, all), 10_000, 0);
+        assert_eq!(promoted(&d), Some(("n2".into(), set(&[]))), "{d:?}");
+        // Strict, PostgreSQL always waited for 2: one report is enough.
+        apply(
+            &mut c,
+            ClusterCommand::SetConfig {
+                cluster: "main".into(),
+                changes: [("sync_strict".to_string(), "on".to_string())].into(),
+            },
+        );
+        let d = run(
+            &c,
+            &soft(
+                &c,
+                vec![
+                    (primary("n1", 10_000), 1_000),
+                    (replica("n3", 9_000, None), 9_500),
+                ],
+            ),
+            10_000,
+            0,
+        );
+        assert_eq!(promoted(&d), Some(("n3".into(), set(&[]))), "{d:?}");
+    }
+
+    #[test]
+    fn a_vanished_sync_standby_is_dropped_once_the_others_confirmed() {
+        // Not strict, a member absent for a ttl leaves the sync set. The
+        // absence was never recorded, so it never left: with sync_count 2
+        // and FIRST 2 (n2, n3), n3 gone blocked every write for good.
+        let mut c = three(&[("sync_mode", "on"), ("sync_count", "2")]);
+        apply(
+            &mut c,
+            ClusterCommand::SetSyncSet {
+                cluster: "main".into(),
+                epoch: 1,
+                sync_set: set(&["n2", "n3"]),
+            },
+        );
+        let with = |names: &str, lsn: u64, n2_flush: u64| {
+            let mut r = primary("n1", lsn);
+            if let Some(pg) = r.postgres.as_mut() {
+                pg.synchronous_standby_names = names.into();
+                pg.replicas = vec![ReplicaConnection {
+                    application_name: "n2".into(),
+                    state: "streaming".into(),
+                    flush_lsn: Lsn(n2_flush),
+                    replay_lsn: Lsn(n2_flush),
+                    sync_state: "sync".into(),
+                }];
+            }
+            r
+        };
+        let both = "FIRST 2 (\"n2\",\"n3\")";
+        let only_n2 = "FIRST 1 (\"n2\")";
+        let mut s = soft(
+            &c,
+            vec![
+                (with(both, 1_000, 1_000), 1_000),
+                (replica("n2", 1_000, Some("n1")), 1_000),
+            ],
+        );
+        s.observe(&c, with(both, 4_000, 4_000), 3_500);
+        s.observe(&c, replica("n2", 4_000, Some("n1")), 3_500);
+        let d = run(&c, &s, 3_500, 0);
+        let configure = d.commands.iter().find_map(|(n, a)| match a {
+            Action::Configure { settings } if n == "n1" => {
+                Some(settings.synchronous_standby_names.clone())
+            }
+            _ => None,
+        });
+        assert_eq!(configure.as_deref(), Some(only_n2), "{d:?}");
+        // PostgreSQL waits for n2 alone from LSN 6000 on. Commits before
+        // may be on n3 alone: the committed set keeps n3 until n2 has
+        // flushed up to there.
+        s.observe(&c, with(only_n2, 6_000, 5_000), 3_600);
+        let d = run(&c, &s, 3_600, 0);
+        assert!(d.commit.is_none(), "{d:?}");
+        s.observe(&c, with(only_n2, 7_000, 6_000), 3_700);
+        let d = run(&c, &s, 3_700, 0);
+        assert_eq!(
+            d.commit,
+            Some(ClusterCommand::SetSyncSet {
+                cluster: "main".into(),
+                epoch: 1,
+                sync_set: set(&["n2"]),
+            })
+        );
+    }
+
+    #[test]
+    fn a_replica_busy_with_a_command_is_not_promoted() {
+        // A follow sent before the failure may still stop, rewind or
+        // re-clone the replica; a promotion queued behind it ran on
+        // whatever that left (in the simulation: an empty data directory).
+        let c = three(&[]);
+        let mut s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (replica("n2", 10_000, None), 9_500),
+                (replica("n3", 9_000, None), 9_500),
+            ],
+        );
+        let follow = Action::Follow {
+            upstream: Upstream {
+                node: "n3".into(),
+                host: host("n3"),
+                port: 5432,
+            },
+            settings: ManagedSettings::default(),
+            reclone: true,
+        };
+        let id = s.sent("n2", &follow, 1, 9_000);
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(promoted(&d), None, "{d:?}");
+        let done = NodeReport {
+            last_command: Some(CommandOutcome {
+                id,
+                ok: true,
+                message: String::new(),
+            }),
+            ..replica("n2", 10_000, None)
+        };
+        s.observe(&c, done, 10_100);
+        let d = run(&c, &s, 10_200, 0);
+        assert_eq!(promoted(&d), Some(("n2".into(), set(&[]))), "{d:?}");
     }
 }

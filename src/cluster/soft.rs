@@ -60,6 +60,10 @@ pub struct Soft {
     pub not_streaming_since: BTreeMap<String, u64>,
     /// The primary's last reported write LSN and timeline.
     pub last_primary_lsn: Option<(Lsn, u32)>,
+    /// The primary's synchronous_standby_names and its write LSN when they
+    /// were first seen: commits acknowledged under earlier names lie
+    /// before that LSN.
+    pub sync_names_since: Option<(String, Lsn)>,
     /// Since when the failover candidate has been catching up from a more
     /// advanced replica.
     pub catch_up_since: Option<u64>,
@@ -80,6 +84,7 @@ impl Soft {
             sync_absent_since: BTreeMap::new(),
             not_streaming_since: BTreeMap::new(),
             last_primary_lsn: None,
+            sync_names_since: None,
             catch_up_since: None,
             next_command: 1,
         }
@@ -93,6 +98,31 @@ impl Soft {
                 Some(pg) if !pg.in_recovery => {
                     self.primary_down_since = None;
                     self.last_primary_lsn = Some((pg.lsn, pg.timeline));
+                    let names = &pg.synchronous_standby_names;
+                    if self
+                        .sync_names_since
+                        .as_ref()
+                        .is_none_or(|(seen, _)| seen != names)
+                    {
+                        self.sync_names_since = Some((names.clone(), pg.lsn));
+                    }
+                    // Since when each member of the sync set has not been
+                    // streaming from the primary (read by the decision; it
+                    // was never recorded, so a vanished standby was never
+                    // dropped and non-strict mode blocked like strict).
+                    self.sync_absent_since
+                        .retain(|m, _| cluster.sync_set.contains(m));
+                    for member in &cluster.sync_set {
+                        let streaming = pg
+                            .replicas
+                            .iter()
+                            .any(|r| r.application_name == *member && r.state == "streaming");
+                        if streaming {
+                            self.sync_absent_since.remove(member);
+                        } else {
+                            self.sync_absent_since.entry(member.clone()).or_insert(now);
+                        }
+                    }
                 }
                 Some(_) => {}
                 None => {
@@ -130,6 +160,7 @@ impl Soft {
         self.primary_down_since = None;
         self.not_streaming_since.clear();
         self.sync_absent_since.clear();
+        self.sync_names_since = None;
         self.catch_up_since = None;
     }
 
@@ -144,6 +175,14 @@ impl Soft {
 
     /// Record a command as sent; returns its id.
     pub fn sent(&mut self, node: &str, action: &Action, epoch: u64, now: u64) -> u64 {
+        if matches!(action, Action::Follow { .. }) {
+            // A follow (re)starts the WAL receiver: a replica is "not
+            // streaming" again only from its next report on. Otherwise the
+            // first report after a nudge (taken before the receiver has
+            // connected) looked stuck for long already and was nudged again
+            // at once: a stop/start loop that never let it catch up.
+            self.not_streaming_since.remove(node);
+        }
         let id = self.next_command;
         self.next_command += 1;
         self.pending.insert(
