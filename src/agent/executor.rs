@@ -358,6 +358,9 @@ async fn follow(
             if same && streaming {
                 return Ok(format!("already streaming from {}", upstream.node));
             }
+            // Busy until it streams from the new upstream, so that nobody
+            // takes it for an idle replica meanwhile.
+            node.set_phase(AgentPhase::Starting);
             write_config(node, settings, Some(upstream)).await?;
             if !same {
                 node.pg.reload().await?;
@@ -438,6 +441,14 @@ async fn rejoin(
             match rewound {
                 Ok(RewindOutcome::Rewound) => message = format!("rewound from {}", upstream.node),
                 Ok(RewindOutcome::NotNeeded) => {}
+                Err(e) if reclone && !node.pg.upstream_reachable(upstream).await => {
+                    // Never wipe a valid copy when the source is merely out
+                    // of reach: a clone could not replace it anyway.
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "rewind failed and {} is unreachable: keeping the data directory",
+                        upstream.node
+                    )));
+                }
                 Err(e) if reclone => {
                     tracing::warn!(error = %e, "rewind failed: cloning again");
                     node.set_phase(AgentPhase::Cloning);

@@ -141,9 +141,16 @@ impl Soft {
             self.not_streaming_since.remove(&node);
         }
         // A finished command is no longer pending.
-        if let (Some(done), Some(p)) = (&report.last_command, self.pending.get(&node)) {
+        if let (Some(done), Some(p)) = (&report.last_command, self.pending.get_mut(&node)) {
             if done.id == p.id {
-                self.pending.remove(&node);
+                if done.ok {
+                    self.pending.remove(&node);
+                } else {
+                    // A failed command is retried after RESEND_AFTER_MS, not
+                    // at once on every pass.
+                    p.sent_at = now;
+                    p.id = 0;
+                }
             }
         }
         self.nodes.insert(

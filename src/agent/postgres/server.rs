@@ -12,8 +12,11 @@ use super::process::{run, Cmd};
 use super::sql::Target;
 use super::{DataDirState, PgError, Postgres, RewindOutcome, StopMode, Upstream};
 
-/// How long fence() waits for an immediate shutdown before SIGKILL.
-const FENCE_GRACE: Duration = Duration::from_secs(1);
+/// How long fence() waits for an immediate shutdown before SIGKILL. The
+/// whole fence must fit in the agent's fence lead (300 ms before the lease
+/// ends): an immediate shutdown takes 8–15 ms, so 100 ms is generous, and
+/// SIGKILL ends anything that dawdles.
+const FENCE_GRACE: Duration = Duration::from_millis(100);
 /// How long fence() waits for SIGKILLed processes to disappear.
 const FENCE_KILL_WAIT: Duration = Duration::from_secs(5);
 

@@ -354,6 +354,18 @@ impl Postgres {
         Err(self.promote_failed(&format!("still in recovery {timeout:?} after pg_promote")))
     }
 
+    /// Whether `up` answers a query (its PostgreSQL runs and lets us in).
+    pub async fn upstream_reachable(&self, up: &Upstream) -> bool {
+        self.query_on(
+            Target::Remote(up),
+            "reachability check",
+            "SELECT 1",
+            Duration::from_secs(3),
+        )
+        .await
+        .is_ok()
+    }
+
     /// `pg_is_in_recovery()` of this server right now.
     async fn in_recovery(&self) -> Result<bool, PgError> {
         let sets = self
