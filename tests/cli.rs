@@ -64,6 +64,32 @@ async fn every_command_in_human_and_json_form() {
         "2097152"
     );
 
+    // config edit: $EDITOR changes the file; a bad edit changes nothing.
+    let editor = tempfile::tempdir().unwrap();
+    let good = editor.path().join("good.sh");
+    std::fs::write(&good, "#!/bin/sh\nsed -i 's/^ttl = .*/ttl = 3s/' \"$1\"\n").unwrap();
+    let bad = editor.path().join("bad.sh");
+    std::fs::write(&bad, "#!/bin/sh\nsed -i 's/^ttl = .*/ttl = forever/' \"$1\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for f in [&good, &bad] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let edit = |script: &std::path::Path| {
+        let managers = d.manager_addresses().join(",");
+        std::process::Command::new(common::bin())
+            .args(["config", "edit", "--managers", &managers])
+            .env("EDITOR", script)
+            .output()
+            .unwrap()
+    };
+    let out = edit(&bad);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ttl"), "{}", stderr(&out));
+    assert_eq!(json(&d.cli(&["config", "show", "--json"]))["config"]["ttl"], "2s");
+    let out = edit(&good);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&d.cli(&["config", "show", "--json"]))["config"]["ttl"], "3s");
+
     // pause / resume
     assert_eq!(
         json(&d.cli(&["pause", "--json"]))["message"],
