@@ -69,7 +69,11 @@ async fn every_command_in_human_and_json_form() {
     let good = editor.path().join("good.sh");
     std::fs::write(&good, "#!/bin/sh\nsed -i 's/^ttl = .*/ttl = 3s/' \"$1\"\n").unwrap();
     let bad = editor.path().join("bad.sh");
-    std::fs::write(&bad, "#!/bin/sh\nsed -i 's/^ttl = .*/ttl = forever/' \"$1\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "#!/bin/sh\nsed -i 's/^ttl = .*/ttl = forever/' \"$1\"\n",
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     for f in [&good, &bad] {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -85,10 +89,16 @@ async fn every_command_in_human_and_json_form() {
     let out = edit(&bad);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("ttl"), "{}", stderr(&out));
-    assert_eq!(json(&d.cli(&["config", "show", "--json"]))["config"]["ttl"], "2s");
+    assert_eq!(
+        json(&d.cli(&["config", "show", "--json"]))["config"]["ttl"],
+        "2s"
+    );
     let out = edit(&good);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(json(&d.cli(&["config", "show", "--json"]))["config"]["ttl"], "3s");
+    assert_eq!(
+        json(&d.cli(&["config", "show", "--json"]))["config"]["ttl"],
+        "3s"
+    );
 
     // pause / resume
     assert_eq!(

@@ -52,15 +52,7 @@ pub(crate) fn parse_controldata(text: &str) -> Result<ControlData, String> {
 }
 
 pub(crate) use crate::process::is_stopped;
-use crate::process::{cwd_and_exe, is_postgres_exe, is_zombie};
-
-/// Exited (or a zombie not reaped yet).
-fn is_dead(pid: i32) -> bool {
-    pid == 0
-        || is_zombie(pid)
-        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            == Err(nix::errno::Errno::ESRCH)
-}
+use crate::process::{cwd_and_exe, is_postgres_exe};
 
 /// The PID on the first line of a PostgreSQL lock file (a single-user
 /// server writes it negated).
@@ -215,8 +207,8 @@ impl Postgres {
     }
 
     /// Remove the lock files (`postmaster.pid` and the socket's
-    /// `.s.PGSQL.<port>.lock`) of a postmaster that is dead or a zombie,
-    /// once no process of this data directory runs any more. PostgreSQL
+    /// `.s.PGSQL.<port>.lock`) once no process of this data directory runs
+    /// any more (the postmaster is dead, a zombie, or still exiting). PostgreSQL
     /// removes stale lock files itself, but it tests liveness with
     /// kill(pid, 0), which succeeds on a zombie: a SIGKILLed postmaster
     /// that its new parent (init) has not reaped yet blocks the next start
@@ -226,7 +218,10 @@ impl Postgres {
         let Some(pid) = lock_file_pid(&pidfile) else {
             return Ok(());
         };
-        if !is_dead(pid) || !has_proc() || !self.running_pids().is_empty() {
+        // No process runs in this data directory (every PostgreSQL process
+        // does): whatever `pid` is now — exiting, a zombie, or reused by an
+        // unrelated program — it is not this directory's postmaster.
+        if !has_proc() || !self.running_pids().is_empty() {
             return Ok(());
         }
         tracing::info!(pid, "removing the lock files of a dead postmaster");
