@@ -11,12 +11,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::deploy::{ids_on, Ack, Deployment, Writers, PG_PORT};
+use common::deploy::{ids_on, lost, Ack, Deployment, Writers, PG_PORT};
 use common::netns::{self, Network};
 use common::{bin, wait_for};
 
@@ -142,10 +141,6 @@ fn stats(label: &str, unit: &str, mut v: Vec<f64>) {
     );
 }
 
-fn lost(acks: &[Ack], ids: &BTreeSet<i64>) -> usize {
-    acks.iter().filter(|a| !ids.contains(&a.id)).count()
-}
-
 async fn crash_and_switchover(runs: usize) {
     let sb = Sandbox::up(false);
     let (mut outage, mut rejoin, mut lost_crash) = (Vec::new(), Vec::new(), Vec::new());
@@ -203,7 +198,7 @@ async fn crash_and_switchover(runs: usize) {
         .await;
         rejoin.push(started.elapsed().as_secs_f64());
         let acks = w.stop().await;
-        lost_crash.push(lost(&acks, &ids_on("127.0.0.1", port).await) as f64);
+        lost_crash.push(lost(&acks, &ids_on("127.0.0.1", port).await).len() as f64);
         eprintln!(
             "crash run {run}: {old} -> {new}, outage {:.2}s",
             outage[run]
@@ -253,7 +248,7 @@ async fn crash_and_switchover(runs: usize) {
             .max()
             .unwrap_or_default();
         gaps.push(gap.as_secs_f64());
-        lost_sw.push(lost(&acks, &ids_on("127.0.0.1", port).await) as f64);
+        lost_sw.push(lost(&acks, &ids_on("127.0.0.1", port).await).len() as f64);
         eprintln!("switchover run {run}: {before} -> {target}, longest gap {gap:?}");
     }
     println!("(a) primary host crash, {runs} runs (sandbox, async):");
@@ -349,7 +344,7 @@ async fn isolation(runs: usize, sync: bool) {
         if old_acks.iter().any(|a| a.acked >= new_first_sent) {
             overlaps += 1;
         }
-        lost_rows.push(lost(&acks, &ids_on(&new.address, PG_PORT).await) as f64);
+        lost_rows.push(lost(&acks, &ids_on(&new.address, PG_PORT).await).len() as f64);
         eprintln!(
             "isolation ({mode}) run {run}: old acknowledged {} after the cut",
             old_acks.len()

@@ -5,34 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::deploy::{ids_on, Ack, Deployment, Writers, PG_PORT};
+use common::deploy::{ids_on, lost, Ack, Deployment, PG_PORT};
 use common::netns::{Host, Network};
 use common::{stderr, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
-
-async fn writers(d: &Deployment) -> Writers {
-    let direct: Vec<(String, u16)> = d
-        .hosts
-        .iter()
-        .map(|h| (h.address.clone(), PG_PORT))
-        .collect();
-    Writers::start(&d.dsn(), &direct, Duration::from_millis(20)).await
-}
-
-/// Wait for a healthy primary other than `old` in an epoch after `epoch`.
-async fn new_primary(d: &Deployment, old: &Host, epoch: u64) -> Host {
-    let s = wait_for("a new primary", LONG, || async {
-        let s = d.status().await?;
-        let p = s.nodes.iter().find(|n| n.role == "primary" && n.healthy)?;
-        (s.epoch > epoch && p.name != old.name).then_some(s.clone())
-    })
-    .await;
-    d.host_of_node(&s.primary)
-}
 
 /// Nothing acknowledged by `old` after `new` was first written to.
 fn assert_no_overlap(acks: &[Ack], old: &Host, new: &Host) {
@@ -56,14 +35,6 @@ fn assert_no_overlap(acks: &[Ack], old: &Host, new: &Host) {
         old.name,
         new.name
     );
-}
-
-/// Acknowledged rows missing from `ids`.
-fn lost(acks: &[Ack], ids: &BTreeSet<i64>) -> Vec<Ack> {
-    acks.iter()
-        .filter(|a| !ids.contains(&a.id))
-        .cloned()
-        .collect()
 }
 
 /// Crash the primary's host (optionally with the leader manager on it);
@@ -94,14 +65,14 @@ async fn crash_primary_host(with_leader: bool) {
         );
     }
     let old = d.host_of_node(&before.primary);
-    let w = writers(&d).await;
+    let w = d.writers().await;
     wait_for("writes on the primary", LONG, || async {
         (w.acks_by(&old.address).len() >= 10).then_some(())
     })
     .await;
 
     d.crash_host(&old, with_leader);
-    let new = new_primary(&d, &old, before.epoch).await;
+    let new = d.new_primary(&old, before.epoch).await;
     wait_for("writes on the new primary", LONG, || async {
         (w.acks_by(&new.address).len() >= 10).then_some(())
     })
@@ -169,14 +140,14 @@ async fn frozen_primary_accepts_no_write_after_the_promotion_and_loses_nothing_i
     .await;
     let before = d.status().await.expect("status");
     let old = d.host_of_node(&before.primary);
-    let w = writers(&d).await;
+    let w = d.writers().await;
     wait_for("writes on the primary", LONG, || async {
         (w.acks_by(&old.address).len() >= 10).then_some(())
     })
     .await;
 
     let frozen = d.freeze_host(&old);
-    let new = new_primary(&d, &old, before.epoch).await;
+    let new = d.new_primary(&old, before.epoch).await;
     wait_for("writes on the new primary", LONG, || async {
         (w.acks_by(&new.address).len() >= 10).then_some(())
     })
@@ -207,7 +178,7 @@ async fn switchover_under_write_load_loses_no_row() {
         .find(|h| h.name != old.name)
         .cloned()
         .unwrap();
-    let w = writers(&d).await;
+    let w = d.writers().await;
     wait_for("writes on the primary", LONG, || async {
         (w.acks_by(&old.address).len() >= 10).then_some(())
     })
@@ -215,7 +186,7 @@ async fn switchover_under_write_load_loses_no_row() {
 
     let out = d.cli(&["switchover", "--to", &target.name, "--force"]);
     assert!(out.status.success(), "switchover: {}", stderr(&out));
-    let new = new_primary(&d, &old, before.epoch).await;
+    let new = d.new_primary(&old, before.epoch).await;
     assert_eq!(new.name, target.name);
     wait_for("writes on the new primary", LONG, || async {
         (w.acks_by(&new.address).len() >= 10).then_some(())
@@ -272,14 +243,14 @@ async fn paused_cluster_promotes_nobody_until_resumed() {
     }
     let out = d.cli(&["resume"]);
     assert!(out.status.success(), "resume: {}", stderr(&out));
-    new_primary(&d, &old, before.epoch).await;
+    d.new_primary(&old, before.epoch).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failover_keeps_working_round_after_round() {
     let net = Network::loopback(3);
     let mut d = Deployment::start(&net, &[]).await;
-    let w = writers(&d).await;
+    let w = d.writers().await;
     for round in 0..3 {
         let before = d.wait_all_streaming(3, LONG).await;
         let old = d.host_of_node(&before.primary);
@@ -288,7 +259,7 @@ async fn failover_keeps_working_round_after_round() {
         })
         .await;
         d.crash_host(&old, false);
-        let new = new_primary(&d, &old, before.epoch).await;
+        let new = d.new_primary(&old, before.epoch).await;
         eprintln!("round {round}: {} -> {}", old.name, new.name);
         let i = d.hosts.iter().position(|h| h.name == old.name).unwrap();
         d.start_agent(&net, i);

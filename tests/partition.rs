@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::deploy::{ids_on, Ack, Deployment, Writers, PG_PORT};
+use common::deploy::{ids_on, Ack, Deployment, PG_PORT};
 use common::netns::{self, Network};
 use common::wait_for;
 
@@ -16,15 +16,6 @@ use common::wait_for;
 static NETWORK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const LONG: Duration = Duration::from_secs(90);
-
-async fn probes(d: &Deployment) -> Writers {
-    let direct: Vec<(String, u16)> = d
-        .hosts
-        .iter()
-        .map(|h| (h.address.clone(), PG_PORT))
-        .collect();
-    Writers::start(&d.dsn(), &direct, Duration::from_millis(20)).await
-}
 
 /// Cut the primary's host off, check the fence and the promotion, heal, and
 /// return (acks, old primary address, new primary address, ids on the final primary).
@@ -43,7 +34,7 @@ async fn isolate_primary(sync: bool) -> (Vec<Ack>, String, String, BTreeSet<i64>
         })
         .await;
     }
-    let writers = probes(&d).await;
+    let writers = d.writers().await;
     wait_for("writes on the primary", LONG, || async {
         (writers.acks_by(&old.address).len() >= 10).then_some(())
     })
@@ -184,7 +175,7 @@ async fn a_cut_off_minority_manager_does_not_disturb_a_healthy_primary() {
         .find(|h| h.name != primary.name && d.manager_id(h) != leader)
         .cloned()
         .expect("a third host");
-    let writers = probes(&d).await;
+    let writers = d.writers().await;
     wait_for("writes", LONG, || async {
         (writers.acks_by(&primary.address).len() >= 10).then_some(())
     })

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use super::lsn::Lsn;
 use super::state::Cluster;
-use super::wire::{Action, NodeReport};
+use super::wire::{Action, LeaseGrant, NodeReport};
 
 /// The latest report of one node and when it arrived.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,6 +178,30 @@ impl Soft {
         } else {
             self.catch_up_since = None;
         }
+    }
+
+    /// Book a lease grant answering `node`'s latest report: the agent's
+    /// lease ends at the report's send time + ttl, so no later than its
+    /// receive time + ttl on the leader's clock. False when there is no
+    /// report to answer (nothing may be sent then).
+    pub fn book_lease(&mut self, node: &str, grant: &LeaseGrant) -> bool {
+        let Some(o) = self.nodes.get(node) else {
+            return false;
+        };
+        let expires_at = o.received_at + grant.ttl_ms;
+        match &mut self.lease {
+            Some(book) if book.epoch == grant.epoch && book.node == node => {
+                book.expires_at = book.expires_at.max(expires_at);
+            }
+            _ => {
+                self.lease = Some(LeaseBook {
+                    epoch: grant.epoch,
+                    node: node.to_string(),
+                    expires_at,
+                })
+            }
+        }
+        true
     }
 
     /// Record a command as sent; returns its id.

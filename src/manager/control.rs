@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use super::node::{ManagerNode, NodeError};
 use crate::cluster::decide::{self, Input};
-use crate::cluster::soft::{LeaseBook, Soft};
+use crate::cluster::soft::Soft;
 use crate::cluster::state::EventKind;
 use crate::cluster::wire::{AgentCommand, ManagerMessage, NodeReport};
 use crate::cluster::{Applied, Cluster, ClusterCommand, Lsn};
@@ -329,23 +329,7 @@ impl Control {
                 ));
             }
             if let Some((node, g)) = grant {
-                if let Some(o) = soft.nodes.get(&node) {
-                    // The agent's lease ends at send time + ttl, before
-                    // receive time + ttl on this clock.
-                    let expires_at = o.received_at + g.ttl_ms;
-                    let book = soft.lease.get_or_insert(LeaseBook {
-                        epoch: g.epoch,
-                        node: node.clone(),
-                        expires_at,
-                    });
-                    if book.epoch != g.epoch || book.node != node {
-                        *book = LeaseBook {
-                            epoch: g.epoch,
-                            node: node.clone(),
-                            expires_at,
-                        };
-                    }
-                    book.expires_at = book.expires_at.max(expires_at);
+                if soft.book_lease(&node, &g) {
                     outgoing.push((node, ManagerMessage::Lease(g)));
                 }
             }

@@ -515,6 +515,28 @@ impl Deployment {
         super::cli(&full)
     }
 
+    /// A writer through the multi-host connection string plus one prober
+    /// per node, writing every 20 ms.
+    pub async fn writers(&self) -> Writers {
+        let direct: Vec<(String, u16)> = self
+            .hosts
+            .iter()
+            .map(|h| (h.address.clone(), PG_PORT))
+            .collect();
+        Writers::start(&self.dsn(), &direct, Duration::from_millis(20)).await
+    }
+
+    /// Wait for a healthy primary other than `old` in an epoch after `epoch`.
+    pub async fn new_primary(&self, old: &Host, epoch: u64) -> Host {
+        let s = wait_for("a new primary", Duration::from_secs(120), || async {
+            let s = self.status().await?;
+            let p = s.nodes.iter().find(|n| n.role == "primary" && n.healthy)?;
+            (s.epoch > epoch && p.name != old.name).then_some(s.clone())
+        })
+        .await;
+        self.host_of_node(&s.primary)
+    }
+
     /// The manager id that leads, if any answers.
     pub async fn leader_id(&self) -> Option<u64> {
         self.status()
@@ -538,4 +560,12 @@ impl Drop for Deployment {
             signal(&pids, nix::sys::signal::Signal::SIGKILL);
         }
     }
+}
+
+/// Acknowledged rows missing from `ids`.
+pub fn lost(acks: &[Ack], ids: &std::collections::BTreeSet<i64>) -> Vec<Ack> {
+    acks.iter()
+        .filter(|a| !ids.contains(&a.id))
+        .cloned()
+        .collect()
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use pgquorum::cluster::decide::{self, Input};
-use pgquorum::cluster::soft::{LeaseBook, Soft};
+use pgquorum::cluster::soft::Soft;
 use pgquorum::cluster::wire::{Action, AgentCommand, LeaseGrant, NodeReport};
 use pgquorum::cluster::ClusterCommand;
 
@@ -254,21 +254,7 @@ impl World {
                 outgoing.push((node, Down::Command(AgentCommand { id, epoch, action })));
             }
             if let Some((node, g)) = grant {
-                if let Some(o) = soft.nodes.get(&node) {
-                    let expires_at = o.received_at + g.ttl_ms;
-                    let book = soft.lease.get_or_insert(LeaseBook {
-                        epoch: g.epoch,
-                        node: node.clone(),
-                        expires_at,
-                    });
-                    if book.epoch != g.epoch || book.node != node {
-                        *book = LeaseBook {
-                            epoch: g.epoch,
-                            node: node.clone(),
-                            expires_at,
-                        };
-                    }
-                    book.expires_at = book.expires_at.max(expires_at);
+                if soft.book_lease(&node, &g) {
                     outgoing.push((node, Down::Lease(g)));
                 }
             }
