@@ -73,26 +73,38 @@ pub fn is_postgres_exe(exe: &Path) -> bool {
         .is_some_and(|n| n.starts_with("postgres") || n.starts_with("postmaster"))
 }
 
-/// Every live PostgreSQL process of `data_dir` (postmaster, backends, a
-/// single-user server, orphans of a killed postmaster): each runs with the
-/// data directory as its working directory. Sorted by pid.
-pub fn postgres_processes(data_dir: &Path) -> Vec<i32> {
-    let Ok(dir) = std::fs::canonicalize(data_dir) else {
-        return Vec::new();
-    };
+/// Live processes whose working directory and executable satisfy `keep`,
+/// sorted by pid.
+fn scan(keep: impl Fn(&Path, &Path) -> bool) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let mut pids: Vec<i32> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            cwd_and_exe(*pid).is_some_and(|(cwd, exe)| cwd == dir && is_postgres_exe(&exe))
-        })
+        .filter(|pid| cwd_and_exe(*pid).is_some_and(|(cwd, exe)| keep(&cwd, &exe)))
         .filter(|pid| alive(*pid))
         .collect();
     pids.sort_unstable();
     pids
+}
+
+/// Every live PostgreSQL process of `data_dir` (postmaster, backends, a
+/// single-user server, orphans of a killed postmaster): each runs with the
+/// data directory as its working directory.
+pub fn postgres_processes(data_dir: &Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::canonicalize(data_dir) else {
+        return Vec::new();
+    };
+    scan(|cwd, exe| cwd == dir && is_postgres_exe(exe))
+}
+
+/// Every live process working in `dir` or below it.
+pub fn processes_under(dir: &Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return Vec::new();
+    };
+    scan(|cwd, _| cwd.starts_with(&dir))
 }
 
 #[cfg(test)]

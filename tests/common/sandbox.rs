@@ -81,26 +81,7 @@ pub fn free_base_port() -> u16 {
 
 pub use pgquorum::process::{alive, wait_gone};
 
-/// Live processes whose working directory is `dir` or below it: every
-/// PostgreSQL process runs in its data directory.
-pub fn processes_in(dir: &Path) -> Vec<i32> {
-    let Ok(dir) = std::fs::canonicalize(dir) else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<i32> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
-        })
-        .filter(|pid| alive(*pid))
-        .collect();
-    pids.sort_unstable();
-    pids
-}
+pub use pgquorum::process::processes_under as processes_in;
 
 /// The command line of a live process (NULs as spaces).
 pub fn cmdline(pid: i32) -> String {
