@@ -338,3 +338,15 @@ impl Managers {
             .map(|r| r.into_inner().config.into_iter().collect())
     }
 }
+
+/// Kills every PostgreSQL process of a data directory on drop: an agent
+/// killed by its `Proc` guard leaves its server running.
+pub struct PostgresGuard(pub PathBuf);
+
+impl Drop for PostgresGuard {
+    fn drop(&mut self) {
+        let pids = pgquorum::process::postgres_processes(&self.0);
+        pgquorum::process::signal_all(&pids, Signal::SIGKILL);
+        pgquorum::process::wait_gone(&pids, Duration::from_secs(5));
+    }
+}
