@@ -9,9 +9,11 @@
 pub mod agent;
 pub mod cli;
 pub mod cluster;
+pub mod lock;
 pub mod logging;
 pub mod manager;
 pub mod process;
 pub mod proto;
 pub mod security;
 pub mod transport;
+pub mod wallclock;

@@ -66,10 +66,7 @@ impl Lease {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::lock::lock(&self.inner)
     }
 
     /// Remember when report `seq` was sent.

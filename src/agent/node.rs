@@ -54,12 +54,7 @@ pub struct StaleEpoch {
     pub seen: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
+use crate::lock::lock;
 
 impl Node {
     pub fn new(config: AgentConfig, pg: Postgres) -> Result<Node, StateError> {

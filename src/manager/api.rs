@@ -93,13 +93,6 @@ pub fn pick_cluster<'a>(state: &'a ClusterState, name: &str) -> Result<&'a Clust
     }
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Serves the public API of one manager.
 pub struct ApiService {
     node: Arc<ManagerNode>,
@@ -324,7 +317,7 @@ impl PgQuorum for ApiService {
                 from: (!r.from.is_empty()).then(|| r.from.clone()),
                 to,
                 not_before_unix_ms,
-                requested_unix_ms: now_unix_ms(),
+                requested_unix_ms: crate::wallclock::unix_ms(),
             })
             .await?;
         Ok(Response::new(response))

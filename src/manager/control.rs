@@ -103,13 +103,6 @@ pub struct Control {
     inner: Arc<Inner>,
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Control {
     pub fn new(node: Arc<ManagerNode>) -> Self {
         let (changes, _) = watch::channel(0);
@@ -131,10 +124,7 @@ impl Control {
     }
 
     fn lock(&self) -> MutexGuard<'_, Leadership> {
-        match self.inner.leadership.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::lock::lock(&self.inner.leadership)
     }
 
     /// Start the control loop (it acts only while this manager leads).
@@ -238,7 +228,7 @@ impl Control {
                     cluster,
                     soft,
                     now,
-                    wall_ms: wall_ms(),
+                    wall_ms: crate::wallclock::unix_ms(),
                 });
                 soft.record(d.catching_up, now);
                 l.waiting.insert(name.to_string(), d.waiting.clone());
@@ -582,7 +572,7 @@ impl Control {
                 cluster,
                 soft: &soft,
                 now: self.now(),
-                wall_ms: wall_ms(),
+                wall_ms: crate::wallclock::unix_ms(),
             };
             decide::promotion_allowed_at(&input).saturating_sub(input.now)
         };
@@ -603,7 +593,7 @@ impl Control {
                 sync_set,
                 timeline: pg.timeline,
                 lsn: pg.received_lsn.max(pg.replay_lsn),
-                at_unix_ms: wall_ms(),
+                at_unix_ms: crate::wallclock::unix_ms(),
             })
             .await?;
         if let Some(soft) = self.lock().clusters.get_mut(&cluster.name) {

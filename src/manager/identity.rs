@@ -164,19 +164,13 @@ impl Identity {
     }
 
     fn snapshot(&self) -> IdentityFile {
-        match self.inner.lock() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::lock::lock(&self.inner).clone()
     }
 
     /// Accept a message from `group`: true if it is ours. A joiner adopts
     /// the group of the first leader that contacts it.
     pub fn accept_group(&self, group: &str) -> Result<bool, IdentityError> {
-        let mut guard = match self.inner.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut guard = crate::lock::lock(&self.inner);
         if guard.group == group {
             return Ok(true);
         }
@@ -197,10 +191,7 @@ impl Identity {
         group: &str,
         peers: BTreeMap<NodeId, String>,
     ) -> Result<(), IdentityError> {
-        let mut guard = match self.inner.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut guard = crate::lock::lock(&self.inner);
         let next = IdentityFile {
             node_id: guard.node_id,
             group: group.to_string(),

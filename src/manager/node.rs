@@ -158,10 +158,7 @@ impl ManagerNode {
 
     /// A cached channel to another manager.
     pub fn channel(&self, address: &str) -> Result<Channel, NodeError> {
-        let mut channels = match self.channels.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut channels = crate::lock::lock(&self.channels);
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }

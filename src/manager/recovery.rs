@@ -57,10 +57,7 @@ pub async fn surviving_state(raft_dir: &Path) -> anyhow::Result<ClusterState> {
 
 /// Move the old Raft store out of the way (kept for forensics).
 pub fn set_aside(raft_dir: &Path) -> anyhow::Result<PathBuf> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let stamp = crate::wallclock::unix_secs();
     let aside = raft_dir.with_file_name(format!("raft.before-recovery-{stamp}"));
     std::fs::rename(raft_dir, &aside).with_context(|| {
         format!(

@@ -72,10 +72,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         let state = recovery::surviving_state(&raft_dir).await?;
         let aside = recovery::set_aside(&raft_dir)?;
         let peers = BTreeMap::from([(config.id, config.advertise.clone())]);
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let stamp = crate::wallclock::unix_secs();
         identity.reset_group(
             &format!("{}-r{stamp}", super::identity::group_of(&peers)),
             peers.clone(),
@@ -244,10 +241,7 @@ async fn restore(
     })
     .await
     .context("restore the cluster state")?;
-    let at_unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let at_unix_ms = crate::wallclock::unix_ms();
     node.propose(crate::cluster::ClusterCommand::Recover {
         bump: recovery::EPOCH_BUMP,
         at_unix_ms,

@@ -59,10 +59,7 @@ pub enum InitError {
 /// The current year, for validity periods (approximate is enough: the
 /// certificates start a year back and run ten years on).
 fn this_year() -> i32 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = crate::wallclock::unix_secs();
     1970 + (secs / 31_556_952) as i32
 }
 

@@ -10,7 +10,6 @@
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
@@ -181,10 +180,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 EngineError::Other(e.to_string()),
             )
         })?;
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default();
+        let unix_ms = crate::wallclock::unix_ms();
         let snapshot_id = match applied.last_applied {
             Some(id) => format!("{}-{}-{unix_ms}", id.leader_id.term, id.index),
             None => format!("0-0-{unix_ms}"),
