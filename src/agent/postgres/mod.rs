@@ -224,9 +224,6 @@ pub struct Postgres {
     user: OsUser,
     /// Major version of the binaries, asked once.
     major: tokio::sync::OnceCell<u32>,
-    /// The highest timeline seen from the running postmaster (its pid and
-    /// the timeline): see `try_status`.
-    timeline_seen: std::sync::Mutex<Option<(i32, u32)>>,
 }
 
 impl Postgres {
@@ -260,7 +257,6 @@ impl Postgres {
             cfg,
             user,
             major: tokio::sync::OnceCell::new(),
-            timeline_seen: std::sync::Mutex::new(None),
         })
     }
 

@@ -285,11 +285,6 @@ impl Postgres {
             parse_status(&result_sets(messages))
                 .map_err(|e| PgError::InvalidConfig(format!("unexpected status query result: {e}")))
         };
-        let work = async {
-            let mut status = work.await?;
-            status.timeline = self.monotonic_timeline(status.timeline);
-            Ok(status)
-        };
         tokio::time::timeout(STATUS_BUDGET, work)
             .await
             .map_err(|_| PgError::SqlTimeout {
@@ -297,29 +292,6 @@ impl Postgres {
                 target: self.target_name(target),
                 timeout: STATUS_BUDGET,
             })?
-    }
-
-    /// A running server's timeline never goes back, but a standby whose
-    /// WAL receiver stopped (its upstream died) has only the control
-    /// file's timelines to show, which lag behind until the next
-    /// restartpoint: right after a failover they still name the timeline
-    /// before the last switch, and the standby would look diverged from the
-    /// primary it streamed from a moment ago. So the highest timeline seen
-    /// from the same postmaster is kept and reported.
-    fn monotonic_timeline(&self, timeline: u32) -> u32 {
-        let Some(pid) = self.postmaster_pid() else {
-            return timeline;
-        };
-        let mut seen = match self.timeline_seen.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let highest = match *seen {
-            Some((p, tli)) if p == pid => tli.max(timeline),
-            _ => timeline,
-        };
-        *seen = Some((pid, highest));
-        highest
     }
 
     /// Promote this standby and return once `pg_is_in_recovery()` is
