@@ -53,10 +53,14 @@ pub async fn refresh(node: &Node) -> Observation {
     o
 }
 
-/// Refresh the observation every `interval`.
+/// Keep the observation at most about `interval` old. While a session is
+/// open every report refreshes it already; this covers the time without
+/// one (the HTTP endpoints still need a current picture).
 pub async fn observe(node: Arc<Node>, interval: Duration) {
     loop {
-        refresh(&node).await;
+        if node.observation_age_ms() >= interval.as_millis() as u64 {
+            refresh(&node).await;
+        }
         tokio::time::sleep(interval).await;
     }
 }

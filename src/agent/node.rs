@@ -38,6 +38,8 @@ pub struct Node {
     phase: Mutex<AgentPhase>,
     last_command: Mutex<Option<CommandOutcome>>,
     observation: Mutex<Observation>,
+    /// Boot-clock ms of the last observation.
+    observed_at: AtomicU64,
     /// The managed settings last written to PostgreSQL's configuration.
     settings: Mutex<ManagedSettings>,
     /// The primary's latest write LSN, as the leader last told us.
@@ -73,6 +75,7 @@ impl Node {
             phase: Mutex::new(AgentPhase::Idle),
             last_command: Mutex::new(None),
             observation: Mutex::new(Observation::default()),
+            observed_at: AtomicU64::new(0),
             settings: Mutex::new(ManagedSettings::default()),
             primary_lsn: AtomicU64::new(0),
             report_now: Notify::new(),
@@ -137,6 +140,13 @@ impl Node {
 
     pub fn set_observation(&self, o: Observation) {
         *lock(&self.observation) = o;
+        self.observed_at
+            .store(super::clock::boot_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since PostgreSQL was last looked at.
+    pub fn observation_age_ms(&self) -> u64 {
+        super::clock::boot_ms().saturating_sub(self.observed_at.load(Ordering::Relaxed))
     }
 
     pub fn settings(&self) -> ManagedSettings {
