@@ -16,6 +16,7 @@ use super::node::Node;
 use crate::cluster::wire::{
     AgentCommand, ManagerMessage, NodeReport, Registration, RegistrationReply,
 };
+use crate::manager::agents::{decode, encode};
 use crate::manager::api::LEADER_HEADER;
 use crate::proto::agent::agent_channel_client::AgentChannelClient;
 use crate::proto::agent::AgentEnvelope;
@@ -32,12 +33,6 @@ pub enum RegisterError {
         seconds: u64,
         last: String,
     },
-}
-
-fn encode<T: serde::Serialize>(body: &T) -> Option<AgentEnvelope> {
-    serde_json::to_vec(body)
-        .ok()
-        .map(|payload| AgentEnvelope { payload })
 }
 
 fn leader_hint(status: &Status) -> Option<String> {
@@ -90,18 +85,16 @@ pub async fn register(node: &Node, timeout: Duration) -> Result<RegistrationRepl
             let Some(mut api) = client(node, &address) else {
                 continue;
             };
-            let Some(envelope) = encode(&registration) else {
+            let Ok(envelope) = encode(&registration) else {
                 continue;
             };
             let mut request = tonic::Request::new(envelope);
             request.set_timeout(Duration::from_secs(5));
             match api.register(request).await {
                 Ok(reply) => {
-                    return serde_json::from_slice(&reply.into_inner().payload).map_err(|e| {
-                        RegisterError::Refused {
-                            node: c.name.clone(),
-                            message: format!("undecodable answer: {e}"),
-                        }
+                    return decode(&reply.into_inner()).map_err(|e| RegisterError::Refused {
+                        node: c.name.clone(),
+                        message: e.message().to_string(),
                     })
                 }
                 Err(status)
@@ -180,7 +173,7 @@ async fn session(
     // refuse an unknown node at once.
     let first = node.next_report();
     up_tx
-        .send(encode(&first).ok_or_else(|| Status::internal("encode"))?)
+        .send(encode(&first)?)
         .await
         .map_err(|_| Status::internal("closed"))?;
     let response = api
@@ -211,7 +204,7 @@ async fn session(
                 )
                 .await;
                 let report: NodeReport = node.next_report();
-                let Some(envelope) = encode(&report) else {
+                let Ok(envelope) = encode(&report) else {
                     continue;
                 };
                 if up.send(envelope).await.is_err() {
@@ -234,10 +227,10 @@ async fn session(
                 break Ok(());
             }
         };
-        let message: ManagerMessage = match serde_json::from_slice(&message.payload) {
+        let message: ManagerMessage = match decode(&message) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "undecodable message from the leader");
+                tracing::warn!(error = %e.message(), "undecodable message from the leader");
                 continue;
             }
         };
