@@ -37,7 +37,7 @@ impl Sandbox {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
-        let base = 20000 + (rand::random::<u16>() % 400) * 100;
+        let base = common::sandbox::free_base_port();
         let mut cmd = Command::new(bin());
         cmd.args([
             "sandbox",

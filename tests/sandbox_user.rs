@@ -8,7 +8,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::{bin, free_port};
+use common::bin;
+use common::sandbox::free_base_port;
 
 fn as_postgres(script: &str) -> std::process::Output {
     Command::new("su")
@@ -38,12 +39,7 @@ fn sandbox_runs_as_an_ordinary_user() {
     std::fs::copy(bin(), &binary).unwrap();
     std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tmp.path().join("sb");
-    let base = loop {
-        let p = free_port() / 100 * 100;
-        if (1..40).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            break p;
-        }
-    };
+    let base = free_base_port();
     let up = format!(
         "{} sandbox up --json --nodes 2 --managers 1 --base-port {base} --dir {}",
         binary.display(),

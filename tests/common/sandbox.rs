@@ -67,13 +67,14 @@ impl Drop for TestDir {
     }
 }
 
-/// A base port P in 20000–50000 such that P+1 … P+30 are all free (the
-/// sandbox uses P+1… for managers, P+11… for PostgreSQL, P+21… for HTTP).
+/// A base port P in 20000–50000 such that P+1 … P+40 are all free (the
+/// sandbox uses P+1… for managers, P+11… for PostgreSQL, P+21… for HTTP,
+/// P+31… for manager metrics).
 pub fn free_base_port() -> u16 {
     let mut rng = rand::thread_rng();
     loop {
-        let base: u16 = rng.gen_range(20000..50000 - 31);
-        if (base + 1..=base + 30).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        let base: u16 = rng.gen_range(20000..50000 - 41);
+        if (base + 1..=base + 40).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
     }
