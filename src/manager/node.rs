@@ -151,11 +151,6 @@ impl ManagerNode {
         self.state.borrow().clone()
     }
 
-    /// A receiver that sees every newly applied state.
-    pub fn watch_state(&self) -> watch::Receiver<Arc<AppliedState>> {
-        self.state.clone()
-    }
-
     /// A cached channel to another manager.
     pub fn channel(&self, address: &str) -> Result<Channel, NodeError> {
         let mut channels = crate::lock::lock(&self.channels);
