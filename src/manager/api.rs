@@ -264,6 +264,7 @@ impl PgQuorum for ApiService {
         let stream = async_stream::stream! {
             let mut last: Option<ClusterStatus> = None;
             loop {
+                let round = tokio::time::Instant::now();
                 match api.cluster_status(request.clone()).await {
                     Ok(status) => {
                         if last.as_ref() != Some(&status) {
@@ -278,6 +279,9 @@ impl PgQuorum for ApiService {
                 }
                 // Wake on a change, and at least every second (lag, last seen).
                 let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+                // Every control pass signals a change, and each status costs a
+                // quorum round plus a call to every manager: at most four a second.
+                tokio::time::sleep_until(round + Duration::from_millis(250)).await;
             }
         };
         Ok(Response::new(Box::pin(stream)))
