@@ -493,7 +493,7 @@ pub async fn failover(global: &GlobalArgs, args: FailoverArgs) -> Result<(), Fai
 
 pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failure> {
     let client = super::connect(global)?;
-    let (cluster, name, no_wait, r) = match command {
+    let (req, reinit, no_wait) = match command {
         NodeCommand::Restart {
             cluster,
             name,
@@ -501,17 +501,11 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
             no_wait,
         } => {
             let req = NodeRequest {
-                cluster: cluster.cluster.clone(),
-                node: name.clone(),
+                cluster: cluster.cluster,
+                node: name,
                 pending_only: pending,
             };
-            let r = client
-                .call(|mut api, t| {
-                    let req = req.clone();
-                    async move { api.restart_node(request(req, t)).await }
-                })
-                .await?;
-            (cluster.cluster, name, no_wait, r)
+            (req, false, no_wait)
         }
         NodeCommand::Reinit {
             cluster,
@@ -524,19 +518,26 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
                 force,
             )?;
             let req = NodeRequest {
-                cluster: cluster.cluster.clone(),
-                node: name.clone(),
+                cluster: cluster.cluster,
+                node: name,
                 pending_only: false,
             };
-            let r = client
-                .call(|mut api, t| {
-                    let req = req.clone();
-                    async move { api.reinit_node(request(req, t)).await }
-                })
-                .await?;
-            (cluster.cluster, name, no_wait, r)
+            (req, true, no_wait)
         }
     };
+    let r = client
+        .call(|mut api, t| {
+            let req = request(req.clone(), t);
+            async move {
+                if reinit {
+                    api.reinit_node(req).await
+                } else {
+                    api.restart_node(req).await
+                }
+            }
+        })
+        .await?;
+    let (cluster, name) = (req.cluster, req.node);
     if !no_wait {
         wait(
             &client,
