@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::postgres::PgConfig;
 use crate::cluster::command::valid_name;
 use crate::cluster::Tags;
 use crate::security::{self, ClientSecurity, TlsFile, TlsPaths};
@@ -147,20 +148,12 @@ pub struct AgentConfig {
     pub json_logs: bool,
     pub register_timeout: Duration,
     pub tags: Tags,
+    /// The PostgreSQL bin dir as configured; found at start when absent.
     pub bin_dir: Option<PathBuf>,
-    pub data_dir: PathBuf,
-    pub pg_listen: String,
+    /// How the driver runs PostgreSQL (its `bin_dir` is filled in at start).
+    pub postgres: PgConfig,
+    /// Address other nodes use to reach this PostgreSQL.
     pub pg_host: String,
-    pub pg_port: u16,
-    pub socket_dir: PathBuf,
-    pub os_user: Option<String>,
-    pub superuser: String,
-    pub superuser_password: Option<String>,
-    pub replication_user: String,
-    pub replication_password: Option<String>,
-    pub hba: Vec<String>,
-    pub archive_dir: Option<PathBuf>,
-    pub log_file: PathBuf,
     pub local_parameters: BTreeMap<String, String>,
     pub on_role_change: Option<PathBuf>,
     pub on_start: Option<PathBuf>,
@@ -360,9 +353,28 @@ impl AgentConfig {
         Ok(AgentConfig {
             security: ClientSecurity { tls, token: None },
             http_tls,
-            log_file: pg
-                .log_file
-                .unwrap_or_else(|| state_dir.join("postgresql.log")),
+            postgres: PgConfig {
+                bin_dir: PathBuf::new(),
+                data_dir,
+                listen_addresses: pg_listen,
+                port: pg_port,
+                socket_dir,
+                os_user: args.os_user.clone().or(pg.os_user),
+                superuser,
+                superuser_password,
+                replication_user,
+                replication_password,
+                node_name: name.clone(),
+                hba,
+                archive_dir: pg.archive_dir,
+                log_file: pg
+                    .log_file
+                    .unwrap_or_else(|| state_dir.join("postgresql.log")),
+                // initdb would take the locale from the agent's environment
+                // (as root under systemd, often none: SQL_ASCII). UTF-8 with C
+                // collation is the same on every host, which replicas need.
+                initdb_options: vec!["--encoding=UTF8".to_string(), "--locale=C".to_string()],
+            },
             name,
             cluster,
             managers,
@@ -376,18 +388,7 @@ impl AgentConfig {
             )?,
             tags: file.tags,
             bin_dir: args.pg_bin_dir.clone().or(pg.bin_dir),
-            data_dir,
-            pg_listen,
             pg_host,
-            pg_port,
-            socket_dir,
-            os_user: args.os_user.clone().or(pg.os_user),
-            superuser,
-            superuser_password,
-            replication_user,
-            replication_password,
-            hba,
-            archive_dir: pg.archive_dir,
             local_parameters: pg.parameters,
             on_role_change: callbacks.on_role_change,
             on_start: callbacks.on_start,
@@ -419,9 +420,13 @@ mod tests {
         let c = AgentConfig::resolve(AgentFile::default(), &args(), &["127.0.0.1:7001".into()])
             .unwrap();
         assert_eq!(c.cluster, "main");
-        assert_eq!(c.pg_port, 5432);
+        assert_eq!(c.postgres.port, 5432);
         assert_eq!(c.state_dir, PathBuf::from("/tmp/pgq/n1/pgquorum-n1"));
-        assert!(c.hba.iter().any(|l| l.contains("replication replicator")));
+        assert!(c
+            .postgres
+            .hba
+            .iter()
+            .any(|l| l.contains("replication replicator")));
     }
 
     #[test]

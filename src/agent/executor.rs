@@ -259,7 +259,7 @@ async fn bootstrap(node: &Node, settings: &ManagedSettings) -> anyhow::Result<St
         DataDirState::Foreign { reason } => {
             bail!(
                 "refusing to bootstrap: {} is not a PostgreSQL data directory ({reason})",
-                node.config.data_dir.display()
+                node.config.postgres.data_dir.display()
             )
         }
         DataDirState::Empty => {
@@ -422,7 +422,7 @@ async fn rejoin(
         DataDirState::Foreign { reason } => {
             bail!(
                 "{} is not a PostgreSQL data directory ({reason}); not touching it",
-                node.config.data_dir.display()
+                node.config.postgres.data_dir.display()
             )
         }
         DataDirState::Empty => {

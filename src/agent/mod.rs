@@ -42,23 +42,7 @@ fn prepare(config: &AgentConfig) -> anyhow::Result<Postgres> {
     })?;
     let pg = Postgres::new(PgConfig {
         bin_dir,
-        data_dir: config.data_dir.clone(),
-        listen_addresses: config.pg_listen.clone(),
-        port: config.pg_port,
-        socket_dir: config.socket_dir.clone(),
-        os_user: config.os_user.clone(),
-        superuser: config.superuser.clone(),
-        superuser_password: config.superuser_password.clone(),
-        replication_user: config.replication_user.clone(),
-        replication_password: config.replication_password.clone(),
-        node_name: config.name.clone(),
-        hba: config.hba.clone(),
-        archive_dir: config.archive_dir.clone(),
-        log_file: config.log_file.clone(),
-        // initdb would take the locale from the agent's environment (as root
-        // under systemd, often none: SQL_ASCII). UTF-8 with C collation is
-        // the same on every host, which replicas need.
-        initdb_options: vec!["--encoding=UTF8".to_string(), "--locale=C".to_string()],
+        ..config.postgres.clone()
     })?;
     Ok(pg)
 }
@@ -69,7 +53,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let DataDirState::Foreign { reason } = pg.inspect().await {
         bail!(
             "{} is not a PostgreSQL data directory ({reason}); pgquorum will not touch it: point --data-dir at an empty directory or an existing PostgreSQL data directory",
-            config.data_dir.display()
+            config.postgres.data_dir.display()
         );
     }
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)

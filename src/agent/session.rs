@@ -73,7 +73,7 @@ pub async fn register(node: &Node, timeout: Duration) -> Result<RegistrationRepl
         cluster: c.cluster.clone(),
         node: c.name.clone(),
         host: c.pg_host.clone(),
-        port: c.pg_port,
+        port: c.postgres.port,
         http: c.http_advertise.clone(),
         tags: c.tags.clone(),
     };
