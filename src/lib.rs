@@ -7,8 +7,10 @@
 //! * [`cli`] — the `pgquorum` command line.
 
 pub mod agent;
+pub mod boottime;
 pub mod cli;
 pub mod cluster;
+pub mod keeper;
 pub mod lock;
 pub mod logging;
 pub mod manager;

@@ -1,6 +1,7 @@
 //! Processes by pid, for the few places that deal with them directly (the
-//! PostgreSQL driver's fence, the sandbox, tests): is it alive, what belongs
-//! to a data directory, signal, wait. Linux `/proc` is the source.
+//! fence the keeper and the PostgreSQL driver share, the sandbox, tests): is
+//! it alive, what belongs to a data directory, signal, wait. Linux `/proc`
+//! is the source.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -96,7 +97,95 @@ pub fn postgres_processes(data_dir: &Path) -> Vec<i32> {
     let Ok(dir) = std::fs::canonicalize(data_dir) else {
         return Vec::new();
     };
-    scan(|cwd, exe| cwd == dir && is_postgres_exe(exe))
+    postgres_processes_in(&dir)
+}
+
+/// [`postgres_processes`] for a data directory already canonical: reads
+/// only `/proc`, never the data directory's file system.
+pub fn postgres_processes_in(canonical_dir: &Path) -> Vec<i32> {
+    scan(|cwd, exe| cwd == canonical_dir && is_postgres_exe(exe))
+}
+
+/// How long [`fence`] waits for an immediate shutdown before SIGKILL. The
+/// whole fence must fit in the fence lead (300 ms before the lease ends):
+/// an immediate shutdown takes 8–30 ms, so 100 ms is generous, and SIGKILL
+/// ends anything that dawdles.
+pub const FENCE_GRACE: Duration = Duration::from_millis(100);
+/// How long [`fence`] waits for SIGKILLed processes to disappear.
+pub const FENCE_KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// How [`fence`] stopped a data directory's PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    /// Nothing was running.
+    Nothing,
+    /// The postmaster carried out an immediate shutdown (SIGQUIT).
+    Quit,
+    /// Processes had to be killed.
+    Killed,
+}
+
+/// Stop every PostgreSQL process of `canonical_dir` now, without spawning
+/// anything and without touching the data directory's file system (the
+/// keeper's fence must not wait on a stuck disk).
+///
+/// Order: (1) SIGQUIT to the postmaster — an immediate shutdown: it relays
+/// SIGQUIT to every backend, which exit at once without committing
+/// anything more; (2) poll `/proc` every 3 ms for up to `grace` until no
+/// process of the directory is left; (3) otherwise SIGKILL the postmaster
+/// first (so it forks no more backends), then SIGKILL + SIGCONT every
+/// remaining process, for up to `kill_wait`. A stopped (SIGSTOPped, frozen)
+/// postmaster cannot act on SIGQUIT while its backends keep running, so it
+/// goes to step 3 at once. SIGKILL of the postmaster alone would not do:
+/// its backends run on until they notice, and one executing a statement
+/// can still commit. Returns the processes that would not die.
+pub fn fence(
+    canonical_dir: &Path,
+    postmaster: Option<i32>,
+    grace: Duration,
+    kill_wait: Duration,
+) -> Result<Fenced, Vec<i32>> {
+    let postmaster = postmaster.filter(|pm| alive(*pm));
+    let left = |pm: Option<i32>| {
+        let mut pids = postgres_processes_in(canonical_dir);
+        if let Some(pm) = pm.filter(|pm| alive(*pm) && !pids.contains(pm)) {
+            pids.push(pm);
+        }
+        pids
+    };
+    if left(postmaster).is_empty() {
+        return Ok(Fenced::Nothing);
+    }
+    if let Some(pm) = postmaster.filter(|pm| !is_stopped(*pm)) {
+        let _ = kill(Pid::from_raw(pm), Signal::SIGQUIT);
+        let deadline = Instant::now() + grace;
+        loop {
+            if left(postmaster).is_empty() {
+                return Ok(Fenced::Quit);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+    if let Some(pm) = postmaster {
+        signal_all(&[pm], Signal::SIGKILL);
+        signal_all(&[pm], Signal::SIGCONT);
+    }
+    let deadline = Instant::now() + kill_wait;
+    loop {
+        let pids = left(postmaster);
+        if pids.is_empty() {
+            return Ok(Fenced::Killed);
+        }
+        if Instant::now() >= deadline {
+            return Err(pids);
+        }
+        signal_all(&pids, Signal::SIGKILL);
+        signal_all(&pids, Signal::SIGCONT);
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Every live process working in `dir` or below it.

@@ -79,6 +79,8 @@ impl TestDir {
             archive_dir: archive.then(|| self.0.join("archive")),
             log_file: base.join("log").join("postgresql.log"),
             initdb_options: vec!["--encoding=UTF8".into(), "--locale=C".into()],
+            keeper_dir: base.join("keeper"),
+            keeper_binary: PathBuf::from(env!("CARGO_BIN_EXE_pgquorum")),
             ..PgConfig::default()
         }
     }
@@ -111,6 +113,11 @@ impl std::ops::Deref for Node {
 impl Drop for Node {
     fn drop(&mut self) {
         let pg = &self.0;
+        // The keeper goes first: its death takes PostgreSQL down with it.
+        if let Some(keeper) = pgquorum::keeper::running_pid(&pg.config().keeper_dir) {
+            let _ = kill(Pid::from_raw(keeper), Signal::SIGKILL);
+            pgquorum::process::wait_gone(&[keeper], Duration::from_secs(5));
+        }
         for pid in pg.running_pids() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
         }

@@ -610,7 +610,7 @@ async fn an_agent_with_mutual_tls_runs_postgresql() {
     let _m = Proc::spawn("manager", &mut cmd, &dir.path().join("m1.log"));
 
     let node = dir.path().join("n1");
-    let _postgres = PostgresGuard(node.join("data"));
+    let _node = NodeGuard(node.clone());
     std::fs::create_dir_all(&node).expect("node dir");
     std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let http = format!("127.0.0.1:{}", free_port());

@@ -79,6 +79,10 @@ pub struct AgentFile {
     pub http_listen: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub log_format: Option<String>,
+    /// Hardware watchdog: "off" (default), "auto" or "required".
+    pub watchdog: Option<String>,
+    /// Watchdog device (default /dev/watchdog).
+    pub watchdog_device: Option<PathBuf>,
     /// How long to keep trying to register before giving up at start.
     pub register_timeout: Option<String>,
     #[serde(default)]
@@ -129,10 +133,40 @@ pub struct AgentArgs {
     /// OS user PostgreSQL runs as when the agent runs as root.
     #[arg(long)]
     pub os_user: Option<String>,
+    /// Hardware watchdog as a backstop while primary: off, auto or required.
+    #[arg(long, value_name = "MODE")]
+    pub watchdog: Option<String>,
+    /// Watchdog device [default: /dev/watchdog].
+    #[arg(long, value_name = "PATH")]
+    pub watchdog_device: Option<PathBuf>,
     /// `--tls-ca`, `--tls-cert`, `--tls-key`: the connection flags every
     /// command shares (see `cli::ConnArgs`), set by the command line.
     #[arg(skip)]
     pub tls: TlsPaths,
+}
+
+/// The hardware watchdog setting (as Patroni's `watchdog.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogMode {
+    /// Not used.
+    Off,
+    /// Armed while primary when the device can be used; a warning otherwise.
+    Auto,
+    /// Armed while primary; a node that cannot arm it never becomes primary.
+    Required,
+}
+
+impl WatchdogMode {
+    fn parse(text: &str) -> Result<WatchdogMode, AgentConfigError> {
+        match text {
+            "off" => Ok(WatchdogMode::Off),
+            "auto" | "automatic" => Ok(WatchdogMode::Auto),
+            "required" => Ok(WatchdogMode::Required),
+            other => Err(invalid(format!(
+                "watchdog {other:?}: use \"off\", \"auto\" or \"required\""
+            ))),
+        }
+    }
 }
 
 /// The checked configuration of one agent.
@@ -163,6 +197,8 @@ pub struct AgentConfig {
     pub security: ClientSecurity,
     /// HTTPS for the HTTP endpoints.
     pub http_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub watchdog: WatchdogMode,
+    pub watchdog_device: PathBuf,
 }
 
 /// A secret from a file (first line) or, failing that, an environment variable.
@@ -206,20 +242,76 @@ fn default_hba(superuser: &str, replication_user: &str) -> Vec<String> {
     ]
 }
 
+/// `pgquorum-NAME` beside the data directory.
+fn default_state_dir(data_dir: &Path, name: &str) -> PathBuf {
+    let parent = data_dir.parent().unwrap_or(Path::new("/"));
+    parent.join(format!("pgquorum-{name}"))
+}
+
+/// `pgquorum keeper`'s flags: the keeper needs only the agent's state
+/// directory (its home) and the data directory, resolved as the agent
+/// resolves them, so both can be started from the same file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KeeperArgs {
+    /// The agent's TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The agent's state directory (the keeper's socket lives there).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// PostgreSQL data directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl KeeperArgs {
+    /// The keeper's directory and the data directory.
+    pub fn resolve(&self) -> Result<(PathBuf, PathBuf), AgentConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => AgentFile::default(),
+        };
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or(file.postgresql.data_dir)
+            .ok_or_else(|| {
+                invalid("missing data directory: give --data-dir DIR or postgresql.data_dir")
+            })?;
+        if data_dir.is_relative() {
+            return Err(invalid(format!(
+                "data directory {} must be an absolute path",
+                data_dir.display()
+            )));
+        }
+        let state_dir = match self.state_dir.clone().or(file.state_dir) {
+            Some(dir) => dir,
+            None => {
+                let name = file.name.ok_or_else(|| {
+                    invalid("missing state directory: give --state-dir DIR, or `state_dir` or `name` in the config file")
+                })?;
+                default_state_dir(&data_dir, &name)
+            }
+        };
+        Ok((state_dir, data_dir))
+    }
+}
+
+fn read_file(path: &Path) -> Result<AgentFile, AgentConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| AgentConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
 impl AgentConfig {
     pub fn load(args: &AgentArgs, managers: &[String]) -> Result<Self, AgentConfigError> {
         let file = match &args.config {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read {
-                        path: path.clone(),
-                        source,
-                    })?;
-                toml::from_str(&text).map_err(|e| AgentConfigError::Parse {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?
-            }
+            Some(path) => read_file(path)?,
             None => AgentFile::default(),
         };
         Self::resolve(file, args, managers)
@@ -308,10 +400,18 @@ impl AgentConfig {
             .state_dir
             .clone()
             .or(file.state_dir)
-            .unwrap_or_else(|| {
-                let parent = data_dir.parent().unwrap_or(Path::new("/"));
-                parent.join(format!("pgquorum-{name}"))
-            });
+            .unwrap_or_else(|| default_state_dir(&data_dir, &name));
+        let watchdog = WatchdogMode::parse(
+            args.watchdog
+                .as_deref()
+                .or(file.watchdog.as_deref())
+                .unwrap_or("off"),
+        )?;
+        let watchdog_device = args
+            .watchdog_device
+            .clone()
+            .or(file.watchdog_device)
+            .unwrap_or_else(|| PathBuf::from("/dev/watchdog"));
         let json_logs = match file.log_format.as_deref().unwrap_or("text") {
             "text" => false,
             "json" => true,
@@ -353,6 +453,8 @@ impl AgentConfig {
         Ok(AgentConfig {
             security: ClientSecurity { tls, token: None },
             http_tls,
+            watchdog,
+            watchdog_device,
             postgres: PgConfig {
                 bin_dir: PathBuf::new(),
                 data_dir,
@@ -374,6 +476,8 @@ impl AgentConfig {
                 // (as root under systemd, often none: SQL_ASCII). UTF-8 with C
                 // collation is the same on every host, which replicas need.
                 initdb_options: vec!["--encoding=UTF8".to_string(), "--locale=C".to_string()],
+                keeper_dir: state_dir.clone(),
+                keeper_binary: PathBuf::from("/proc/self/exe"),
             },
             name,
             cluster,

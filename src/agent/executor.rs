@@ -1,8 +1,8 @@
 //! Carries out the leader's commands, one at a time, each idempotent: the
-//! same command twice leaves the node as once. Plus the two loops that keep
-//! the agent honest on its own: the observer (what does PostgreSQL look
-//! like right now) and the lease watchdog (a primary whose lease runs out
-//! is stopped at once, whatever else is going on).
+//! same command twice leaves the node as once. Plus two loops: the observer
+//! (what does PostgreSQL look like right now) and the keeper watch (the
+//! keeper stops a primary whose lease runs out, whatever the agent is
+//! doing; the agent learns of it here).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +19,10 @@ use crate::cluster::wire::{
     Upstream,
 };
 
-/// Fence this long before the lease ends, so that PostgreSQL is down by the
-/// time it does (an immediate stop takes tens of milliseconds).
-const FENCE_LEAD_MS: u64 = 300;
+use crate::keeper::rule::FENCE_LEAD_MS;
+
+/// How often the agent asks the keeper how it is.
+const KEEPER_WATCH_EVERY: Duration = Duration::from_millis(100);
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const CLONE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -65,31 +66,22 @@ pub async fn observe(node: Arc<Node>, interval: Duration) {
     }
 }
 
-/// Stop a primary whose lease is running out. Checks every 25 ms.
-pub async fn watchdog(node: Arc<Node>) {
+/// Follow the keeper: notice when it fenced PostgreSQL (the lease ran
+/// out), and keep the agent's view of the lease the keeper's.
+pub async fn watch_keeper(node: Arc<Node>) {
     loop {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        if node.intent() != Intent::Primary || node.phase() == AgentPhase::Fenced {
+        tokio::time::sleep(KEEPER_WATCH_EVERY).await;
+        let Some((_, fences)) = node.sync_keeper().await else {
             continue;
-        }
-        if node.lease_remaining() > FENCE_LEAD_MS || node.pg.postmaster_pid().is_none() {
-            continue;
-        }
-        // The primary may be starting or promoting: any running postmaster
-        // of a would-be primary without a lease is stopped.
-        tracing::warn!(
-            epoch = node.epoch(),
-            "lease running out: fencing PostgreSQL (immediate stop)"
-        );
-        match node.pg.fence().await {
-            Ok(()) => {
-                node.set_phase(AgentPhase::Fenced);
-                refresh(&node).await;
-                callbacks::fire(&node, Event::Stop, "fenced");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "FENCE FAILED: PostgreSQL may still accept writes")
-            }
+        };
+        if fences > 0 {
+            tracing::warn!(
+                epoch = node.epoch(),
+                "the keeper stopped PostgreSQL: the lease ran out"
+            );
+            node.set_phase(AgentPhase::Fenced);
+            refresh(&node).await;
+            callbacks::fire(&node, Event::Stop, "fenced");
         }
     }
 }
@@ -150,7 +142,7 @@ async fn execute(node: &Node, command: &AgentCommand) -> anyhow::Result<String> 
         Action::Fence { reason } => {
             tracing::warn!(%reason, "fenced on the leader's order");
             node.pg.fence().await?;
-            node.lease.release(node.last_seq());
+            node.release_lease().await;
             node.update(|p| p.intent = Intent::None)?;
             node.set_phase(AgentPhase::Fenced);
             callbacks::fire(node, Event::Stop, "fenced");
@@ -209,11 +201,15 @@ async fn write_config(
     Ok(())
 }
 
-/// A primary acts only while it holds the lease; the grant follows the
-/// command within a moment.
+/// A primary acts only while it holds the lease (and, with `watchdog =
+/// "required"`, an armed watchdog); the grant follows the command within a
+/// moment.
 async fn await_lease(node: &Node) -> anyhow::Result<()> {
     for _ in 0..200 {
         if node.lease_remaining() > FENCE_LEAD_MS {
+            if let Err(why) = node.watchdog_ready() {
+                bail!("{why}: not acting as primary");
+            }
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -309,6 +305,16 @@ async fn start_primary(node: &Node, settings: &ManagedSettings) -> anyhow::Resul
 async fn promote(node: &Node, settings: &ManagedSettings) -> anyhow::Result<String> {
     await_lease(node).await?;
     node.set_phase(AgentPhase::Promoting);
+    if let Some(pid) = unsupervised_postmaster(node) {
+        // A server the keeper did not start (an older pgquorum's, or one
+        // started by hand) has no parent-death signal: restart it under
+        // the keeper before it becomes writable.
+        tracing::warn!(
+            pid,
+            "restarting a standby the keeper did not start before promoting it"
+        );
+        node.pg.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+    }
     if node.pg.postmaster_pid().is_none() {
         write_config(node, settings, None).await?;
         node.pg.set_standby(true)?;
@@ -333,6 +339,13 @@ async fn promote(node: &Node, settings: &ManagedSettings) -> anyhow::Result<Stri
     Ok("promoted".into())
 }
 
+/// A running postmaster that is not the keeper's child.
+fn unsupervised_postmaster(node: &Node) -> Option<i32> {
+    let pid = node.pg.postmaster_pid()?;
+    let keeper = node.keeper_state()?;
+    (keeper.postmaster != Some(pid)).then_some(pid)
+}
+
 /// Be a streaming replica of `upstream`.
 async fn follow(
     node: &Node,
@@ -341,7 +354,7 @@ async fn follow(
     reclone: bool,
 ) -> anyhow::Result<String> {
     let previous = node.persisted();
-    node.lease.release(node.last_seq());
+    node.release_lease().await;
     node.update(|p| {
         p.intent = Intent::Replica;
         p.upstream = Some(upstream.clone());
@@ -477,7 +490,7 @@ async fn rejoin(
 
 async fn demote(node: &Node) -> anyhow::Result<String> {
     if node.pg.postmaster_pid().is_none() {
-        node.lease.release(node.last_seq());
+        node.release_lease().await;
         node.update(|p| p.intent = Intent::None)?;
         return Ok("already stopped".into());
     }
@@ -488,7 +501,7 @@ async fn demote(node: &Node) -> anyhow::Result<String> {
         tracing::warn!(error = %e, "checkpoint before demotion failed");
     }
     node.pg.stop(StopMode::Fast, STOP_TIMEOUT).await?;
-    node.lease.release(node.last_seq());
+    node.release_lease().await;
     node.update(|p| p.intent = Intent::None)?;
     callbacks::fire(node, Event::Stop, "demoted");
     Ok("stopped cleanly for the switchover".into())

@@ -1,145 +1,123 @@
-//! The primary's lease, as the agent holds it.
+//! The primary's lease, as the agent books it. The keeper enforces it
+//! ([`crate::keeper`]); this is the agent's half: which grants count, and
+//! what the keeper last confirmed.
 //!
 //! The leader answers a report with a grant naming the report's sequence
-//! number. The agent's lease then ends at *the time it sent that report*
-//! plus the ttl, on its own boot clock — never later than the leader thinks,
-//! since the leader counts from when it *received* the report.
+//! number. The lease then ends at *the time the agent sent that report*
+//! plus the ttl, on the boot clock — never later than the leader thinks,
+//! since the leader counts from when it *received* the report. The agent
+//! counts a lease as held only once the keeper has confirmed it: the
+//! keeper is what stops PostgreSQL, so its deadline is the one that
+//! matters.
 //!
-//! The lease is kept in a small file too (no fsync: it only needs to
-//! survive an agent restart, not a reboot), so that restarting the agent
-//! does not fence a healthy primary whose lease still runs.
+//! Nothing here waits: no disk, no lock held across I/O.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-
-use super::clock::{boot_id, boot_ms};
+use crate::boottime::boot_ms;
 use crate::cluster::wire::LeaseGrant;
+use crate::keeper::Lease as Held;
+use crate::lock::lock;
 
 /// How many send times are remembered (grants for older reports are late).
 const REMEMBERED: usize = 256;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Persisted {
-    boot_id: String,
-    epoch: u64,
-    expires_at: u64,
-}
-
 #[derive(Debug, Default)]
-struct Inner {
-    sent: VecDeque<(u64, u64)>,
-    epoch: u64,
-    /// Boot-clock ms when the lease ends; 0 when there is none.
-    expires_at: u64,
-    /// Grants answering reports up to this sequence number are ignored: the
-    /// lease was released after they were sent.
+struct Sent {
+    /// (sequence number, boot-clock ms when sent).
+    times: VecDeque<(u64, u64)>,
+    /// Grants answering reports up to this sequence number are ignored:
+    /// the lease was released after they were sent.
     floor_seq: u64,
 }
 
-/// The agent's lease.
+/// The agent's lease book.
 pub struct Lease {
     session: u64,
-    path: PathBuf,
-    inner: Mutex<Inner>,
+    sent: Mutex<Sent>,
+    /// What the keeper confirmed last.
+    held: Mutex<Held>,
 }
 
 impl Lease {
-    /// Load the lease a previous agent process may have left.
-    pub fn load(path: PathBuf, session: u64) -> Lease {
-        let mut inner = Inner::default();
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Ok(p) = serde_json::from_str::<Persisted>(&text) {
-                if p.boot_id == boot_id() && p.expires_at > boot_ms() {
-                    inner.epoch = p.epoch;
-                    inner.expires_at = p.expires_at;
-                }
-            }
-        }
+    /// The book of agent process `session`, starting from what the keeper
+    /// holds (a lease a previous agent process obtained keeps running).
+    pub fn new(session: u64, held: Held) -> Lease {
         Lease {
             session,
-            path,
-            inner: Mutex::new(inner),
+            sent: Mutex::new(Sent::default()),
+            held: Mutex::new(held),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        crate::lock::lock(&self.inner)
     }
 
     /// Remember when report `seq` was sent.
     pub fn sent(&self, seq: u64) {
-        let mut i = self.lock();
-        i.sent.push_back((seq, boot_ms()));
-        while i.sent.len() > REMEMBERED {
-            i.sent.pop_front();
+        let mut s = lock(&self.sent);
+        s.times.push_back((seq, boot_ms()));
+        while s.times.len() > REMEMBERED {
+            s.times.pop_front();
         }
     }
 
-    /// Apply a grant; true if it extended the lease.
-    pub fn grant(&self, g: &LeaseGrant, current_epoch: u64) -> bool {
-        let mut i = self.lock();
-        if g.session != self.session || g.epoch != current_epoch || g.seq <= i.floor_seq {
-            return false;
-        }
-        let Some(&(_, sent_at)) = i.sent.iter().find(|(s, _)| *s == g.seq) else {
-            return false;
+    /// The lease a grant asks the keeper to hold, if it counts and changes
+    /// anything: for this process's session, the current epoch, a report
+    /// not released since, and ending in the future. A grant made while
+    /// the cluster is paused (`hold`) holds the lease open; a bounded grant
+    /// replaces an open lease (the cluster was resumed), otherwise only
+    /// extends.
+    pub fn grant(&self, g: &LeaseGrant, current_epoch: u64) -> Option<Held> {
+        let sent_at = {
+            let s = lock(&self.sent);
+            if g.session != self.session || g.epoch != current_epoch || g.seq <= s.floor_seq {
+                return None;
+            }
+            s.times.iter().find(|(seq, _)| *seq == g.seq)?.1
         };
         let until = sent_at + g.ttl_ms;
         if until <= boot_ms() {
-            return false;
+            return None;
         }
-        if i.epoch != g.epoch {
-            i.epoch = g.epoch;
-            i.expires_at = 0;
+        let held = self.held();
+        let next = if g.hold {
+            Held::Open { epoch: g.epoch }
+        } else {
+            Held::Until {
+                epoch: g.epoch,
+                deadline: until,
+            }
+        };
+        match (held, next) {
+            (a, b) if a == b => None,
+            (Held::Until { epoch, deadline }, Held::Until { deadline: d, .. })
+                if epoch == g.epoch && deadline >= d =>
+            {
+                None
+            }
+            _ => Some(next),
         }
-        if until > i.expires_at {
-            i.expires_at = until;
-            self.persist(&i);
-            return true;
-        }
-        false
-    }
-
-    /// Milliseconds of lease left for `epoch` (0 when none).
-    pub fn remaining(&self, epoch: u64) -> u64 {
-        let i = self.lock();
-        if i.epoch != epoch {
-            return 0;
-        }
-        i.expires_at.saturating_sub(boot_ms())
-    }
-
-    /// When the lease ends on the boot clock (0 when there is none).
-    pub fn expires_at(&self) -> u64 {
-        self.lock().expires_at
     }
 
     /// Give the lease up: no grant for a report sent so far will count.
     pub fn release(&self, last_seq: u64) {
-        let mut i = self.lock();
-        i.floor_seq = i.floor_seq.max(last_seq);
-        i.expires_at = 0;
-        self.persist(&i);
+        let mut s = lock(&self.sent);
+        s.floor_seq = s.floor_seq.max(last_seq);
     }
 
-    fn persist(&self, i: &Inner) {
-        let p = Persisted {
-            boot_id: boot_id(),
-            epoch: i.epoch,
-            expires_at: i.expires_at,
-        };
-        if let Ok(text) = serde_json::to_vec(&p) {
-            let tmp = self.path.with_extension("tmp");
-            if std::fs::write(&tmp, text)
-                .and_then(|_| std::fs::rename(&tmp, &self.path))
-                .is_err()
-            {
-                tracing::warn!(path = %self.path.display(), "cannot save the lease; an agent restart will fence");
-            }
-        }
+    /// The keeper holds `held` now.
+    pub fn confirm(&self, held: Held) {
+        *lock(&self.held) = held;
+    }
+
+    /// What the keeper holds, as last confirmed.
+    pub fn held(&self) -> Held {
+        *lock(&self.held)
+    }
+
+    /// Milliseconds of lease left for `epoch` (0 when none, `u64::MAX`
+    /// while held open).
+    pub fn remaining(&self, epoch: u64) -> u64 {
+        self.held().remaining(epoch, boot_ms())
     }
 }
 
@@ -153,39 +131,65 @@ mod tests {
             session,
             seq,
             ttl_ms: 2000,
+            hold: false,
         }
     }
 
     #[test]
     fn counts_from_send_time_and_checks_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let lease = Lease::load(dir.path().join("lease"), 7);
+        let lease = Lease::new(7, Held::None);
         lease.sent(1);
-        assert!(!lease.grant(&grant(1, 3, 8), 3), "other session");
-        assert!(!lease.grant(&grant(1, 2, 7), 3), "other epoch");
-        assert!(!lease.grant(&grant(2, 3, 7), 3), "unknown report");
-        assert!(lease.grant(&grant(1, 3, 7), 3));
-        let left = lease.remaining(3);
+        assert_eq!(lease.grant(&grant(1, 3, 8), 3), None, "other session");
+        assert_eq!(lease.grant(&grant(1, 2, 7), 3), None, "other epoch");
+        assert_eq!(lease.grant(&grant(2, 3, 7), 3), None, "unknown report");
+        let Some(next @ Held::Until { epoch: 3, deadline }) = lease.grant(&grant(1, 3, 7), 3)
+        else {
+            panic!("no lease");
+        };
+        let left = deadline.saturating_sub(boot_ms());
         assert!(left > 1900 && left <= 2000, "{left}");
+        // Not held until the keeper confirms it.
+        assert_eq!(lease.remaining(3), 0);
+        lease.confirm(next);
+        assert!(lease.remaining(3) > 1900);
         assert_eq!(lease.remaining(4), 0);
+        // The same grant again changes nothing.
+        assert_eq!(lease.grant(&grant(1, 3, 7), 3), None);
     }
 
     #[test]
-    fn release_ignores_older_grants_and_survives_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("lease");
-        let lease = Lease::load(path.clone(), 7);
+    fn release_ignores_older_grants() {
+        let lease = Lease::new(7, Held::None);
         lease.sent(1);
         lease.sent(2);
-        assert!(lease.grant(&grant(1, 3, 7), 3));
-        let again = Lease::load(path.clone(), 9);
-        assert!(
-            again.remaining(3) > 0,
-            "a restarted agent keeps a running lease"
-        );
         lease.release(2);
-        assert_eq!(lease.remaining(3), 0);
-        assert!(!lease.grant(&grant(2, 3, 7), 3));
-        assert_eq!(Lease::load(path, 9).remaining(3), 0);
+        assert_eq!(lease.grant(&grant(2, 3, 7), 3), None);
+        lease.sent(3);
+        assert!(lease.grant(&grant(3, 3, 7), 3).is_some());
+    }
+
+    #[test]
+    fn paused_grants_hold_open_and_bounded_ones_close_it_again() {
+        let lease = Lease::new(7, Held::None);
+        lease.sent(1);
+        let open = LeaseGrant {
+            hold: true,
+            ..grant(1, 3, 7)
+        };
+        assert_eq!(lease.grant(&open, 3), Some(Held::Open { epoch: 3 }));
+        lease.confirm(Held::Open { epoch: 3 });
+        assert_eq!(lease.remaining(3), u64::MAX);
+        lease.sent(2);
+        assert!(matches!(
+            lease.grant(&grant(2, 3, 7), 3),
+            Some(Held::Until { epoch: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn a_new_process_starts_from_what_the_keeper_holds() {
+        let deadline = boot_ms() + 1500;
+        let lease = Lease::new(9, Held::Until { epoch: 4, deadline });
+        assert!(lease.remaining(4) > 1000);
     }
 }

@@ -4,12 +4,12 @@
 //! * [`postgres`] — the driver: child processes and SQL.
 //! * [`node`] — shared state: lease, persisted epoch, latest observation.
 //! * [`session`] — registration and the session with the manager leader.
-//! * [`executor`] — commands, the observer loop and the lease watchdog.
+//! * [`executor`] — commands, the observer loop, and following the keeper
+//!   (which enforces the lease, see [`crate::keeper`]).
 //! * [`http`] — health endpoints and metrics.
 //! * [`callbacks`] — user scripts on role changes.
 
 pub mod callbacks;
-pub mod clock;
 pub mod config;
 pub mod executor;
 pub mod http;
@@ -26,7 +26,7 @@ use anyhow::{bail, Context};
 
 use config::AgentConfig;
 use node::Node;
-use postgres::{find_bin_dir, DataDirState, PgConfig, Postgres, StopMode};
+use postgres::{find_bin_dir, DataDirState, PgConfig, Postgres};
 
 /// How often the agent looks at PostgreSQL.
 const OBSERVE_EVERY: Duration = Duration::from_millis(200);
@@ -47,9 +47,30 @@ fn prepare(config: &AgentConfig) -> anyhow::Result<Postgres> {
     Ok(pg)
 }
 
-/// Run the agent until SIGTERM.
-pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+/// Only one agent per node: a second one would fight the first over the
+/// same server and keeper. The lock is held for the life of the process.
+fn lock_node(config: &AgentConfig) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = config.state_dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow::anyhow!(
+            "another agent already runs for node {} (it holds {}); stop it first",
+            config.name,
+            path.display()
+        )
+    })
+}
+
+/// Run the agent until SIGTERM. PostgreSQL is left running under its
+/// keeper, which enforces the lease: a restarted agent picks both up again.
+pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     let pg = prepare(&config)?;
+    let _lock = lock_node(&config)?;
     if let DataDirState::Foreign { reason } = pg.inspect().await {
         bail!(
             "{} is not a PostgreSQL data directory ({reason}); pgquorum will not touch it: point --data-dir at an empty directory or an existing PostgreSQL data directory",
@@ -59,7 +80,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
-    let node = Arc::new(Node::new(config, pg)?);
+    let keeper = pg
+        .keeper()
+        .attach()
+        .await
+        .context("cannot reach or start the keeper")?;
+    tracing::info!(keeper = keeper.pid, lease = ?keeper.lease, postmaster = ?keeper.postmaster, "keeper attached");
+    check_watchdog(&mut config, &pg).await;
+    let node = Arc::new(Node::new(config, pg, keeper)?);
 
     let reply = session::register(&node, node.config.register_timeout).await?;
     tracing::info!(node = %node.config.name, cluster = %node.config.cluster, epoch = reply.epoch, primary = ?reply.primary, "registered");
@@ -67,7 +95,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     // A writable PostgreSQL without a lease is never left running.
     let seen = executor::refresh(&node).await;
     if seen.postgres.as_ref().is_some_and(|pg| !pg.in_recovery) && node.lease_remaining() == 0 {
-        tracing::warn!("PostgreSQL runs as a primary but this agent holds no lease: fencing it until the leader decides");
+        tracing::warn!("PostgreSQL runs as a primary but this node holds no lease: fencing it until the leader decides");
         node.pg.fence().await?;
         node.set_phase(crate::cluster::wire::AgentPhase::Fenced);
     }
@@ -75,7 +103,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(16);
     let tasks = vec![
         tokio::spawn(executor::observe(node.clone(), OBSERVE_EVERY)),
-        tokio::spawn(executor::watchdog(node.clone())),
+        tokio::spawn(executor::watch_keeper(node.clone())),
         tokio::spawn(executor::run(node.clone(), commands_rx)),
         tokio::spawn(session::run(node.clone(), commands_tx)),
     ];
@@ -91,20 +119,42 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(http = %node.config.http_listen, https = node.config.http_tls.is_some(), tls = node.config.security.tls.is_some(), "agent running");
 
     crate::manager::server::shutdown_signal().await;
-    tracing::info!("stopping: PostgreSQL is shut down with the agent (a primary without its agent would outlive its lease)");
     for t in &tasks {
         t.abort();
     }
     http.abort();
-    if node.pg.postmaster_pid().is_some() {
-        let budget = Duration::from_millis(node.lease_remaining().clamp(500, 10_000));
-        if let Err(e) = node.pg.stop(StopMode::Fast, budget).await {
-            tracing::warn!(error = %e, "fast stop failed: stopping immediately");
-            node.pg.fence().await?;
+    let keeper = node.keeper_state().map(|k| k.pid);
+    tracing::info!(
+        keeper = ?keeper,
+        "agent stopped; PostgreSQL (if running) stays with its keeper, which enforces the lease: stop the keeper to stop PostgreSQL"
+    );
+    Ok(())
+}
+
+/// With a watchdog configured, check that the keeper can arm it. A node
+/// whose watchdog is required but unusable still serves as a replica but
+/// registers as `nofailover`, so that it is never made primary.
+async fn check_watchdog(config: &mut AgentConfig, pg: &Postgres) {
+    use crate::keeper::{rule, WatchdogSpec};
+    if config.watchdog == config::WatchdogMode::Off {
+        return;
+    }
+    let default_ttl = crate::cluster::config::DynamicConfig::default().ttl_ms;
+    let spec = WatchdogSpec {
+        device: config.watchdog_device.clone(),
+        timeout_s: rule::watchdog_timeout_s(default_ttl).unwrap_or(1),
+    };
+    let Err(e) = pg.keeper().probe_watchdog(spec).await else {
+        tracing::info!(device = %config.watchdog_device.display(), mode = ?config.watchdog, "watchdog usable: armed while primary");
+        return;
+    };
+    match config.watchdog {
+        config::WatchdogMode::Required => {
+            tracing::error!(error = %e, "watchdog = \"required\" but it cannot be armed: this node will not become primary (registered as nofailover)");
+            config.tags.nofailover = true;
+        }
+        _ => {
+            tracing::warn!(error = %e, "watchdog = \"auto\" but it cannot be armed: running without it");
         }
     }
-    node.lease.release(node.last_seq());
-    callbacks::fire(&node, callbacks::Event::Stop, "stopped");
-    tracing::info!("agent stopped");
-    Ok(())
 }

@@ -5,17 +5,24 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::config::AgentConfig;
+use super::config::{AgentConfig, WatchdogMode};
 use super::lease::Lease;
 use super::postgres::Postgres;
 use super::state::{Intent, Persisted, StateError, StateFile};
 use crate::cluster::wire::{
-    AgentPhase, CommandOutcome, DataDirState, ManagedSettings, NodeReport, PgStatus, Upstream,
+    AgentPhase, CommandOutcome, DataDirState, LeaseGrant, ManagedSettings, NodeReport, PgStatus,
+    Upstream,
 };
 use crate::cluster::Lsn;
+use crate::keeper::{rule, KeeperState, WatchdogSpec};
+
+/// A lease change the keeper has not confirmed within this long is given
+/// up (the keeper keeps enforcing what it had).
+const KEEPER_PUSH_LIMIT: Duration = Duration::from_millis(500);
 
 /// The latest look at PostgreSQL.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +53,13 @@ pub struct Node {
     primary_lsn: AtomicU64,
     /// Wakes the reporter to send a report right away.
     pub report_now: Notify,
+    /// Held while a lease change travels to the keeper, so that changes
+    /// reach it in the order they were decided.
+    lease_io: tokio::sync::Mutex<()>,
+    /// The keeper's state as last seen (None: not reachable).
+    keeper: Mutex<Option<KeeperState>>,
+    /// The ttl of the latest lease grant (sizes the watchdog timeout).
+    lease_ttl_ms: AtomicU64,
 }
 
 /// A command of an older epoch than one already seen.
@@ -59,11 +73,13 @@ pub struct StaleEpoch {
 use crate::lock::lock;
 
 impl Node {
-    pub fn new(config: AgentConfig, pg: Postgres) -> Result<Node, StateError> {
+    /// The agent's state; `keeper` is what the node's keeper holds now
+    /// (a lease a previous agent process obtained keeps running).
+    pub fn new(config: AgentConfig, pg: Postgres, keeper: KeeperState) -> Result<Node, StateError> {
         let file = StateFile::new(&config.state_dir);
         let persisted = file.load()?;
         let session = rand::random::<u64>() | 1;
-        let lease = Lease::load(config.state_dir.join("lease.json"), session);
+        let lease = Lease::new(session, keeper.lease);
         Ok(Node {
             config,
             pg,
@@ -79,7 +95,119 @@ impl Node {
             settings: Mutex::new(ManagedSettings::default()),
             primary_lsn: AtomicU64::new(0),
             report_now: Notify::new(),
+            lease_io: tokio::sync::Mutex::new(()),
+            keeper: Mutex::new(Some(keeper)),
+            lease_ttl_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Take in a lease grant: the keeper holds the new lease once this
+    /// returns (if the grant counts and the keeper answered).
+    pub async fn apply_grant(&self, grant: &LeaseGrant) {
+        let _io = self.lease_io.lock().await;
+        self.lease_ttl_ms.store(grant.ttl_ms, Ordering::Relaxed);
+        if let Some(next) = self.lease.grant(grant, self.epoch()) {
+            self.push_lease(next).await;
+        }
+    }
+
+    /// Give the lease up: the keeper stops enforcing it (a replica or a
+    /// stopped node must not be fenced at an old deadline), and no grant
+    /// for a report sent so far will count.
+    pub async fn release_lease(&self) {
+        let _io = self.lease_io.lock().await;
+        self.lease.release(self.last_seq());
+        self.push_lease(rule::Lease::None).await;
+        // Whether or not the keeper answered, this agent holds no lease.
+        self.lease.confirm(rule::Lease::None);
+    }
+
+    async fn push_lease(&self, next: rule::Lease) {
+        let watchdog = self.watchdog_spec();
+        match tokio::time::timeout(
+            KEEPER_PUSH_LIMIT,
+            self.pg.keeper().set_lease(next, watchdog),
+        )
+        .await
+        {
+            Ok(Ok(state)) => self.seen_keeper(state),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, lease = ?next, "the keeper did not take the lease")
+            }
+            Err(_) => tracing::warn!(lease = ?next, "the keeper did not answer in time"),
+        }
+    }
+
+    /// Ask the keeper how it is; returns its state, and how many fences
+    /// it carried out since it was last asked.
+    pub async fn sync_keeper(&self) -> Option<(KeeperState, u64)> {
+        let _io = self.lease_io.lock().await;
+        let before = self.keeper_state().map(|k| (k.pid, k.fences));
+        match tokio::time::timeout(KEEPER_PUSH_LIMIT, self.pg.keeper().status()).await {
+            Ok(Ok(state)) => {
+                let new_fences = match before {
+                    Some((pid, fences)) if pid == state.pid => state.fences.saturating_sub(fences),
+                    _ => state.fences,
+                };
+                self.seen_keeper(state.clone());
+                Some((state, new_fences))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "keeper unreachable");
+                *crate::lock::lock(&self.keeper) = None;
+                None
+            }
+            Err(_) => {
+                tracing::warn!("keeper did not answer in time");
+                None
+            }
+        }
+    }
+
+    fn seen_keeper(&self, state: KeeperState) {
+        self.lease.confirm(state.lease);
+        *crate::lock::lock(&self.keeper) = Some(state);
+    }
+
+    /// The keeper's state as last seen.
+    pub fn keeper_state(&self) -> Option<KeeperState> {
+        crate::lock::lock(&self.keeper).clone()
+    }
+
+    /// The watchdog the keeper should arm with the lease, if any.
+    pub fn watchdog_spec(&self) -> Option<WatchdogSpec> {
+        if self.config.watchdog == WatchdogMode::Off {
+            return None;
+        }
+        let ttl = match self.lease_ttl_ms.load(Ordering::Relaxed) {
+            0 => crate::cluster::config::DynamicConfig::default().ttl_ms,
+            ttl => ttl,
+        };
+        Some(WatchdogSpec {
+            device: self.config.watchdog_device.clone(),
+            timeout_s: rule::watchdog_timeout_s(ttl)?,
+        })
+    }
+
+    /// May this node act as a primary as far as the watchdog goes? With
+    /// `watchdog = "required"` only while the keeper has it armed.
+    pub fn watchdog_ready(&self) -> Result<(), String> {
+        if self.config.watchdog != WatchdogMode::Required {
+            return Ok(());
+        }
+        let state = self.keeper_state();
+        match state.as_ref().map(|k| &k.watchdog) {
+            Some(w) if w.armed => Ok(()),
+            Some(w) => Err(format!(
+                "watchdog = \"required\" but the watchdog {} is not armed{}",
+                self.config.watchdog_device.display(),
+                w.error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )),
+            None => Err("watchdog = \"required\" but the keeper is unreachable".into()),
+        }
     }
 
     pub fn persisted(&self) -> Persisted {
@@ -141,12 +269,12 @@ impl Node {
     pub fn set_observation(&self, o: Observation) {
         *lock(&self.observation) = o;
         self.observed_at
-            .store(super::clock::boot_ms(), Ordering::Relaxed);
+            .store(crate::boottime::boot_ms(), Ordering::Relaxed);
     }
 
     /// Milliseconds since PostgreSQL was last looked at.
     pub fn observation_age_ms(&self) -> u64 {
-        super::clock::boot_ms().saturating_sub(self.observed_at.load(Ordering::Relaxed))
+        crate::boottime::boot_ms().saturating_sub(self.observed_at.load(Ordering::Relaxed))
     }
 
     pub fn settings(&self) -> ManagedSettings {

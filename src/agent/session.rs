@@ -245,7 +245,7 @@ async fn session(
                 let _ = reporter.1.send(interval);
             }
             ManagerMessage::Lease(grant) => {
-                node.lease.grant(&grant, node.epoch());
+                node.apply_grant(&grant).await;
             }
             ManagerMessage::Ack { primary_lsn } => node.set_primary_lsn(primary_lsn),
             ManagerMessage::Command(command) => {

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 pub use client::{ApiClient, ClientError};
 pub use output::Failure;
 
-use crate::agent::config::AgentArgs;
+use crate::agent::config::{AgentArgs, KeeperArgs};
 use crate::manager::config::ManagerArgs;
 
 /// High availability for PostgreSQL, with its own Raft quorum of managers.
@@ -163,7 +163,11 @@ pub enum Command {
     /// Run a manager (a member of the Raft group).
     Manager(ManagerArgs),
     /// Run the agent of one PostgreSQL node.
-    Agent(With<AgentArgs>),
+    Agent(Box<With<AgentArgs>>),
+    /// Run the keeper of one PostgreSQL node: the parent of its postmaster
+    /// and the enforcer of the primary's lease. The agent starts one when
+    /// none runs; under systemd it has a unit of its own.
+    Keeper(KeeperArgs),
     /// Show the cluster: nodes, roles, lag, and the managers.
     Status(With<status::StatusArgs>),
     /// Manage the Raft group of managers.
@@ -197,6 +201,11 @@ pub enum Command {
 /// Parse the command line and run the command; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Keeper(args) = &cli.command {
+        // Before any runtime exists: the keeper is single-threaded (the
+        // postmaster's parent-death signal follows the forking thread).
+        return keeper(args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -210,6 +219,21 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
+    }
+}
+
+fn keeper(args: &KeeperArgs) -> ExitCode {
+    crate::logging::init(false, "info");
+    let (dir, data_dir) = match args.resolve() {
+        Ok(paths) => paths,
+        Err(e) => return Failure::usage(e).report(),
+    };
+    match crate::keeper::server::run(crate::keeper::server::KeeperConfig { dir, data_dir }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "keeper failed");
+            Failure::failed(e).report()
+        }
     }
 }
 
@@ -267,7 +291,10 @@ impl GlobalArgs {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let global = cli.global;
-    if !matches!(cli.command, Command::Manager(_) | Command::Agent(_)) {
+    if !matches!(
+        cli.command,
+        Command::Manager(_) | Command::Agent(_) | Command::Keeper(_)
+    ) {
         // Commands log only warnings, to stderr, so stdout stays clean.
         crate::logging::init(false, "warn");
     }
@@ -291,6 +318,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 tracing::error!(error = format!("{e:#}"), "agent failed");
                 Failure::failed(e)
             })
+        }
+        Command::Keeper(args) => {
+            // Handled in `main` before the runtime starts.
+            let _ = args;
+            Err(Failure::usage(
+                "the keeper does not run inside the async runtime",
+            ))
         }
         Command::Status(w) => status::run(&merge(&global, &w.conn), w.args).await,
         Command::Managers(g) => managers::run(&merge(&global, &g.conn), g.command).await,

@@ -115,6 +115,27 @@ pub struct NodeEntry {
     pub config: PathBuf,
     #[serde(default)]
     pub log: PathBuf,
+    /// The agent's state directory, where the node's keeper lives.
+    #[serde(default)]
+    pub state_dir: PathBuf,
+}
+
+impl NodeEntry {
+    /// The keeper's directory (older sandbox files lack `state_dir`).
+    fn keeper_dir(&self) -> PathBuf {
+        if !self.state_dir.as_os_str().is_empty() {
+            return self.state_dir.clone();
+        }
+        self.data_dir
+            .parent()
+            .map(|p| p.join("agent"))
+            .unwrap_or_default()
+    }
+
+    /// The node's keeper, if it runs.
+    fn keeper_pid(&self) -> Option<i32> {
+        crate::keeper::running_pid(&self.keeper_dir())
+    }
 }
 
 impl SandboxFile {
@@ -287,6 +308,7 @@ async fn up(global: &GlobalArgs, args: UpArgs) -> Result<(), Failure> {
             .iter()
             .map(|m| m.pid)
             .chain(existing.nodes.iter().map(|n| n.agent_pid))
+            .chain(existing.nodes.iter().filter_map(|n| n.keeper_pid()))
             .any(alive);
         if running {
             return Err(Failure::failed(format!(
@@ -393,6 +415,7 @@ async fn up(global: &GlobalArgs, args: UpArgs) -> Result<(), Failure> {
             data_dir: node_dir.join("data"),
             config,
             log: dir.join("logs").join(format!("agent-n{}.log", i + 1)),
+            state_dir: node_dir.join("agent"),
         });
     }
     // The first node registers alone, so that it is the one that bootstraps.
@@ -558,7 +581,8 @@ fn postmaster(data_dir: &Path) -> Option<i32> {
 
 fn down(dir: &Path) -> Result<(), Failure> {
     let file = SandboxFile::load(dir)?;
-    // Agents first: each stops its PostgreSQL cleanly on SIGTERM.
+    // Agents first (they leave PostgreSQL to its keeper), then the keepers:
+    // each stops its PostgreSQL cleanly on SIGTERM.
     let agents: Vec<i32> = file
         .nodes
         .iter()
@@ -568,7 +592,13 @@ fn down(dir: &Path) -> Result<(), Failure> {
     signal_all(&agents, Signal::SIGTERM);
     wait_gone(&agents, Duration::from_secs(30));
     signal_all(&agents, Signal::SIGKILL);
-    // Any PostgreSQL left (its agent was killed earlier): stop it too.
+    let keepers: Vec<i32> = file.nodes.iter().filter_map(|n| n.keeper_pid()).collect();
+    signal_all(&keepers, Signal::SIGTERM);
+    if !wait_gone(&keepers, Duration::from_secs(60)) {
+        signal_all(&keepers, Signal::SIGKILL);
+        wait_gone(&keepers, Duration::from_secs(5));
+    }
+    // Any PostgreSQL left (its keeper was killed earlier): stop it too.
     for n in &file.nodes {
         let pids = postgres_processes(&n.data_dir);
         if !pids.is_empty() {
@@ -591,6 +621,7 @@ fn down(dir: &Path) -> Result<(), Failure> {
     }
     let left: Vec<i32> = agents
         .iter()
+        .chain(&keepers)
         .chain(&managers)
         .copied()
         .chain(
@@ -632,6 +663,19 @@ async fn status(global: &GlobalArgs, dir: &Path) -> Result<(), Failure> {
             n.http.clone(),
             n.agent_pid.to_string(),
             if alive(n.agent_pid) {
+                "running"
+            } else {
+                "stopped"
+            }
+            .into(),
+        ]);
+        let keeper = n.keeper_pid();
+        rows.push(vec![
+            n.name.clone(),
+            "keeper".into(),
+            n.keeper_dir().display().to_string(),
+            keeper.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            if keeper.is_some() {
                 "running"
             } else {
                 "stopped"
@@ -686,12 +730,13 @@ fn crash(dir: &Path, name: &str) -> Result<(), Failure> {
     // then kill it all: as close to a host losing power as signals get.
     let mut pids = postgres_processes(&node.data_dir);
     pids.push(node.agent_pid);
+    pids.extend(node.keeper_pid());
     pids.retain(|p| alive(*p));
     signal_all(&pids, Signal::SIGSTOP);
     signal_all(&pids, Signal::SIGKILL);
     wait_gone(&pids, Duration::from_secs(5));
     println!(
-        "{name} crashed: agent and PostgreSQL killed ({} processes)",
+        "{name} crashed: agent, keeper and PostgreSQL killed ({} processes)",
         pids.len()
     );
     Ok(())

@@ -320,6 +320,7 @@ fn grant(input: &Input, d: &mut Decision, node: &str, o: &Observation) {
             session: o.report.session,
             seq: o.report.seq,
             ttl_ms: input.cluster.config.ttl_ms,
+            hold: false,
         },
     ));
 }

@@ -185,6 +185,11 @@ pub struct LeaseGrant {
     pub session: u64,
     pub seq: u64,
     pub ttl_ms: u64,
+    /// Granted while the cluster is paused: the lease holds with no
+    /// deadline until a bounded grant replaces it (nobody is promoted while
+    /// paused, so a primary may run on without its agent).
+    #[serde(default)]
+    pub hold: bool,
 }
 
 /// PostgreSQL settings the manager wants on a node.

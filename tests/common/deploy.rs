@@ -466,16 +466,22 @@ fn signal(pids: &[i32], sig: nix::sys::signal::Signal) {
 }
 
 impl Deployment {
+    /// The host's keeper, if it runs.
+    pub fn keeper_pid(&self, host: &Host) -> Option<i32> {
+        pgquorum::keeper::running_pid(&self.host_dir(host).join("agent"))
+    }
+
     fn host_pids(&self, host: &Host, with_manager: bool) -> Vec<i32> {
         let mut pids = postgres_pids(&self.host_dir(host).join("data"));
         pids.extend(self.agents.get(&host.name).and_then(|p| p.pid()));
+        pids.extend(self.keeper_pid(host));
         if with_manager {
             pids.extend(self.managers.get(&host.name).and_then(|p| p.pid()));
         }
         pids
     }
 
-    /// The host dies: its agent, its PostgreSQL (and its manager) are frozen
+    /// The host dies: its agent, keeper, PostgreSQL (and manager) are frozen
     /// and then killed, so that none of them notices the others going.
     pub fn crash_host(&mut self, host: &Host, with_manager: bool) {
         let pids = self.host_pids(host, with_manager);
@@ -496,7 +502,8 @@ impl Deployment {
         }
     }
 
-    /// Freeze the host's agent and PostgreSQL (SIGSTOP); returns the pids.
+    /// Freeze the host's agent, keeper and PostgreSQL (SIGSTOP); returns
+    /// the pids.
     pub fn freeze_host(&self, host: &Host) -> Vec<i32> {
         let pids = self.host_pids(host, false);
         signal(&pids, nix::sys::signal::Signal::SIGSTOP);
@@ -549,16 +556,13 @@ impl Deployment {
 }
 
 impl Drop for Deployment {
-    /// Agents and managers are killed by their `Proc` guards; PostgreSQL
-    /// servers are daemons of their own and are killed here.
+    /// Agents and managers are killed by their `Proc` guards; keepers and
+    /// PostgreSQL servers outlive agents and are killed here.
     fn drop(&mut self) {
         for p in self.agents.values_mut().chain(self.managers.values_mut()) {
             p.kill9();
         }
-        for h in &self.hosts {
-            let pids = postgres_pids(&self.host_dir(h).join("data"));
-            signal(&pids, nix::sys::signal::Signal::SIGKILL);
-        }
+        super::kill_processes_under(self.dir.path());
     }
 }
 

@@ -339,14 +339,21 @@ impl Managers {
     }
 }
 
-/// Kills every PostgreSQL process of a data directory on drop: an agent
-/// killed by its `Proc` guard leaves its server running.
-pub struct PostgresGuard(pub PathBuf);
+/// Kills every process working in a node's directory on drop — its keeper
+/// and its PostgreSQL, which outlive an agent killed by its `Proc` guard.
+pub struct NodeGuard(pub PathBuf);
 
-impl Drop for PostgresGuard {
+impl Drop for NodeGuard {
     fn drop(&mut self) {
-        let pids = pgquorum::process::postgres_processes(&self.0);
-        pgquorum::process::signal_all(&pids, Signal::SIGKILL);
-        pgquorum::process::wait_gone(&pids, Duration::from_secs(5));
+        kill_processes_under(&self.0);
     }
+}
+
+/// SIGCONT + SIGKILL every process working in `dir` or below (keepers and
+/// PostgreSQL servers of a test), and wait for them to go.
+pub fn kill_processes_under(dir: &Path) {
+    let pids = pgquorum::process::processes_under(dir);
+    pgquorum::process::signal_all(&pids, Signal::SIGCONT);
+    pgquorum::process::signal_all(&pids, Signal::SIGKILL);
+    pgquorum::process::wait_gone(&pids, Duration::from_secs(5));
 }

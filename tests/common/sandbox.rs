@@ -59,6 +59,8 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
+        // Keepers and PostgreSQL servers outlive the agents a test killed.
+        super::kill_processes_under(&self.0);
         if std::thread::panicking() {
             eprintln!("test failed: its files are kept in {}", self.0.display());
         } else {

@@ -51,7 +51,6 @@ pub(crate) fn parse_controldata(text: &str) -> Result<ControlData, String> {
     })
 }
 
-pub(crate) use crate::process::is_stopped;
 use crate::process::{cwd_and_exe, is_postgres_exe};
 
 /// The PID on the first line of a PostgreSQL lock file (a single-user
@@ -72,7 +71,7 @@ fn has_proc() -> bool {
 
 impl Postgres {
     /// The data directory with symlinks resolved, as `/proc/*/cwd` shows it.
-    fn canonical_data_dir(&self) -> Option<PathBuf> {
+    pub(crate) fn canonical_data_dir(&self) -> Option<PathBuf> {
         std::fs::canonicalize(&self.cfg.data_dir).ok()
     }
 
@@ -326,6 +325,6 @@ Latest checkpoint's PrevTimeLineID:   1
 
     #[test]
     fn knows_its_own_state() {
-        assert!(!is_stopped(std::process::id() as i32));
+        assert!(!crate::process::is_stopped(std::process::id() as i32));
     }
 }

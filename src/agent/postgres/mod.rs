@@ -1,6 +1,7 @@
 //! The agent's PostgreSQL driver: everything that touches the local server.
 //!
-//! Child processes (initdb, pg_ctl, `postgres --single`, pg_basebackup,
+//! The server itself runs as the keeper's child ([`crate::keeper`]); other
+//! programs (initdb, pg_ctl, `postgres --single`, pg_basebackup,
 //! pg_rewind, pg_controldata) run as the PostgreSQL OS user with a timeout;
 //! SQL goes over tokio-postgres through the local unix socket. Nothing here
 //! decides anything: the agent's executor calls these steps in the order the
@@ -22,9 +23,8 @@
 //! * promote: `promote` → `write_config(s, None)` → `set_standby(false)`
 //!   → `reload`.
 //!
-//! A SIGKILLed postmaster is reparented to init; if the agent runs as PID 1
-//! (a container) it must reap children, or the zombie blocks the next start
-//! until [`Postgres::start`] clears its lock files.
+//! A postmaster SIGKILLed by a fence is a zombie until its keeper reaps it
+//! (at most 100 ms); [`Postgres::start`] clears stale lock files meanwhile.
 
 mod conf;
 mod datadir;
@@ -89,6 +89,11 @@ pub struct PgConfig {
     /// Extra initdb arguments, e.g. `--encoding=UTF8 --locale=C.UTF-8`
     /// (initdb otherwise takes the locale from the agent's environment).
     pub initdb_options: Vec<String>,
+    /// The keeper's directory (the agent's state directory): the server
+    /// runs as the keeper's child (see [`crate::keeper`]).
+    pub keeper_dir: PathBuf,
+    /// The pgquorum program that runs a keeper when none runs yet.
+    pub keeper_binary: PathBuf,
 }
 
 impl Default for PgConfig {
@@ -109,6 +114,8 @@ impl Default for PgConfig {
             archive_dir: None,
             log_file: PathBuf::new(),
             initdb_options: Vec::new(),
+            keeper_dir: PathBuf::new(),
+            keeper_binary: PathBuf::from("/proc/self/exe"),
         }
     }
 }
@@ -222,6 +229,8 @@ fn pg_config_bindir() -> Option<PathBuf> {
 pub struct Postgres {
     cfg: PgConfig,
     user: OsUser,
+    /// The keeper: the server's parent, the lease's enforcer.
+    keeper: crate::keeper::KeeperLink,
     /// Major version of the binaries, asked once.
     major: tokio::sync::OnceCell<u32>,
 }
@@ -237,10 +246,12 @@ impl Postgres {
             &mut cfg.data_dir,
             &mut cfg.socket_dir,
             &mut cfg.log_file,
+            &mut cfg.keeper_dir,
         ] {
             if p.as_os_str().is_empty() {
                 return Err(PgError::InvalidConfig(
-                    "bin_dir, data_dir, socket_dir and log_file must all be set".to_string(),
+                    "bin_dir, data_dir, socket_dir, log_file and keeper_dir must all be set"
+                        .to_string(),
                 ));
             }
             *p = std::path::absolute(&*p).map_err(|e| PgError::io("resolve", p.clone(), e))?;
@@ -253,7 +264,10 @@ impl Postgres {
                 "node_name must be set: it is the replica's application_name".to_string(),
             ));
         }
+        let keeper =
+            crate::keeper::KeeperLink::new(&cfg.keeper_dir, &cfg.data_dir, &cfg.keeper_binary);
         Ok(Postgres {
+            keeper,
             cfg,
             user,
             major: tokio::sync::OnceCell::new(),
@@ -268,6 +282,11 @@ impl Postgres {
     /// The OS user PostgreSQL programs run as.
     pub fn os_user(&self) -> &OsUser {
         &self.user
+    }
+
+    /// The link to this server's keeper.
+    pub fn keeper(&self) -> &crate::keeper::KeeperLink {
+        &self.keeper
     }
 
     fn bin(&self, program: &str) -> PathBuf {

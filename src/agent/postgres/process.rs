@@ -255,6 +255,27 @@ async fn read_all<R: AsyncRead + Unpin>(r: Option<R>, buf: &mut Vec<u8>) {
     }
 }
 
+/// The complete environment of a PostgreSQL program run as `user`: the
+/// agent's own, less what would redirect it ([`SCRUBBED_ENV`]), with the
+/// user's HOME/USER/LOGNAME when switching, and untranslated messages
+/// (`LC_ALL=C`) when `c_locale`.
+pub fn program_env(user: &OsUser, c_locale: bool) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| !SCRUBBED_ENV.contains(&k.as_str()))
+        .filter(|(k, _)| !(user.switch && matches!(k.as_str(), "HOME" | "USER" | "LOGNAME")))
+        .filter(|(k, _)| !(c_locale && matches!(k.as_str(), "LC_ALL" | "LANGUAGE")))
+        .collect();
+    if user.switch {
+        env.push(("HOME".into(), user.home.to_string_lossy().into_owned()));
+        env.push(("USER".into(), user.name.clone()));
+        env.push(("LOGNAME".into(), user.name.clone()));
+    }
+    if c_locale {
+        env.push(("LC_ALL".into(), "C".into()));
+    }
+    env
+}
+
 /// Run `cmd` as `user` with stdin from /dev/null; kill it when it outlives
 /// its timeout. A non-zero exit is an error carrying the output's tail.
 pub async fn run(user: &OsUser, cmd: &Cmd) -> Result<RunOutput, PgError> {
@@ -266,19 +287,11 @@ pub async fn run(user: &OsUser, cmd: &Cmd) -> Result<RunOutput, PgError> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         // The agent's working directory may be unreadable for the OS user.
-        .current_dir("/");
-    for v in SCRUBBED_ENV {
-        c.env_remove(v);
-    }
+        .current_dir("/")
+        .env_clear()
+        .envs(program_env(user, cmd.c_locale));
     if user.switch {
-        c.uid(user.uid)
-            .gid(user.gid)
-            .env("HOME", &user.home)
-            .env("USER", &user.name)
-            .env("LOGNAME", &user.name);
-    }
-    if cmd.c_locale {
-        c.env("LC_ALL", "C").env_remove("LANGUAGE");
+        c.uid(user.uid).gid(user.gid);
     }
     for (k, v) in &cmd.envs {
         c.env(k, v);

@@ -6,19 +6,16 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::datadir::{clear_dir, is_stopped};
+use super::datadir::clear_dir;
 use super::error::{tail_of, Tail};
-use super::process::{run, Cmd};
+use super::process::{program_env, run, Cmd};
 use super::sql::Target;
 use super::{DataDirState, PgError, Postgres, RewindOutcome, StopMode, Upstream};
+use crate::keeper::StartSpec;
+use crate::process::{Fenced, FENCE_GRACE, FENCE_KILL_WAIT};
 
-/// How long fence() waits for an immediate shutdown before SIGKILL. The
-/// whole fence must fit in the agent's fence lead (300 ms before the lease
-/// ends): an immediate shutdown takes 8–15 ms, so 100 ms is generous, and
-/// SIGKILL ends anything that dawdles.
-const FENCE_GRACE: Duration = Duration::from_millis(100);
-/// How long fence() waits for SIGKILLed processes to disappear.
-const FENCE_KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often start() looks whether the server is ready.
+const READY_POLL: Duration = Duration::from_millis(10);
 
 /// One line about a data directory state, for refusals.
 fn describe(state: &DataDirState) -> String {
@@ -38,12 +35,6 @@ fn describe(state: &DataDirState) -> String {
 /// Whole seconds for a program's `-t`/wait option, at least 1.
 fn secs(d: Duration) -> String {
     d.as_secs().max(1).to_string()
-}
-
-fn signal(pid: i32, sig: Signal) {
-    if let Err(e) = kill(Pid::from_raw(pid), sig) {
-        tracing::debug!(pid, signal = %sig, error = %e, "signal not delivered");
-    }
 }
 
 impl Postgres {
@@ -169,10 +160,12 @@ impl Postgres {
         Ok(())
     }
 
-    /// Start the server (`pg_ctl start -w`) and wait until it accepts
-    /// connections (a standby: once consistent). No-op when running. On
-    /// failure the error shows the log's tail; after a timeout the server
-    /// may still be running (e.g. a long recovery): the error says so.
+    /// Start the server as the keeper's child (`postgres -D DATA`, see
+    /// [`crate::keeper`]) and wait until it accepts connections (a
+    /// standby: once consistent). No-op when running. The keeper refuses
+    /// while the node's lease has run out. On failure the error shows the
+    /// log's tail; after a timeout the server may still be running (e.g. a
+    /// long recovery): the error says so.
     pub async fn start(&self, timeout: Duration) -> Result<(), PgError> {
         if let Some(pid) = self.postmaster_pid() {
             tracing::debug!(pid, "start: already running");
@@ -188,20 +181,72 @@ impl Postgres {
         }
         self.prepare_runtime()?;
         self.remove_stale_lock_files()?;
-        let cmd = Cmd::new(self.bin("pg_ctl"), timeout + Duration::from_secs(5))
-            .arg("start")
-            .arg("-w")
-            .arg("-t")
-            .arg(secs(timeout))
-            .arg("-D")
-            .arg(&self.cfg.data_dir)
-            .arg("-l")
-            .arg(&self.cfg.log_file)
-            .hint("PostgreSQL did not start");
+        let command = format!(
+            "{} -D {}",
+            self.bin("postgres").display(),
+            self.cfg.data_dir.display()
+        );
+        let spec = StartSpec {
+            program: self.bin("postgres"),
+            args: vec![
+                "-D".to_string(),
+                self.cfg.data_dir.to_string_lossy().into_owned(),
+            ],
+            env: program_env(&self.user, true),
+            uid: self.user.switch.then_some(self.user.uid),
+            gid: self.user.switch.then_some(self.user.gid),
+            log_file: self.cfg.log_file.clone(),
+            cwd: self.cfg.data_dir.clone(),
+        };
         let t0 = Instant::now();
-        run(&self.user, &cmd).await.map_err(|e| self.with_log(e))?;
-        tracing::info!(elapsed = ?t0.elapsed(), pid = ?self.postmaster_pid(), "PostgreSQL started");
+        let pid = self.keeper.start(spec).await.map_err(|e| PgError::Failed {
+            command: command.clone(),
+            status: "not started".to_string(),
+            hint: e.to_string(),
+            tail: Tail::default(),
+        })?;
+        loop {
+            match self.pid_file_status(pid) {
+                Some("ready") | Some("standby") => break,
+                _ if !crate::process::alive(pid) => {
+                    return Err(self.with_log(PgError::Failed {
+                        command,
+                        status: "exited during start".to_string(),
+                        hint: "PostgreSQL did not start".to_string(),
+                        tail: Tail::default(),
+                    }));
+                }
+                _ if t0.elapsed() >= timeout => {
+                    return Err(self.with_log(PgError::Timeout {
+                        command,
+                        timeout,
+                        hint: "PostgreSQL did not become ready in time".to_string(),
+                        tail: Tail::default(),
+                    }));
+                }
+                _ => tokio::time::sleep(READY_POLL).await,
+            }
+        }
+        tracing::info!(elapsed = ?t0.elapsed(), pid, "PostgreSQL started");
         Ok(())
+    }
+
+    /// The status line of `postmaster.pid` (`starting`, `ready`, `standby`,
+    /// `stopping`) while it names `pid`.
+    fn pid_file_status(&self, pid: i32) -> Option<&'static str> {
+        let text = std::fs::read_to_string(self.data("postmaster.pid")).ok()?;
+        let mut lines = text.lines();
+        if lines.next()?.trim().parse::<i32>().ok()? != pid {
+            return None;
+        }
+        // Line 8 (LOCK_FILE_LINE_PM_STATUS) is written once the server runs.
+        match lines.nth(6)?.trim() {
+            "ready" => Some("ready"),
+            "standby" => Some("standby"),
+            "starting" => Some("starting"),
+            "stopping" => Some("stopping"),
+            _ => None,
+        }
     }
 
     /// Stop the server (`pg_ctl stop -m fast|immediate -w`). No-op when it
@@ -260,72 +305,41 @@ impl Postgres {
         Ok(())
     }
 
-    /// Stop accepting writes now, without spawning anything.
-    ///
-    /// Order: (1) SIGQUIT to the postmaster from `postmaster.pid` — an
-    /// immediate shutdown: it relays SIGQUIT to every backend, which exit
-    /// at once without committing anything more; (2) poll `/proc` every few
-    /// milliseconds for up to 1 s until no process of this data directory
-    /// is left; (3) otherwise SIGKILL the postmaster first (so it forks no
-    /// more backends), then SIGKILL + SIGCONT every remaining process of the
-    /// data directory (found by their working directory), and wait up to
-    /// 5 s for them to vanish. A stopped (SIGSTOPped, frozen) postmaster
-    /// cannot act on SIGQUIT while its backends keep running, so it goes to
-    /// step 3 directly. Returns when no PostgreSQL process of this data
-    /// directory runs; the next start performs crash recovery.
+    /// Stop accepting writes now, without spawning anything: the fence the
+    /// keeper uses too ([`crate::process::fence`]: SIGQUIT to the
+    /// postmaster, then SIGKILL of the whole tree). Returns when no
+    /// PostgreSQL process of this data directory runs; the next start
+    /// performs crash recovery.
     pub async fn fence(&self) -> Result<(), PgError> {
         let t0 = Instant::now();
         let postmaster = self.postmaster_pid();
-        if postmaster.is_none() && self.running_pids().is_empty() {
-            tracing::debug!("fence: nothing runs");
+        let Some(dir) = self.canonical_data_dir() else {
+            tracing::debug!("fence: no data directory");
             return Ok(());
-        }
-        if let Some(pm) = postmaster.filter(|pm| !is_stopped(*pm)) {
-            signal(pm, Signal::SIGQUIT);
-            if self.wait_gone(FENCE_GRACE).await {
-                tracing::warn!(pid = pm, elapsed = ?t0.elapsed(), "fenced: immediate shutdown");
-                return Ok(());
+        };
+        let outcome = tokio::task::spawn_blocking(move || {
+            crate::process::fence(&dir, postmaster, FENCE_GRACE, FENCE_KILL_WAIT)
+        })
+        .await
+        .map_err(|e| PgError::io("fence", &self.cfg.data_dir, std::io::Error::other(e)))?;
+        match outcome {
+            Ok(Fenced::Nothing) => {
+                tracing::debug!("fence: nothing runs");
+                Ok(())
             }
-            tracing::warn!(pid = pm, "fence: no exit after SIGQUIT, sending SIGKILL");
-        }
-        if let Some(pm) = postmaster {
-            signal(pm, Signal::SIGKILL);
-            signal(pm, Signal::SIGCONT);
-        }
-        let deadline = Instant::now() + FENCE_KILL_WAIT;
-        loop {
-            let left = self.running_pids();
-            if left.is_empty() {
-                break;
+            Ok(Fenced::Quit) => {
+                tracing::warn!(pid = ?postmaster, elapsed = ?t0.elapsed(), "fenced: immediate shutdown");
+                Ok(())
             }
-            if Instant::now() >= deadline {
-                return Err(PgError::FenceFailed {
-                    data_dir: self.cfg.data_dir.clone(),
-                    pids: left,
-                });
+            Ok(Fenced::Killed) => {
+                tracing::warn!(pid = ?postmaster, elapsed = ?t0.elapsed(), "fenced: killed");
+                // Killed processes leave their lock file behind.
+                self.remove_stale_lock_files()
             }
-            for pid in left {
-                signal(pid, Signal::SIGKILL);
-                signal(pid, Signal::SIGCONT);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tracing::warn!(pid = ?postmaster, elapsed = ?t0.elapsed(), "fenced: killed");
-        // Killed processes leave their lock file behind.
-        self.remove_stale_lock_files()
-    }
-
-    /// Poll until no process of the data directory is left.
-    async fn wait_gone(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if self.running_pids().is_empty() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(3)).await;
+            Err(pids) => Err(PgError::FenceFailed {
+                data_dir: self.cfg.data_dir.clone(),
+                pids,
+            }),
         }
     }
 

@@ -1,6 +1,7 @@
-//! The agent's clock for leases: CLOCK_BOOTTIME, which keeps counting while
+//! The boot clock for leases: CLOCK_BOOTTIME, which keeps counting while
 //! the machine is suspended (CLOCK_MONOTONIC, behind `Instant`, does not —
-//! a primary resumed from suspend would think its lease still runs).
+//! a primary resumed from suspend would think its lease still runs). The
+//! agent and the keeper both read it, so their deadlines compare.
 
 use nix::time::{clock_gettime, ClockId};
 
