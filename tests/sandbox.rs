@@ -486,12 +486,25 @@ fn switchover_round_trip_then_failover_then_a_node_ahead_in_epoch_is_left_alone(
         .unwrap()
         .join("agent")
         .join("agent-state.json");
-    let stop_agent = |sb: &Sandbox| {
+    // Stop the node: the agent (which leaves PostgreSQL running), then
+    // its keeper (which stops PostgreSQL).
+    let stop_node = |sb: &Sandbox| {
         let pid = sb.agent_pid(&victim);
+        let running = processes_in(&data);
         signal(pid, Signal::SIGTERM);
         assert!(
             wait_gone(&[pid], Duration::from_secs(60)),
             "agent {pid} did not stop"
+        );
+        assert!(
+            running.iter().all(|p| alive(*p)),
+            "PostgreSQL stopped with its agent: it belongs to the keeper"
+        );
+        let keeper = sb.keeper_pid(&victim).expect("the keeper runs");
+        signal(keeper, Signal::SIGTERM);
+        assert!(
+            wait_gone(&[keeper], Duration::from_secs(60)),
+            "keeper {keeper} did not stop"
         );
         poll(&format!("{victim}'s PostgreSQL stopped"), SETTLE, || {
             let left = processes_in(&data);
@@ -502,7 +515,7 @@ fn switchover_round_trip_then_failover_then_a_node_ahead_in_epoch_is_left_alone(
             }
         });
     };
-    stop_agent(&sb);
+    stop_node(&sb);
     let mut state: Value =
         serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
     assert_eq!(state["epoch"], epoch, "{state}");
@@ -572,7 +585,7 @@ fn switchover_round_trip_then_failover_then_a_node_ahead_in_epoch_is_left_alone(
     );
 
     // Undo the edit: the node rejoins as a replica, data intact.
-    stop_agent(&sb);
+    stop_node(&sb);
     let mut state: Value =
         serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
     state["epoch"] = epoch.into();

@@ -503,6 +503,8 @@ impl Keeper {
     }
 
     fn start(&mut self, spec: StartSpec, now: u64) -> Reply {
+        // A postmaster fenced a moment ago may not be reaped yet.
+        self.reap();
         if let Some(pid) = self.child_pid() {
             return Reply::Error {
                 message: format!("PostgreSQL already runs under this keeper (pid {pid})"),

@@ -322,6 +322,15 @@ impl Sandbox {
         self.node(name)["agent_pid"].as_i64().expect("agent_pid") as i32
     }
 
+    /// The node's keeper, while it runs.
+    pub fn keeper_pid(&self, name: &str) -> Option<i32> {
+        let state_dir = self.node(name)["state_dir"]
+            .as_str()
+            .map(PathBuf::from)
+            .expect("state_dir");
+        pgquorum::keeper::running_pid(&state_dir)
+    }
+
     pub fn agent_log(&self, name: &str) -> PathBuf {
         self.path().join("logs").join(format!("agent-{name}.log"))
     }
