@@ -56,7 +56,7 @@ async fn metrics_json_logs_and_callbacks() {
         "[callbacks]\non_role_change = \"{}\"\ntimeout = \"5s\"\n",
         script.display()
     );
-    let d = Deployment::start_custom(&net, &[], "log_format = \"json\"", &tables).await;
+    let d = Deployment::start_custom(&net, &[], "log_format = \"json\"", &tables, &[]).await;
     let s = d.status().await.unwrap();
     let leader = s.managers.iter().find(|m| m.role == "leader").unwrap().id;
 

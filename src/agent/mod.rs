@@ -17,6 +17,7 @@ pub mod lease;
 pub mod node;
 pub mod postgres;
 pub mod session;
+pub mod stall;
 pub mod state;
 
 use std::sync::Arc;
@@ -100,6 +101,7 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
         node.set_phase(crate::cluster::wire::AgentPhase::Fenced);
     }
 
+    stall::spawn(node.config.state_dir.clone());
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(16);
     let tasks = vec![
         tokio::spawn(executor::observe(node.clone(), OBSERVE_EVERY)),

@@ -32,6 +32,8 @@ pub struct Deployment {
     /// Extra agent configuration: top-level keys, and tables at the end.
     pub agent_top: String,
     pub agent_tables: String,
+    /// Extra environment of the agents (test hooks).
+    pub agent_env: Vec<(String, String)>,
 }
 
 fn traversable_tempdir() -> tempfile::TempDir {
@@ -50,15 +52,17 @@ impl Deployment {
     /// Start a manager on every host of `net`, then the agents (the first
     /// host's agent first, so that it bootstraps).
     pub async fn start(net: &Network, extra_config: &[(&str, &str)]) -> Deployment {
-        Self::start_custom(net, extra_config, "", "").await
+        Self::start_custom(net, extra_config, "", "", &[]).await
     }
 
-    /// `start`, with extra agent configuration (top-level keys and tables).
+    /// `start`, with extra agent configuration (top-level keys and tables)
+    /// and environment.
     pub async fn start_custom(
         net: &Network,
         extra_config: &[(&str, &str)],
         agent_top: &str,
         agent_tables: &str,
+        agent_env: &[(&str, &str)],
     ) -> Deployment {
         let dir = traversable_tempdir();
         let peers = net
@@ -76,6 +80,10 @@ impl Deployment {
             peers,
             agent_top: agent_top.to_string(),
             agent_tables: agent_tables.to_string(),
+            agent_env: agent_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for i in 0..net.hosts.len() {
             d.start_manager(net, i);
@@ -149,6 +157,9 @@ impl Deployment {
         std::fs::write(&config, text).expect("agent config");
         let mut cmd = net.command(host, &bin());
         cmd.args(["agent", "--config"]).arg(&config);
+        for (k, v) in &self.agent_env {
+            cmd.env(k, v);
+        }
         let p = Proc::spawn(
             &format!("agent {}", host.name),
             &mut cmd,
@@ -330,6 +341,9 @@ pub struct Writers {
     stop: Arc<AtomicBool>,
     next_id: Arc<AtomicU64>,
     pub acks: Arc<Mutex<Vec<Ack>>>,
+    /// Failed attempts of the multi-host writer (connection or statement):
+    /// when each began, and why.
+    pub errors: Arc<Mutex<Vec<(Instant, String)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -348,6 +362,7 @@ impl Writers {
             stop: Arc::new(AtomicBool::new(false)),
             next_id: Arc::new(AtomicU64::new(1)),
             acks: Arc::new(Mutex::new(Vec::new())),
+            errors: Arc::new(Mutex::new(Vec::new())),
             tasks: Vec::new(),
         };
         let mut w = w;
@@ -357,13 +372,21 @@ impl Writers {
                 "host={host} port={port} user=postgres dbname=postgres connect_timeout=1"
             ));
         }
-        for target in targets {
+        for (i, target) in targets.into_iter().enumerate() {
             let (stop, next, acks) = (w.stop.clone(), w.next_id.clone(), w.acks.clone());
+            // Only the multi-host writer's failures mean anything: the
+            // direct probers fail against every replica all the time.
+            let errors = (i == 0).then(|| w.errors.clone());
             w.tasks.push(tokio::spawn(async move {
-                write_loop(target, every, stop, next, acks).await
+                write_loop(target, every, stop, next, acks, errors).await
             }));
         }
         w
+    }
+
+    /// Failures of the multi-host writer so far.
+    pub fn errors(&self) -> Vec<(Instant, String)> {
+        self.errors.lock().expect("errors").clone()
     }
 
     pub async fn stop(mut self) -> Vec<Ack> {
@@ -397,10 +420,17 @@ async fn write_loop(
     stop: Arc<AtomicBool>,
     next: Arc<AtomicU64>,
     acks: Arc<Mutex<Vec<Ack>>>,
+    errors: Option<Arc<Mutex<Vec<(Instant, String)>>>>,
 ) {
+    let failed = |at: Instant, why: String| {
+        if let Some(e) = &errors {
+            e.lock().expect("errors").push((at, why));
+        }
+    };
     let mut client: Option<tokio_postgres::Client> = None;
     while !stop.load(Ordering::SeqCst) {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
+            let at = Instant::now();
             client = match tokio::time::timeout(
                 Duration::from_secs(2),
                 tokio_postgres::connect(&target, tokio_postgres::NoTls),
@@ -411,7 +441,14 @@ async fn write_loop(
                     tokio::spawn(conn);
                     Some(c)
                 }
-                _ => None,
+                Ok(Err(e)) => {
+                    failed(at, format!("connect: {e}"));
+                    None
+                }
+                Err(_) => {
+                    failed(at, "connect: timed out".into());
+                    None
+                }
             };
         }
         if let Some(c) = &client {
@@ -437,7 +474,14 @@ async fn write_loop(
                         acked: Instant::now(),
                     });
                 }
-                _ => client = None,
+                Ok(Err(e)) => {
+                    failed(sent, format!("insert: {e}"));
+                    client = None;
+                }
+                Err(_) => {
+                    failed(sent, "insert: timed out".into());
+                    client = None;
+                }
             }
         }
         tokio::time::sleep(every).await;

@@ -1,0 +1,321 @@
+//! The primary's lease survives the agent: its keeper stops PostgreSQL at
+//! the deadline whether the agent was killed, frozen or stalled, and takes
+//! PostgreSQL with it when it dies itself; an agent restarted in time
+//! changes nothing. Real managers, agents, keepers and PostgreSQL 15
+//! servers, each "host" on a loopback address of its own, clients writing
+//! through the multi-host connection string and straight to every node.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::deploy::{ids_on, lost, Ack, Deployment, Writers, PG_PORT};
+use common::netns::{Host, Network};
+use common::wait_for;
+use nix::sys::signal::Signal;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Nothing acknowledged by `old` after `new` took its first write.
+fn assert_no_overlap(acks: &[Ack], old: &Host, new: &Host) {
+    let new_first = acks
+        .iter()
+        .filter(|a| a.server == new.address)
+        .map(|a| a.sent)
+        .min()
+        .expect("writes on the new primary");
+    let late: Vec<&Ack> = acks
+        .iter()
+        .filter(|a| a.server == old.address && a.acked >= new_first)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "two primaries: {} acknowledged {} writes after {} took writes, the first: {:?}",
+        old.name,
+        late.len(),
+        new.name,
+        &late[..late.len().min(3)]
+    );
+}
+
+/// A loop cancelling, on `host`, every commit that waits for a
+/// synchronous standby: PostgreSQL then reports the commit as done (with
+/// only a warning) although no standby has it. Only a fenced server keeps
+/// such a row from being acknowledged.
+fn cancel_sync_waits(host: &Host) -> tokio::task::JoinHandle<()> {
+    let dsn = format!(
+        "host={} port={PG_PORT} user=postgres dbname=postgres connect_timeout=1",
+        host.address
+    );
+    tokio::spawn(async move {
+        let deadline = Instant::now() + LONG;
+        while Instant::now() < deadline {
+            if let Ok(Ok((c, conn))) = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio_postgres::connect(&dsn, tokio_postgres::NoTls),
+            )
+            .await
+            {
+                tokio::spawn(conn);
+                while !c.is_closed() && Instant::now() < deadline {
+                    let _ = c
+                        .simple_query(
+                            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                        )
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+async fn start(sync: bool, env: &[(&str, &str)]) -> (Network, Deployment) {
+    let net = Network::loopback(3);
+    let config: &[(&str, &str)] = if sync { &[("sync_mode", "on")] } else { &[] };
+    let d = Deployment::start_custom(&net, config, "", "", env).await;
+    if sync {
+        wait_for("a sync standby", LONG, || async {
+            d.status()
+                .await
+                .filter(|s| s.nodes.iter().any(|n| n.sync))
+                .map(|_| ())
+        })
+        .await;
+    }
+    (net, d)
+}
+
+/// Writers running, and the primary taking their writes.
+async fn writing(d: &Deployment) -> (Writers, Host, u64) {
+    let before = d.status().await.expect("status");
+    let old = d.host_of_node(&before.primary);
+    let w = d.writers().await;
+    wait_for("writes on the primary", LONG, || async {
+        (w.acks_by(&old.address).len() >= 10).then_some(())
+    })
+    .await;
+    (w, old, before.epoch)
+}
+
+/// Wait until no PostgreSQL process of `host` runs; how long it took.
+async fn postgres_gone(d: &Deployment, host: &Host, since: Instant) -> Duration {
+    let data = d.host_dir(host).join("data");
+    wait_for("the old primary's PostgreSQL to stop", LONG, || async {
+        common::deploy::postgres_pids(&data)
+            .is_empty()
+            .then(|| since.elapsed())
+    })
+    .await
+}
+
+/// The agent of the primary alone is hurt (`hurt` does it); its keeper
+/// must stop PostgreSQL before another node is promoted, with or without
+/// cancelled commits in sync mode. `heal` undoes the fault; the old
+/// primary must then rejoin as a replica by itself.
+async fn primary_agent_fault(
+    sync: bool,
+    hurt: impl FnOnce(&mut Deployment, &Host),
+    heal: impl FnOnce(&mut Deployment, &Network, &Host),
+) {
+    let (net, mut d) = start(sync, &[]).await;
+    let (w, old, epoch) = writing(&d).await;
+    let keeper = d.keeper_pid(&old).expect("the primary's keeper");
+    let canceller = sync.then(|| cancel_sync_waits(&old));
+    let t0 = Instant::now();
+    hurt(&mut d, &old);
+    let new = d.new_primary(&old, epoch).await;
+    wait_for("writes on the new primary", LONG, || async {
+        (w.acks_by(&new.address).len() >= 10).then_some(())
+    })
+    .await;
+    // Give a surviving old primary time to take writes, then look.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let so_far = w.acks.lock().expect("acks").clone();
+    assert_no_overlap(&so_far, &old, &new);
+    let fenced = postgres_gone(&d, &old, t0).await;
+    eprintln!("old primary's PostgreSQL gone {fenced:?} after the fault (at the latest)");
+    // The keeper enforced it and lives on (a later agent attaches to it).
+    assert!(
+        pgquorum::process::alive(keeper),
+        "the keeper died with the agent"
+    );
+    if let Some(c) = canceller {
+        c.abort();
+    }
+
+    heal(&mut d, &net, &old);
+    let fin = d.wait_all_streaming(3, LONG).await;
+    assert_eq!(fin.primary, new.name);
+    assert_eq!(Deployment::node(&fin, &old.name).role, "replica");
+    let acks = w.stop().await;
+    assert_no_overlap(&acks, &old, &new);
+    let ids = ids_on(&new.address, PG_PORT).await;
+    let missing = lost(&acks, &ids);
+    // In sync mode the cancelled commits are the one way to lose a row,
+    // and only on the old primary; in async mode its last lease's rows.
+    assert!(
+        missing.iter().all(|a| a.server == old.address),
+        "rows acknowledged by a surviving node were lost: {missing:?}"
+    );
+}
+
+fn kill_agent(d: &mut Deployment, host: &Host) {
+    d.agents.get_mut(&host.name).expect("agent").kill9();
+}
+
+fn restart_agent(d: &mut Deployment, net: &Network, host: &Host) {
+    let i = d.hosts.iter().position(|h| h.name == host.name).unwrap();
+    d.start_agent(net, i);
+}
+
+fn freeze_agent(d: &mut Deployment, host: &Host) {
+    d.agents
+        .get(&host.name)
+        .expect("agent")
+        .signal(Signal::SIGSTOP);
+}
+
+fn thaw_agent(d: &mut Deployment, _: &Network, host: &Host) {
+    d.agents
+        .get(&host.name)
+        .expect("agent")
+        .signal(Signal::SIGCONT);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_alone_the_old_primary_takes_no_write_after_the_promotion() {
+    primary_agent_fault(false, kill_agent, restart_agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_alone_in_sync_mode_cancelled_commits_are_not_acknowledged() {
+    primary_agent_fault(true, kill_agent, restart_agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_frozen_alone_past_the_lease_then_thawed_rejoins_as_replica() {
+    primary_agent_fault(false, freeze_agent, thaw_agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_frozen_alone_in_sync_mode_then_thawed_rejoins_as_replica() {
+    primary_agent_fault(true, freeze_agent, thaw_agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_agent_runtime_does_not_delay_the_fence() {
+    use pgquorum::agent::stall::HOOK_ENV;
+    let (_net, d) = start(false, &[(HOOK_ENV, "1")]).await;
+    let (w, old, epoch) = writing(&d).await;
+    // Every runtime worker of the primary's agent blocks for 8 s: it sends
+    // no report and renews nothing, while its process and its connection
+    // to the keeper stay open.
+    let t0 = Instant::now();
+    std::fs::write(d.host_dir(&old).join("agent").join("stall"), "8000").expect("stall");
+    let fenced = postgres_gone(&d, &old, t0).await;
+    let new = d.new_primary(&old, epoch).await;
+    eprintln!("stalled agent: PostgreSQL fenced after {fenced:?}");
+    assert!(
+        fenced < Duration::from_secs(8),
+        "PostgreSQL ran until the stall ended ({fenced:?}): the fence waited for the agent"
+    );
+    wait_for("writes on the new primary", LONG, || async {
+        (w.acks_by(&new.address).len() >= 10).then_some(())
+    })
+    .await;
+    // Once the runtime runs again the node rejoins by itself.
+    let fin = d.wait_all_streaming(3, LONG).await;
+    assert_eq!(Deployment::node(&fin, &old.name).role, "replica");
+    let acks = w.stop().await;
+    assert_no_overlap(&acks, &old, &new);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_keeper_takes_postgres_down_at_once_and_the_cluster_heals() {
+    let (_net, d) = start(false, &[]).await;
+    let (w, old, _) = writing(&d).await;
+    let keeper = d.keeper_pid(&old).expect("keeper");
+    let data = d.host_dir(&old).join("data");
+    let before: Vec<i32> = common::deploy::postgres_pids(&data);
+    assert!(!before.is_empty());
+    let t0 = Instant::now();
+    pgquorum::process::signal_all(&[keeper], Signal::SIGKILL);
+    // The postmaster got SIGQUIT from the kernel (parent-death signal):
+    // every process of that server goes, without anybody's help.
+    wait_for("the old server's processes to go", LONG, || async {
+        (!before.iter().any(|p| pgquorum::process::alive(*p))).then_some(())
+    })
+    .await;
+    eprintln!("keeper killed: PostgreSQL gone after {:?}", t0.elapsed());
+    // The agent starts a new keeper; the cluster has one writable primary
+    // again and every node streams.
+    let fin = d.wait_all_streaming(3, LONG).await;
+    let primary = d.host_of_node(&fin.primary);
+    wait_for("writes after the keeper's death", LONG, || async {
+        w.acks_by(&primary.address)
+            .iter()
+            .any(|a| a.sent > t0)
+            .then_some(())
+    })
+    .await;
+    let new_keeper = d.keeper_pid(&old).expect("a new keeper");
+    assert_ne!(new_keeper, keeper);
+    let acks = w.stop().await;
+    if primary.name != old.name {
+        assert_no_overlap(&acks, &old, &primary);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_restart_on_a_healthy_cluster_keeps_postgres_and_the_epoch() {
+    let (net, mut d) = start(false, &[]).await;
+    let (w, old, epoch) = writing(&d).await;
+    let data = d.host_dir(&old).join("data");
+    let postmaster = |data: &std::path::Path| {
+        std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_string))
+    };
+    let pm = postmaster(&data).expect("postmaster.pid");
+    let i = d.hosts.iter().position(|h| h.name == old.name).unwrap();
+    let t0 = Instant::now();
+    for round in 0..3 {
+        // What `systemctl restart` does: SIGTERM, wait, start again.
+        let status = d
+            .agents
+            .get_mut(&old.name)
+            .expect("agent")
+            .terminate(Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "round {round}: the agent did not stop cleanly: {status:?}"
+        );
+        d.start_agent(&net, i);
+        // The new agent took the lease over: it reports the primary healthy
+        // under the same epoch.
+        wait_for("the restarted agent's report", LONG, || async {
+            let s = d.status().await?;
+            let n = s.nodes.iter().find(|n| n.name == old.name)?;
+            (n.healthy && n.role == "primary" && s.epoch == epoch).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let fin = d.wait_all_streaming(3, LONG).await;
+    assert_eq!(fin.epoch, epoch, "a failover happened");
+    assert_eq!(fin.primary, old.name);
+    assert_eq!(
+        postmaster(&data).as_deref(),
+        Some(pm.as_str()),
+        "PostgreSQL was restarted"
+    );
+    let errors: Vec<_> = w.errors().into_iter().filter(|(at, _)| *at > t0).collect();
+    assert!(
+        errors.is_empty(),
+        "the writer saw errors during agent restarts: {errors:?}"
+    );
+    let acks = w.stop().await;
+    assert!(acks.iter().any(|a| a.sent > t0 && a.server == old.address));
+}
