@@ -335,6 +335,9 @@ pub struct Ack {
     pub acked: Instant,
 }
 
+/// Failed write attempts: when each began, and why.
+pub type Failures = Arc<Mutex<Vec<(Instant, String)>>>;
+
 /// Client writers: one through the multi-host connection string, and one
 /// prober per node writing straight to it, each recording acknowledgements.
 pub struct Writers {
@@ -343,7 +346,7 @@ pub struct Writers {
     pub acks: Arc<Mutex<Vec<Ack>>>,
     /// Failed attempts of the multi-host writer (connection or statement):
     /// when each began, and why.
-    pub errors: Arc<Mutex<Vec<(Instant, String)>>>,
+    pub errors: Failures,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -420,7 +423,7 @@ async fn write_loop(
     stop: Arc<AtomicBool>,
     next: Arc<AtomicU64>,
     acks: Arc<Mutex<Vec<Ack>>>,
-    errors: Option<Arc<Mutex<Vec<(Instant, String)>>>>,
+    errors: Option<Failures>,
 ) {
     let failed = |at: Instant, why: String| {
         if let Some(e) = &errors {
