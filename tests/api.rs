@@ -133,6 +133,7 @@ async fn health_reflection_and_bad_requests() {
             api.failover(FailoverRequest {
                 cluster: String::new(),
                 to: replica.clone(),
+                ..Default::default()
             })
             .await
             .map(|r| r.map(|_| ())),

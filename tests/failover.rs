@@ -216,7 +216,7 @@ async fn switchover_under_write_load_loses_no_row() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn paused_cluster_promotes_nobody_until_resumed() {
+async fn paused_cluster_promotes_nobody_and_a_lost_primary_needs_an_operator_after_resume() {
     let net = Network::loopback(3);
     let mut d = Deployment::start(&net, &[]).await;
     let before = d.status().await.expect("status");
@@ -241,9 +241,45 @@ async fn paused_cluster_promotes_nobody_until_resumed() {
             "a node became primary while paused"
         );
     }
+    // Resumed: the old primary's lease was held open while paused and
+    // nobody can bound it now (its host is gone), so nobody is promoted
+    // automatically.
     let out = d.cli(&["resume"]);
     assert!(out.status.success(), "resume: {}", stderr(&out));
-    d.new_primary(&old, before.epoch).await;
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(6) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = d.status().await.expect("status");
+        assert!(s.lease_open, "the open lease was forgotten");
+        assert_eq!(s.epoch, before.epoch, "promoted over an open lease");
+    }
+    let target = d
+        .hosts
+        .iter()
+        .find(|h| h.name != old.name)
+        .cloned()
+        .unwrap();
+    // An operator's failover is refused too, naming the way out...
+    let out = d.cli(&["failover", "--to", &target.name, "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--old-primary-stopped"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(d.status().await.unwrap().epoch, before.epoch);
+    // ...which works once the operator vouches that the host is down.
+    let out = d.cli(&[
+        "failover",
+        "--to",
+        &target.name,
+        "--force",
+        "--old-primary-stopped",
+    ]);
+    assert!(out.status.success(), "failover: {}", stderr(&out));
+    let new = d.new_primary(&old, before.epoch).await;
+    assert_eq!(new.name, target.name);
+    assert!(!d.status().await.unwrap().lease_open);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -319,3 +319,66 @@ async fn agent_restart_on_a_healthy_cluster_keeps_postgres_and_the_epoch() {
     let acks = w.stop().await;
     assert!(acks.iter().any(|a| a.sent > t0 && a.server == old.address));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_primary_runs_on_without_its_agent_and_resume_bounds_the_lease_first() {
+    let (net, mut d) = start(false, &[]).await;
+    let (w, old, epoch) = writing(&d).await;
+    let out = d.cli(&["pause"]);
+    assert!(out.status.success(), "pause: {}", common::stderr(&out));
+    // The agent's next grants hold the lease open.
+    wait_for("the lease held open", LONG, || async {
+        let (code, body) = common::sandbox::http_get(
+            &format!("{}:{}", old.address, common::deploy::HTTP_PORT),
+            "/status",
+        )
+        .ok()?;
+        (code == 200 && body.contains("\"lease_open\":true")).then_some(())
+    })
+    .await;
+    // Maintenance: the primary's agent goes away; PostgreSQL keeps taking
+    // writes for many lease lengths, and nobody is promoted.
+    kill_agent(&mut d, &old);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        w.acks_by(&old.address)
+            .iter()
+            .any(|a| a.sent > t0 + Duration::from_secs(5)),
+        "the paused primary stopped taking writes without its agent"
+    );
+    let s = d.status().await.expect("status");
+    assert_eq!(s.epoch, epoch);
+
+    // Resumed while its agent is still away: the lease stays open and
+    // nobody is promoted, however long it takes.
+    let out = d.cli(&["resume"]);
+    assert!(out.status.success(), "resume: {}", common::stderr(&out));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = d.status().await.expect("status");
+    assert!(s.lease_open && !s.paused, "{s:?}");
+    assert_eq!(s.epoch, epoch, "promoted while the old primary may run");
+
+    // The agent comes back: it takes the open lease over, the leader bounds
+    // it, and the cluster goes on with the same primary.
+    restart_agent(&mut d, &net, &old);
+    wait_for("the lease bounded again", LONG, || async {
+        let s = d.status().await?;
+        (!s.lease_open).then_some(())
+    })
+    .await;
+    let s = d.wait_all_streaming(3, LONG).await;
+    assert_eq!(s.epoch, epoch);
+    assert_eq!(s.primary, old.name);
+    // From now on the lease is enforced again: the agent killed alone
+    // means a fenced primary and a failover.
+    kill_agent(&mut d, &old);
+    let new = d.new_primary(&old, epoch).await;
+    wait_for("writes on the new primary", LONG, || async {
+        (w.acks_by(&new.address).len() >= 5).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acks = w.stop().await;
+    assert_no_overlap(&acks, &old, &new);
+}

@@ -43,10 +43,27 @@ pub struct NodeStatusJson {
     pub epoch: u64,
     pub intent: Intent,
     pub lease_valid: bool,
+    /// 0 when there is no lease or it is held open.
     pub lease_remaining_ms: u64,
+    /// The lease is held open (granted while the cluster is paused).
+    pub lease_open: bool,
     pub phase: String,
     pub upstream: Option<String>,
     pub pending_restart: bool,
+    /// The node's keeper (the postmaster's parent, the lease's enforcer).
+    pub keeper: Option<KeeperJson>,
+}
+
+/// The keeper, as the agent last saw it.
+#[derive(Debug, Serialize)]
+pub struct KeeperJson {
+    pub pid: u32,
+    /// PostgreSQL runs as the keeper's child.
+    pub supervises_postgres: bool,
+    /// Times the keeper stopped PostgreSQL because the lease ran out.
+    pub fences: u64,
+    pub watchdog_armed: bool,
+    pub watchdog_error: Option<String>,
 }
 
 /// The state behind every endpoint.
@@ -58,6 +75,14 @@ pub fn status_of(node: &Node) -> NodeStatusJson {
         .and_then(|pg| pg.wal_receiver.as_ref())
         .is_some_and(|w| w.status == "streaming");
     let lease_remaining_ms = node.lease.remaining(p.epoch);
+    let lease_open = lease_remaining_ms == u64::MAX;
+    let keeper = node.keeper_state().map(|k| KeeperJson {
+        pid: k.pid,
+        supervises_postgres: k.postmaster.is_some(),
+        fences: k.fences,
+        watchdog_armed: k.watchdog.armed,
+        watchdog_error: k.watchdog.error,
+    });
     let phase = node.phase();
     let role = match pg {
         Some(pg) if pg.in_recovery => "replica",
@@ -83,10 +108,12 @@ pub fn status_of(node: &Node) -> NodeStatusJson {
         epoch: p.epoch,
         intent: p.intent,
         lease_valid: lease_remaining_ms > 0,
-        lease_remaining_ms,
+        lease_remaining_ms: if lease_open { 0 } else { lease_remaining_ms },
+        lease_open,
         phase: phase.as_str().to_string(),
         upstream: p.upstream.map(|u| u.node),
         pending_restart: pg.is_some_and(|pg| pg.pending_restart),
+        keeper,
     }
 }
 
@@ -183,9 +210,35 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     );
     metric(
         "pgquorum_lease_remaining_seconds",
-        "Time left on the primary lease.",
-        format!("{:.3}", s.lease_remaining_ms as f64 / 1000.0),
+        "Time left on the primary lease (+Inf while held open).",
+        if s.lease_open {
+            "+Inf".to_string()
+        } else {
+            format!("{:.3}", s.lease_remaining_ms as f64 / 1000.0)
+        },
     );
+    metric(
+        "pgquorum_lease_open",
+        "The lease is held open (the cluster is paused).",
+        b(s.lease_open),
+    );
+    metric(
+        "pgquorum_keeper_up",
+        "The keeper answered the agent's last look.",
+        b(s.keeper.is_some()),
+    );
+    if let Some(k) = &s.keeper {
+        metric(
+            "pgquorum_keeper_fences",
+            "Times the keeper stopped PostgreSQL because the lease ran out (since it started).",
+            k.fences.to_string(),
+        );
+        metric(
+            "pgquorum_watchdog_armed",
+            "The hardware watchdog is armed.",
+            b(k.watchdog_armed),
+        );
+    }
     let o = node.observation();
     if let Some(pg) = o.postgres {
         metric(

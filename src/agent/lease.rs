@@ -36,8 +36,9 @@ struct Sent {
 pub struct Lease {
     session: u64,
     sent: Mutex<Sent>,
-    /// What the keeper confirmed last.
-    held: Mutex<Held>,
+    /// What the keeper confirmed last, and the report whose grant it came
+    /// from (0 when not from a grant of this process).
+    held: Mutex<(Held, u64)>,
 }
 
 impl Lease {
@@ -47,7 +48,7 @@ impl Lease {
         Lease {
             session,
             sent: Mutex::new(Sent::default()),
-            held: Mutex::new(held),
+            held: Mutex::new((held, 0)),
         }
     }
 
@@ -104,14 +105,29 @@ impl Lease {
         s.floor_seq = s.floor_seq.max(last_seq);
     }
 
-    /// The keeper holds `held` now.
+    /// The keeper holds `held` now (as far as this agent knows, not from a
+    /// new grant).
     pub fn confirm(&self, held: Held) {
-        *lock(&self.held) = held;
+        let mut h = lock(&self.held);
+        if h.0 != held {
+            *h = (held, 0);
+        }
+    }
+
+    /// The keeper holds `held`, which came from the grant answering report
+    /// `seq`.
+    pub fn confirm_grant(&self, held: Held, seq: u64) {
+        *lock(&self.held) = (held, seq);
     }
 
     /// What the keeper holds, as last confirmed.
     pub fn held(&self) -> Held {
-        *lock(&self.held)
+        lock(&self.held).0
+    }
+
+    /// The report whose grant the held lease came from (0: none).
+    pub fn held_seq(&self) -> u64 {
+        lock(&self.held).1
     }
 
     /// Milliseconds of lease left for `epoch` (0 when none, `u64::MAX`
@@ -177,8 +193,13 @@ mod tests {
             ..grant(1, 3, 7)
         };
         assert_eq!(lease.grant(&open, 3), Some(Held::Open { epoch: 3 }));
-        lease.confirm(Held::Open { epoch: 3 });
+        lease.confirm_grant(Held::Open { epoch: 3 }, 1);
         assert_eq!(lease.remaining(3), u64::MAX);
+        assert_eq!(lease.held_seq(), 1);
+        lease.confirm(Held::Open { epoch: 3 });
+        assert_eq!(lease.held_seq(), 1, "the same lease keeps its origin");
+        lease.confirm(Held::None);
+        assert_eq!(lease.held_seq(), 0);
         lease.sent(2);
         assert!(matches!(
             lease.grant(&grant(2, 3, 7), 3),

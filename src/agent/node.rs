@@ -107,7 +107,11 @@ impl Node {
         let _io = self.lease_io.lock().await;
         self.lease_ttl_ms.store(grant.ttl_ms, Ordering::Relaxed);
         if let Some(next) = self.lease.grant(grant, self.epoch()) {
-            self.push_lease(next).await;
+            if let Some(state) = self.push_lease(next).await {
+                if state.lease == next {
+                    self.lease.confirm_grant(next, grant.seq);
+                }
+            }
         }
     }
 
@@ -122,7 +126,8 @@ impl Node {
         self.lease.confirm(rule::Lease::None);
     }
 
-    async fn push_lease(&self, next: rule::Lease) {
+    /// Have the keeper hold `next`; its state when it answered.
+    async fn push_lease(&self, next: rule::Lease) -> Option<KeeperState> {
         let watchdog = self.watchdog_spec();
         match tokio::time::timeout(
             KEEPER_PUSH_LIMIT,
@@ -130,11 +135,18 @@ impl Node {
         )
         .await
         {
-            Ok(Ok(state)) => self.seen_keeper(state),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, lease = ?next, "the keeper did not take the lease")
+            Ok(Ok(state)) => {
+                self.seen_keeper(state.clone());
+                Some(state)
             }
-            Err(_) => tracing::warn!(lease = ?next, "the keeper did not answer in time"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, lease = ?next, "the keeper did not take the lease");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(lease = ?next, "the keeper did not answer in time");
+                None
+            }
         }
     }
 
@@ -330,6 +342,8 @@ impl Node {
             completed_action: p.completed_action,
             config_version: p.config_version,
             upstream: p.upstream.as_ref().map(|u: &Upstream| u.node.clone()),
+            lease_open: matches!(self.lease.held(), rule::Lease::Open { .. }),
+            lease_seq: self.lease.held_seq(),
         };
         self.lease.sent(seq);
         report

@@ -80,6 +80,11 @@ pub struct FailoverArgs {
     /// Return once the promotion is committed instead of waiting for it.
     #[arg(long)]
     pub no_wait: bool,
+    /// You vouch that the old primary's PostgreSQL is stopped (its host is
+    /// powered off). Needed only after a pause, while the old primary's
+    /// lease is still held open and its agent cannot bound it.
+    #[arg(long)]
+    pub old_primary_stopped: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -472,6 +477,7 @@ pub async fn failover(global: &GlobalArgs, args: FailoverArgs) -> Result<(), Fai
     let req = FailoverRequest {
         cluster: args.cluster.cluster.clone(),
         to: args.to.clone(),
+        old_primary_stopped: args.old_primary_stopped,
     };
     let r = client
         .call(|mut api, t| {

@@ -31,6 +31,8 @@ pub struct StatusJson {
     pub epoch: u64,
     pub primary: Option<String>,
     pub paused: bool,
+    /// The primary's lease is held open (see `pgquorum pause`).
+    pub lease_open: bool,
     pub sync_mode: String,
     pub pending_switchover: Option<String>,
     pub nodes: Vec<NodeJson>,
@@ -74,6 +76,7 @@ impl From<&ClusterStatus> for StatusJson {
             epoch: s.epoch,
             primary: none_if_empty(&s.primary),
             paused: s.paused,
+            lease_open: s.lease_open,
             sync_mode: s.sync_mode.clone(),
             pending_switchover: none_if_empty(&s.pending_switchover),
             nodes: s
@@ -124,6 +127,12 @@ pub fn render(s: &ClusterStatus) -> String {
         s.sync_mode,
         if s.paused { "   PAUSED" } else { "" }
     );
+    if s.lease_open && !s.paused {
+        out.push_str(&format!(
+            "Resumed, but {}'s lease is still held open: no automatic failover until its agent bounds it\n",
+            s.primary
+        ));
+    }
     if !s.pending_switchover.is_empty() {
         out.push_str(&format!("Switchover scheduled: {}\n", s.pending_switchover));
     }

@@ -79,6 +79,12 @@ pub enum ClusterCommand {
         cluster: String,
         paused: bool,
     },
+    /// The primary of `epoch` enforces a bounded lease again after a
+    /// pause: automatic failover may resume.
+    LeaseBounded {
+        cluster: String,
+        epoch: u64,
+    },
     /// Plan a switchover away from the current primary.
     RequestSwitchover {
         cluster: String,
@@ -255,6 +261,7 @@ impl ClusterCommand {
             | SetSyncSet { cluster, .. }
             | SetConfig { cluster, .. }
             | SetPaused { cluster, .. }
+            | LeaseBounded { cluster, .. }
             | RequestSwitchover { cluster, .. }
             | AdvanceSwitchover { cluster, .. }
             | CancelSwitchover { cluster, .. }
@@ -420,6 +427,10 @@ impl ClusterCommand {
                 c.epoch += 1;
                 c.sync_set = sync_set.clone();
                 c.switchover = None;
+                // The old primary either stopped (a switchover, or an
+                // operator vouched for it) or held a bounded lease that the
+                // leader waited out; the new one's is open while paused.
+                c.open_lease = c.paused;
                 let event = HistoryEvent {
                     at_unix_ms: *at_unix_ms,
                     kind: *kind,
@@ -460,6 +471,9 @@ impl ClusterCommand {
             }
             SetPaused { paused, .. } => {
                 c.paused = *paused;
+                if *paused && c.primary.is_some() {
+                    c.open_lease = true;
+                }
                 applied(
                     c,
                     if *paused {
@@ -468,6 +482,16 @@ impl ClusterCommand {
                         "resumed"
                     },
                 )
+            }
+            LeaseBounded { epoch, .. } => {
+                if *epoch != c.epoch || c.paused {
+                    return Err(Rejection::precondition(format!(
+                        "stale: the lease of epoch {epoch} cannot be bounded (epoch {}, paused {})",
+                        c.epoch, c.paused
+                    )));
+                }
+                c.open_lease = false;
+                applied(c, "the primary's lease is bounded again")
             }
             RequestSwitchover {
                 from,
@@ -708,6 +732,35 @@ mod tests {
         let c = &s.clusters["main"];
         assert_eq!((c.epoch, c.primary.as_deref()), (2, Some("b")));
         assert_eq!(c.history.len(), 2);
+    }
+
+    #[test]
+    fn pausing_opens_the_lease_and_only_the_current_epoch_bounds_it() {
+        let mut s = three_nodes();
+        let pause = |paused| ClusterCommand::SetPaused {
+            cluster: "main".into(),
+            paused,
+        };
+        let bounded = |epoch| ClusterCommand::LeaseBounded {
+            cluster: "main".into(),
+            epoch,
+        };
+        ClusterCommand::Bootstrap {
+            cluster: "main".into(),
+            node: "a".into(),
+            at_unix_ms: 0,
+        }
+        .apply(&mut s)
+        .unwrap();
+        pause(true).apply(&mut s).unwrap();
+        assert!(s.clusters["main"].open_lease);
+        let err = bounded(1).apply(&mut s).unwrap_err();
+        assert!(err.message.contains("paused"), "{}", err.message);
+        pause(false).apply(&mut s).unwrap();
+        assert!(s.clusters["main"].open_lease);
+        assert!(bounded(0).apply(&mut s).is_err());
+        bounded(1).apply(&mut s).unwrap();
+        assert!(!s.clusters["main"].open_lease);
     }
 
     #[test]

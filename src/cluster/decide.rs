@@ -320,7 +320,9 @@ fn grant(input: &Input, d: &mut Decision, node: &str, o: &Observation) {
             session: o.report.session,
             seq: o.report.seq,
             ttl_ms: input.cluster.config.ttl_ms,
-            hold: false,
+            // While paused nobody is promoted: the lease holds open, so a
+            // primary may run on without its agent (maintenance).
+            hold: input.cluster.paused,
         },
     ));
 }
@@ -336,6 +338,10 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
     );
     let obs = fresh(input, &primary.name);
     let settings_now = settings(cluster, &cluster.sync_set);
+    if let Some(c) = bound_open_lease(input, primary) {
+        d.commit = Some(c);
+        return false;
+    }
 
     if let Some(o) = obs {
         let r = &o.report;
@@ -463,6 +469,15 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
         d.wait("paused: no automatic failover");
         return false;
     }
+    if cluster.open_lease {
+        d.wait(format!(
+            "resumed, but {}'s lease was held open while paused and its agent has not bounded it again: \
+             no automatic failover (start its agent, or power the host off and run \
+             `pgquorum failover --to NODE --old-primary-stopped`)",
+            primary.name
+        ));
+        return false;
+    }
     if sync_protected(cluster) {
         // Cut the sync standbys off the old primary first: from then on it
         // cannot collect the acknowledgements a commit waits for, even if
@@ -483,6 +498,24 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
     }
     failover(input, primary, d);
     false
+}
+
+/// After a resume: once the primary's agent reports that its keeper holds
+/// a lease from a grant this leader made since (bounded, see
+/// `Soft::bounding`), the lease can no longer be open: commit that.
+fn bound_open_lease(input: &Input, primary: &Member) -> Option<ClusterCommand> {
+    let cluster = input.cluster;
+    if !cluster.open_lease || cluster.paused {
+        return None;
+    }
+    let (session, seq) = input.soft.bounding?;
+    let r = &fresh(input, &primary.name)?.report;
+    (r.session == session && r.lease_seq >= seq && !r.lease_open && r.epoch == cluster.epoch).then(
+        || ClusterCommand::LeaseBounded {
+            cluster: cluster.name.clone(),
+            epoch: cluster.epoch,
+        },
+    )
 }
 
 /// A candidate for promotion and what we know of it.
@@ -1343,6 +1376,102 @@ mod tests {
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn paused_grants_hold_open_and_resume_waits_until_the_agent_bounds_the_lease() {
+        let mut c = three(&[]);
+        let pause = |paused| ClusterCommand::SetPaused {
+            cluster: "main".into(),
+            paused,
+        };
+        apply(&mut c, pause(true));
+        assert!(c.open_lease);
+        // While paused the lease is granted open.
+        let mut s = soft(
+            &c,
+            vec![
+                (primary("n1", 100), 1_000),
+                (replica("n2", 100, Some("n1")), 1_000),
+                (replica("n3", 100, Some("n1")), 1_000),
+            ],
+        );
+        s.confirmed_at = Some(2_000);
+        let d = run(&c, &s, 2_000, 0);
+        let (node, g) = d.grant.expect("a grant while paused");
+        assert_eq!(node, "n1");
+        assert!(g.hold, "a paused grant must hold the lease open: {g:?}");
+
+        // Resumed; the primary's agent dies with its keeper holding the lease
+        // open: whatever time passes, nobody is promoted.
+        apply(&mut c, pause(false));
+        assert!(c.open_lease, "resuming alone bounds nothing");
+        let late = 60_000;
+        let s = soft(
+            &c,
+            vec![
+                (replica("n2", 100, Some("n1")), late - 100),
+                (replica("n3", 100, Some("n1")), late - 100),
+            ],
+        );
+        let d = run(&c, &s, late, 0);
+        assert_eq!(d.commit, None, "{d:?}");
+        assert!(d.waiting.iter().any(|w| w.contains("held open")), "{d:?}");
+
+        // The agent is alive: the leader's next grant is bounded, and
+        // booked as the one that bounds the lease.
+        let open = NodeReport {
+            lease_open: true,
+            lease_seq: 4,
+            seq: 5,
+            ..primary("n1", 100)
+        };
+        let mut s = soft(&c, vec![(open.clone(), 1_000)]);
+        s.confirmed_at = Some(2_000);
+        let d = run(&c, &s, 2_000, 0);
+        assert_eq!(d.commit, None, "an open lease is not bounded yet: {d:?}");
+        let (node, g) = d.grant.expect("a grant after resume");
+        assert!(!g.hold, "{g:?}");
+        assert!(s.book_lease(&c, &node, &g));
+        assert_eq!(s.bounding, Some((1, 5)));
+        // A report still showing an older grant's lease changes nothing...
+        s.observe(
+            &c,
+            NodeReport {
+                lease_open: false,
+                lease_seq: 4,
+                seq: 6,
+                ..primary("n1", 100)
+            },
+            2_100,
+        );
+        assert_eq!(run(&c, &s, 2_100, 0).commit, None);
+        // ...one from the bounding grant (or later) ends the open lease.
+        s.observe(
+            &c,
+            NodeReport {
+                lease_open: false,
+                lease_seq: 5,
+                seq: 7,
+                ..primary("n1", 100)
+            },
+            2_200,
+        );
+        assert_eq!(
+            run(&c, &s, 2_200, 0).commit,
+            Some(ClusterCommand::LeaseBounded {
+                cluster: "main".into(),
+                epoch: 1,
+            })
+        );
+        apply(
+            &mut c,
+            ClusterCommand::LeaseBounded {
+                cluster: "main".into(),
+                epoch: 1,
+            },
+        );
+        assert!(!c.open_lease);
     }
 
     #[test]

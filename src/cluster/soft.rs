@@ -67,6 +67,12 @@ pub struct Soft {
     /// Since when the failover candidate has been catching up from a more
     /// advanced replica.
     pub catch_up_since: Option<u64>,
+    /// After a resume, while the primary's lease may still be held open:
+    /// the first bounded grant this leader sent the primary's agent
+    /// (session, report sequence number). Once the agent reports that its
+    /// keeper holds a lease from that grant or a later one, no grant made
+    /// while paused can still arrive (a session delivers in order).
+    pub bounding: Option<(u64, u64)>,
     /// Next command id.
     pub next_command: u64,
 }
@@ -86,6 +92,7 @@ impl Soft {
             last_primary_lsn: None,
             sync_names_since: None,
             catch_up_since: None,
+            bounding: None,
             next_command: 1,
         }
     }
@@ -169,6 +176,7 @@ impl Soft {
         self.sync_absent_since.clear();
         self.sync_names_since = None;
         self.catch_up_since = None;
+        self.bounding = None;
     }
 
     /// Remember what a decision implies for later decisions.
@@ -183,11 +191,18 @@ impl Soft {
     /// Book a lease grant answering `node`'s latest report: the agent's
     /// lease ends at the report's send time + ttl, so no later than its
     /// receive time + ttl on the leader's clock. False when there is no
-    /// report to answer (nothing may be sent then).
-    pub fn book_lease(&mut self, node: &str, grant: &LeaseGrant) -> bool {
+    /// report to answer (nothing may be sent then). A bounded grant to a
+    /// primary whose lease may still be open is remembered as `bounding`.
+    pub fn book_lease(&mut self, cluster: &Cluster, node: &str, grant: &LeaseGrant) -> bool {
         let Some(o) = self.nodes.get(node) else {
             return false;
         };
+        if cluster.open_lease && !grant.hold {
+            match self.bounding {
+                Some((session, _)) if session == grant.session => {}
+                _ => self.bounding = Some((grant.session, grant.seq)),
+            }
+        }
         let expires_at = o.received_at + grant.ttl_ms;
         match &mut self.lease {
             Some(book) if book.epoch == grant.epoch && book.node == node => {

@@ -51,8 +51,17 @@ pub struct Cluster {
     pub config: DynamicConfig,
     /// Bumped by every configuration change.
     pub config_version: u64,
-    /// No automatic action while paused (leases are still honoured).
+    /// No automatic action while paused. The primary's lease is then held
+    /// open (no deadline): nobody is promoted, so it may run on without
+    /// its agent, as a DBA expects of maintenance mode.
     pub paused: bool,
+    /// The primary may hold a lease without a deadline, granted while
+    /// paused: set by pausing, kept after resuming until the primary's
+    /// agent shows that its keeper enforces a bounded lease again
+    /// (`LeaseBounded`). No automatic failover while it is set: only the
+    /// primary's own agent could stop that server.
+    #[serde(default)]
+    pub open_lease: bool,
     /// A planned switchover, waiting for its time or under way.
     pub switchover: Option<Switchover>,
     /// Promotions and other decisions, oldest first.

@@ -159,6 +159,13 @@ pub struct NodeReport {
     pub config_version: u64,
     /// The node this agent's PostgreSQL is configured to follow.
     pub upstream: Option<String>,
+    /// The node's keeper holds its lease open (granted while paused).
+    #[serde(default)]
+    pub lease_open: bool,
+    /// The report whose grant the keeper's current lease came from (0 when
+    /// none in this agent process).
+    #[serde(default)]
+    pub lease_seq: u64,
 }
 
 /// How a command ended.

@@ -338,7 +338,7 @@ impl PgQuorum for ApiService {
         let cluster = pick_cluster(&state, &r.cluster)?;
         let applied = self
             .control
-            .manual_failover(cluster, &r.to)
+            .manual_failover(cluster, &r.to, r.old_primary_stopped)
             .await
             .map_err(status_of)?;
         Ok(Response::new(OperationResponse {

@@ -319,7 +319,7 @@ impl Control {
                 ));
             }
             if let Some((node, g)) = grant {
-                if soft.book_lease(&node, &g) {
+                if soft.book_lease(cluster, &node, &g) {
                     outgoing.push((node, ManagerMessage::Lease(g)));
                 }
             }
@@ -515,8 +515,15 @@ impl Control {
     }
 
     /// An operator's failover to `to`: refused while a healthy primary holds
-    /// its lease; otherwise waits out the lease and promotes `to`.
-    pub async fn manual_failover(&self, cluster: &Cluster, to: &str) -> Result<Applied, NodeError> {
+    /// its lease, and while the old primary's lease may be held open (after
+    /// a pause) unless the operator vouches that it is stopped; otherwise
+    /// waits out the lease and promotes `to`.
+    pub async fn manual_failover(
+        &self,
+        cluster: &Cluster,
+        to: &str,
+        old_primary_stopped: bool,
+    ) -> Result<Applied, NodeError> {
         let Some(member) = cluster.member(to) else {
             return Err(NodeError::NotFound(format!(
                 "cluster {:?} has no node named {to:?}; known nodes: {}",
@@ -532,6 +539,12 @@ impl Control {
         if cluster.is_primary(to) {
             return Err(NodeError::Precondition(format!(
                 "{to} is already the primary"
+            )));
+        }
+        if cluster.open_lease && !old_primary_stopped {
+            let primary = cluster.primary.as_deref().unwrap_or("the primary");
+            return Err(NodeError::Precondition(format!(
+                "{primary}'s lease has been held open since the cluster was paused and its agent has not bounded it again, so its PostgreSQL may still take writes: start its agent (it then fails over by itself if needed), or make sure {primary}'s PostgreSQL is stopped (power its host off) and add --old-primary-stopped"
             )));
         }
         let view = self.soft_view(&cluster.name);

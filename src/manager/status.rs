@@ -58,6 +58,7 @@ pub fn build(
         epoch: cluster.epoch,
         primary: cluster.primary.clone().unwrap_or_default(),
         paused: cluster.paused,
+        lease_open: cluster.open_lease,
         nodes,
         managers,
         sync_mode: cluster.config.sync_mode.to_string(),

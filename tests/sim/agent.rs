@@ -280,6 +280,9 @@ impl World {
             completed_action: p.completed_action,
             config_version: p.config_version,
             upstream: p.upstream.as_ref().map(|u| u.node.clone()),
+            // The simulation never pauses: no lease is ever held open.
+            lease_open: false,
+            lease_seq: 0,
         };
         let a = self.agent(n);
         a.seq = seq;

@@ -254,7 +254,7 @@ impl World {
                 outgoing.push((node, Down::Command(AgentCommand { id, epoch, action })));
             }
             if let Some((node, g)) = grant {
-                if soft.book_lease(&node, &g) {
+                if soft.book_lease(cluster, &node, &g) {
                     outgoing.push((node, Down::Lease(g)));
                 }
             }
