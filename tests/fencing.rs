@@ -382,3 +382,80 @@ async fn paused_primary_runs_on_without_its_agent_and_resume_bounds_the_lease_fi
     let acks = w.stop().await;
     assert_no_overlap(&acks, &old, &new);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watchdog_is_armed_while_primary_fed_within_the_lease_and_required_means_never_primary_without_it(
+) {
+    use pgquorum::keeper::watchdog::STANDIN_ENV;
+    // Stand-in devices: plain files (the test switch skips the timeout
+    // ioctls a file cannot answer). h3 has none: with "required" it must
+    // never become primary.
+    let devices = tempfile::tempdir().expect("tempdir");
+    for h in ["h1", "h2"] {
+        std::fs::write(devices.path().join(h), b"").expect("stand-in");
+    }
+    let top = format!(
+        "watchdog = \"required\"\nwatchdog_device = \"{}/{{host}}\"",
+        devices.path().display()
+    );
+    let net = Network::loopback(3);
+    let d = Deployment::start_custom(&net, &[], &top, "", &[(STANDIN_ENV, "1")]).await;
+    let device = |h: &str| std::fs::read(devices.path().join(h)).unwrap_or_default();
+    let s = d.status().await.expect("status");
+    assert_eq!(s.primary, "h1");
+    assert!(Deployment::node(&s, "h3").nofailover, "{s:?}");
+    assert!(!Deployment::node(&s, "h2").nofailover, "{s:?}");
+    // The primary's watchdog is fed; the replica's was only probed.
+    wait_for("the primary's watchdog fed", LONG, || async {
+        (device("h1").iter().filter(|b| **b == b'1').count() > 20).then_some(())
+    })
+    .await;
+    assert!(
+        device("h2").iter().all(|b| *b == b'V'),
+        "a replica's watchdog was armed: {:?}",
+        String::from_utf8_lossy(&device("h2"))
+    );
+    // Nobody can switch over to the node without a watchdog.
+    let out = d.cli(&["switchover", "--to", "h3", "--force"]);
+    assert_ne!(out.status.code(), Some(0), "switched over to h3");
+
+    // The primary's agent freezes: its keeper stops feeding when the lease
+    // no longer covers the timeout, fences, and disarms (magic close).
+    let old = d.host_of_node("h1");
+    let w = d.writers().await;
+    freeze_agent_of(&d, &old);
+    let new = d.new_primary(&old, s.epoch).await;
+    assert_eq!(new.name, "h2", "h3 has no watchdog");
+    let fed = device("h1");
+    assert_eq!(
+        fed.last(),
+        Some(&b'V'),
+        "the old primary's watchdog is still armed"
+    );
+    wait_for("the new primary's watchdog fed", LONG, || async {
+        (device("h2").iter().filter(|b| **b == b'1').count() > 20).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        device("h1"),
+        fed,
+        "the fenced primary's watchdog was fed again"
+    );
+    d.agents
+        .get(&old.name)
+        .expect("agent")
+        .signal(Signal::SIGCONT);
+    let fin = d.wait_all_streaming(3, LONG).await;
+    assert_eq!(fin.primary, "h2");
+    assert_eq!(device("h1"), fed, "a replica's watchdog was fed");
+    let acks = w.stop().await;
+    assert_no_overlap(&acks, &old, &new);
+}
+
+fn freeze_agent_of(d: &Deployment, host: &Host) {
+    d.agents
+        .get(&host.name)
+        .expect("agent")
+        .signal(Signal::SIGSTOP);
+}

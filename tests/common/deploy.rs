@@ -29,7 +29,8 @@ pub struct Deployment {
     pub managers: BTreeMap<String, Proc>,
     pub agents: BTreeMap<String, Proc>,
     pub peers: String,
-    /// Extra agent configuration: top-level keys, and tables at the end.
+    /// Extra agent configuration: top-level keys (`{host}` stands for the
+    /// host's name), and tables at the end.
     pub agent_top: String,
     pub agent_tables: String,
     /// Extra environment of the agents (test hooks).
@@ -148,9 +149,10 @@ impl Deployment {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let config = dir.join("agent.toml");
+        // `{host}` in the extra configuration is this host's name.
         let text = format!(
             "{}\n{}\n{}",
-            self.agent_top,
+            self.agent_top.replace("{host}", &host.name),
             agent_config(&dir, host, &self.manager_addresses()),
             self.agent_tables
         );
