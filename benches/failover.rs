@@ -2,11 +2,15 @@
 //!  (a) a host crash of the primary (sandbox, `sandbox crash`),
 //!  (b) a planned switchover (sandbox),
 //!  (c) the primary's host cut off from every other host while clients still
-//!      reach it (network namespaces; needs root), async and sync mode.
+//!      reach it (network namespaces; needs root), async and sync mode,
+//!  (d) the primary's agent killed alone (SIGKILL; PostgreSQL left running),
+//!  (e) the primary's agent frozen alone (SIGSTOP, then SIGCONT),
+//!  (f) the primary's agent restarted on a healthy cluster (SIGTERM, start).
 //!
 //! A writer inserts a row every 20 ms through the multi-host connection
 //! string. Figures only, no pass/fail. Run with `scripts/bench-failover`.
-//! `BENCH_RUNS` (default 5) sets the runs per scenario.
+//! `BENCH_RUNS` (default 5) sets the runs per scenario; `BENCH_ONLY=d,e`
+//! runs only the named scenarios.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -95,6 +99,30 @@ impl Sandbox {
             .output()
             .ok()?;
         serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The sandbox's file (`sandbox.json`).
+    fn file(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.path().join("sandbox.json")).expect("sandbox.json");
+        serde_json::from_str(&text).expect("sandbox.json")
+    }
+
+    /// A node's entry in `sandbox.json`.
+    fn node(&self, name: &str) -> serde_json::Value {
+        self.file()["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == name).cloned())
+            .expect("node entry")
+    }
+
+    fn start_node(&self, name: &str) {
+        self.run(&[
+            "sandbox",
+            "start",
+            "--dir",
+            self.path().to_str().unwrap(),
+            name,
+        ]);
     }
 
     /// (primary name, its port, every replica streaming)
@@ -368,13 +396,197 @@ async fn isolation(runs: usize, sync: bool) {
     stats("heal → old primary streaming again", "s", rejoin);
 }
 
+/// Poll (every 5 ms, in a thread) until no PostgreSQL process of
+/// `data_dir` runs; when that was seen.
+fn watch_gone(data_dir: PathBuf) -> std::thread::JoinHandle<Instant> {
+    std::thread::spawn(move || loop {
+        if pgquorum::process::postgres_processes(&data_dir).is_empty() {
+            return Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    })
+}
+
+/// (d) and (e): the primary's agent alone is killed or frozen.
+async fn agent_fault(runs: usize, freeze: bool) {
+    let label = if freeze {
+        "(e) agent frozen alone"
+    } else {
+        "(d) agent killed alone"
+    };
+    let sb = Sandbox::up(false);
+    let (mut refused, mut first_new, mut late_acks, mut rejoin) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let (old, old_port, _) = wait_for("a healthy cluster", LONG, || async {
+            sb.primary().filter(|p| p.2)
+        })
+        .await;
+        let entry = sb.node(&old);
+        let agent = entry["agent_pid"].as_i64().expect("agent_pid") as i32;
+        let data = PathBuf::from(entry["data_dir"].as_str().expect("data_dir"));
+        let direct = vec![("127.0.0.1".to_string(), old_port)];
+        let w = Writers::start(&sb.dsn, &direct, EVERY).await;
+        wait_for("writes", LONG, || async { (w.count() > 20).then_some(()) }).await;
+        let gone = watch_gone(data);
+        let fault = Instant::now();
+        let signal = if freeze {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGKILL
+        };
+        pgquorum::process::signal_all(&[agent], signal);
+        let (new, port, _) = wait_for("a new primary", LONG, || async {
+            sb.primary().filter(|p| p.0 != old)
+        })
+        .await;
+        wait_for("a write on the new primary", LONG, || async {
+            w.acks
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|a| a.port == port)
+                .then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stopped = gone.join().expect("watcher");
+        let healed = Instant::now();
+        if freeze {
+            pgquorum::process::signal_all(&[agent], nix::sys::signal::Signal::SIGCONT);
+        } else {
+            sb.start_node(&old);
+        }
+        wait_for("the old primary streaming", LONG, || async {
+            sb.primary().filter(|p| p.2).map(|_| ())
+        })
+        .await;
+        rejoin.push(healed.elapsed().as_secs_f64());
+        let acks = w.stop().await;
+        let new_first_sent = acks
+            .iter()
+            .filter(|a| a.port == port)
+            .map(|a| a.sent)
+            .min()
+            .unwrap();
+        let new_first = acks
+            .iter()
+            .filter(|a| a.port == port)
+            .map(|a| a.acked)
+            .min()
+            .unwrap();
+        let late = acks
+            .iter()
+            .filter(|a| a.port == old_port && a.acked >= new_first_sent)
+            .count();
+        refused.push((stopped - fault).as_secs_f64());
+        first_new.push((new_first - fault).as_secs_f64());
+        late_acks.push(late as f64);
+        eprintln!(
+            "{label} run {run}: {old} -> {new}, old fenced after {:.2}s, new primary's first write after {:.2}s, {late} writes on the old primary after the promotion",
+            refused[run], first_new[run]
+        );
+    }
+    println!("{label}, {runs} runs (sandbox, async):");
+    stats(
+        "fault → old primary refuses writes (PostgreSQL gone)",
+        "s",
+        refused,
+    );
+    stats(
+        "fault → first write acknowledged by the new primary",
+        "s",
+        first_new,
+    );
+    stats(
+        "writes acknowledged by the old primary after the promotion",
+        "",
+        late_acks,
+    );
+    stats("heal → old primary streaming again", "s", rejoin);
+}
+
+/// (f) the primary's agent restarted on a healthy cluster.
+async fn agent_restart(runs: usize) {
+    let sb = Sandbox::up(false);
+    let (mut gaps, mut failovers, mut errors) = (Vec::new(), 0, Vec::new());
+    for run in 0..runs {
+        let (old, _, _) = wait_for("a healthy cluster", LONG, || async {
+            sb.primary().filter(|p| p.2)
+        })
+        .await;
+        let epoch = sb.status().unwrap()["epoch"].as_u64().unwrap();
+        let agent = sb.node(&old)["agent_pid"].as_i64().expect("agent_pid") as i32;
+        let w = Writers::start(&sb.dsn, &[], EVERY).await;
+        wait_for("writes", LONG, || async { (w.count() > 20).then_some(()) }).await;
+        let t0 = Instant::now();
+        pgquorum::process::signal_all(&[agent], nix::sys::signal::Signal::SIGTERM);
+        assert!(
+            pgquorum::process::wait_gone(&[agent], Duration::from_secs(30)),
+            "the agent did not stop"
+        );
+        sb.start_node(&old);
+        wait_for("the restarted agent's report", LONG, || async {
+            let s = sb.status()?;
+            let n = s["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["name"] == old.as_str())?
+                .clone();
+            (n["healthy"] == true && n["role"] == "primary" && s["epoch"] == epoch).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let errs = w.errors().iter().filter(|(at, _)| *at > t0).count();
+        let acks = w.stop().await;
+        let mut times: Vec<Instant> = acks
+            .iter()
+            .filter(|a| a.sent > t0)
+            .map(|a| a.acked)
+            .collect();
+        times.sort();
+        let gap = times
+            .windows(2)
+            .map(|p| p[1] - p[0])
+            .max()
+            .unwrap_or_default();
+        let epoch_after = sb.status().unwrap()["epoch"].as_u64().unwrap();
+        if epoch_after != epoch {
+            failovers += 1;
+        }
+        gaps.push(gap.as_secs_f64());
+        errors.push(errs as f64);
+        eprintln!("(f) agent restart run {run}: longest gap {gap:?}, {errs} failed writes, epoch {epoch} -> {epoch_after}");
+    }
+    println!("(f) agent restarted on a healthy cluster, {runs} runs (sandbox):");
+    stats("longest gap between two acknowledged writes", "s", gaps);
+    stats("failed writes through the multi-host string", "", errors);
+    println!("  runs with a failover: {failovers}");
+}
+
 #[tokio::main]
 async fn main() {
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    crash_and_switchover(runs).await;
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wanted = |s: &str| only.is_empty() || only.split(',').any(|o| o == s);
+    if wanted("a") || wanted("b") {
+        crash_and_switchover(runs).await;
+    }
+    if wanted("d") {
+        agent_fault(runs, false).await;
+    }
+    if wanted("e") {
+        agent_fault(runs, true).await;
+    }
+    if wanted("f") {
+        agent_restart(runs).await;
+    }
+    if !wanted("c") {
+        return;
+    }
     if netns::available() {
         isolation(runs.min(3), false).await;
         isolation(runs.min(3), true).await;
