@@ -66,6 +66,9 @@ struct AgentToml {
     http_port: u16,
     state_dir: PathBuf,
     socket_dir: PathBuf,
+    /// More top-level keys.
+    extra: String,
+    register_timeout: String,
 }
 
 impl AgentToml {
@@ -79,6 +82,8 @@ impl AgentToml {
             http_port: free_port(),
             state_dir: dir.join(format!("{name}-state")),
             socket_dir: dir.join(format!("{name}-socket")),
+            extra: String::new(),
+            register_timeout: "3s".into(),
         }
     }
 
@@ -94,7 +99,8 @@ impl AgentToml {
              managers = [{}]\n\
              http_listen = \"127.0.0.1:{}\"\n\
              state_dir = \"{}\"\n\
-             register_timeout = \"3s\"\n\
+             register_timeout = \"{}\"\n\
+             {}\n\
              \n\
              [postgresql]\n\
              {bin_dir}\
@@ -111,6 +117,8 @@ impl AgentToml {
                 .join(", "),
             self.http_port,
             self.state_dir.display(),
+            self.register_timeout,
+            self.extra,
             self.data_dir.display(),
             self.pg_port,
             self.socket_dir.display(),
@@ -219,6 +227,53 @@ async fn agent_refuses_bad_input_and_touches_nothing() {
     );
     assert_eq!(tree_digest(&data), pristine, "the data directory changed");
     assert!(processes_in(&data).is_empty(), "PostgreSQL was started");
+
+    // The keeper is a service of its own (spawn_keeper = false) and does
+    // not run: the agent says so and starts nothing.
+    let mut cfg = AgentToml::new(root, "n1", vec![nobody()], data.clone());
+    cfg.extra = "spawn_keeper = false".into();
+    cfg.state_dir = root.join("no-keeper-state");
+    let (code, err) = agent_refuses(
+        &cfg.write(&root.join("no-keeper.toml")),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot reach or start the keeper")
+            && err.contains("pgquorum-keeper.service"),
+        "{err}"
+    );
+    assert!(
+        pgquorum::keeper::running_pid(&cfg.state_dir).is_none(),
+        "a keeper was started"
+    );
+    assert_eq!(tree_digest(&data), pristine, "the data directory changed");
+
+    // Two agents for one node: the second refuses at once.
+    let mut cfg = AgentToml::new(root, "n1", vec![nobody()], data.clone());
+    cfg.register_timeout = "60s".into();
+    cfg.state_dir = root.join("two-agents-state");
+    let config = cfg.write(&root.join("first.toml"));
+    let first = Proc::spawn(
+        "first agent",
+        Command::new(bin()).args(["agent", "--config"]).arg(&config),
+        &root.join("first.log"),
+    );
+    let lock = cfg.state_dir.join("agent.lock");
+    common::sandbox::poll("the first agent's lock", Duration::from_secs(30), || {
+        let file = std::fs::File::open(&lock).map_err(|e| e.to_string())?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+            Ok(_) => Err("not locked yet".to_string()),
+            Err(_) => Ok(()),
+        }
+    });
+    let (code, err) = agent_refuses(&config, Duration::from_secs(60));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("another agent already runs for node n1"),
+        "{err}"
+    );
+    drop(first);
 
     // A node name another host holds: the managers refuse it.
     let managers = Managers::start(1);

@@ -80,7 +80,7 @@ impl TestDir {
             log_file: base.join("log").join("postgresql.log"),
             initdb_options: vec!["--encoding=UTF8".into(), "--locale=C".into()],
             keeper_dir: base.join("keeper"),
-            keeper_binary: PathBuf::from(env!("CARGO_BIN_EXE_pgquorum")),
+            keeper_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_pgquorum"))),
             ..PgConfig::default()
         }
     }

@@ -83,6 +83,9 @@ pub struct AgentFile {
     pub watchdog: Option<String>,
     /// Watchdog device (default /dev/watchdog).
     pub watchdog_device: Option<PathBuf>,
+    /// Start a keeper when none runs (default true); false when the keeper
+    /// has a service of its own (systemd: pgquorum-keeper.service).
+    pub spawn_keeper: Option<bool>,
     /// How long to keep trying to register before giving up at start.
     pub register_timeout: Option<String>,
     #[serde(default)]
@@ -477,7 +480,10 @@ impl AgentConfig {
                 // collation is the same on every host, which replicas need.
                 initdb_options: vec!["--encoding=UTF8".to_string(), "--locale=C".to_string()],
                 keeper_dir: state_dir.clone(),
-                keeper_binary: PathBuf::from("/proc/self/exe"),
+                keeper_binary: file
+                    .spawn_keeper
+                    .unwrap_or(true)
+                    .then(|| PathBuf::from("/proc/self/exe")),
             },
             name,
             cluster,

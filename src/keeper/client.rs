@@ -47,7 +47,8 @@ struct Conn {
 pub struct KeeperLink {
     dir: PathBuf,
     data_dir: PathBuf,
-    binary: PathBuf,
+    /// The program that runs a keeper; `None`: never start one.
+    binary: Option<PathBuf>,
     conn: Mutex<Option<Conn>>,
 }
 
@@ -62,12 +63,13 @@ impl std::fmt::Debug for KeeperLink {
 
 impl KeeperLink {
     /// The keeper of `data_dir` living in `dir`; `binary` is the pgquorum
-    /// program that runs it when none does yet.
-    pub fn new(dir: &Path, data_dir: &Path, binary: &Path) -> KeeperLink {
+    /// program that runs it when none does yet (`None`: the keeper is a
+    /// service of its own; wait for it instead).
+    pub fn new(dir: &Path, data_dir: &Path, binary: Option<&Path>) -> KeeperLink {
         KeeperLink {
             dir: dir.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
-            binary: binary.to_path_buf(),
+            binary: binary.map(Path::to_path_buf),
             conn: Mutex::new(None),
         }
     }
@@ -89,16 +91,22 @@ impl KeeperLink {
         let stream = match UnixStream::connect(&socket).await {
             Ok(s) => s,
             Err(_) => {
-                self.spawn().await?;
+                let hint = match &self.binary {
+                    Some(binary) => {
+                        self.spawn(binary).await?;
+                        format!(
+                            "a keeper was started; see {}",
+                            self.dir.join("keeper.log").display()
+                        )
+                    }
+                    None => "spawn_keeper is off: start the keeper's own service (pgquorum-keeper.service)".to_string(),
+                };
                 let deadline = tokio::time::Instant::now() + SPAWN_WAIT;
                 loop {
                     match UnixStream::connect(&socket).await {
                         Ok(s) => break s,
                         Err(e) if tokio::time::Instant::now() >= deadline => {
-                            return Err(self.unreachable(format!(
-                                "{e} (a keeper was started; see {})",
-                                self.dir.join("keeper.log").display()
-                            )))
+                            return Err(self.unreachable(format!("{e} ({hint})")))
                         }
                         Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                     }
@@ -126,9 +134,9 @@ impl KeeperLink {
     }
 
     /// Start a keeper in the background (it outlives this process).
-    async fn spawn(&self) -> Result<(), KeeperLinkError> {
+    async fn spawn(&self, binary: &Path) -> Result<(), KeeperLinkError> {
         let spawn_err = |source| KeeperLinkError::Spawn {
-            binary: self.binary.clone(),
+            binary: binary.to_path_buf(),
             source,
         };
         std::fs::create_dir_all(&self.dir).map_err(spawn_err)?;
@@ -138,7 +146,7 @@ impl KeeperLink {
             .open(self.dir.join("keeper.log"))
             .map_err(spawn_err)?;
         let err = log.try_clone().map_err(spawn_err)?;
-        let mut child = tokio::process::Command::new(&self.binary)
+        let mut child = tokio::process::Command::new(binary)
             .arg0("pgquorum")
             .arg("keeper")
             .arg("--state-dir")

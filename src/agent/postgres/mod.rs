@@ -92,8 +92,9 @@ pub struct PgConfig {
     /// The keeper's directory (the agent's state directory): the server
     /// runs as the keeper's child (see [`crate::keeper`]).
     pub keeper_dir: PathBuf,
-    /// The pgquorum program that runs a keeper when none runs yet.
-    pub keeper_binary: PathBuf,
+    /// The pgquorum program that runs a keeper when none runs yet; `None`
+    /// when the keeper is a service of its own and is never started here.
+    pub keeper_binary: Option<PathBuf>,
 }
 
 impl Default for PgConfig {
@@ -115,7 +116,7 @@ impl Default for PgConfig {
             log_file: PathBuf::new(),
             initdb_options: Vec::new(),
             keeper_dir: PathBuf::new(),
-            keeper_binary: PathBuf::from("/proc/self/exe"),
+            keeper_binary: Some(PathBuf::from("/proc/self/exe")),
         }
     }
 }
@@ -264,8 +265,11 @@ impl Postgres {
                 "node_name must be set: it is the replica's application_name".to_string(),
             ));
         }
-        let keeper =
-            crate::keeper::KeeperLink::new(&cfg.keeper_dir, &cfg.data_dir, &cfg.keeper_binary);
+        let keeper = crate::keeper::KeeperLink::new(
+            &cfg.keeper_dir,
+            &cfg.data_dir,
+            cfg.keeper_binary.as_deref(),
+        );
         Ok(Postgres {
             keeper,
             cfg,
