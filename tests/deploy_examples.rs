@@ -15,4 +15,16 @@ fn example_configurations_parse() {
     let a: AgentFile = toml::from_str(&read("agent.toml")).expect("deploy/agent.toml");
     assert_eq!(a.name.as_deref(), Some("db1"));
     assert!(a.postgresql.hba.is_some());
+    assert_eq!(a.spawn_keeper, Some(false), "the keeper has its own unit");
+    assert_eq!(a.watchdog.as_deref(), Some("auto"));
+}
+
+#[test]
+fn systemd_units_keep_postgres_with_the_keeper() {
+    let keeper = read("pgquorum-keeper.service");
+    assert!(keeper.contains("pgquorum keeper --config /etc/pgquorum/agent.toml"));
+    assert!(keeper.contains("KillMode=mixed"), "{keeper}");
+    let agent = read("pgquorum-agent.service");
+    assert!(agent.contains("BindsTo=pgquorum-keeper.service"), "{agent}");
+    assert!(agent.contains("After=network-online.target pgquorum-keeper.service"));
 }
