@@ -18,14 +18,6 @@ pub fn boot_ms() -> u64 {
     }
 }
 
-/// Identifies this boot, so that a lease written before a reboot is never
-/// compared with a clock that restarted from zero.
-pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

@@ -239,8 +239,7 @@ async fn agent_refuses_bad_input_and_touches_nothing() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("cannot reach or start the keeper")
-            && err.contains("pgquorum-keeper.service"),
+        err.contains("cannot reach or start the keeper") && err.contains("pgquorum-keeper.service"),
         "{err}"
     );
     assert!(

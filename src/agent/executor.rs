@@ -354,6 +354,13 @@ async fn follow(
     reclone: bool,
 ) -> anyhow::Result<String> {
     let previous = node.persisted();
+    let running = status(node).await;
+    if running.as_ref().is_some_and(|pg| !pg.in_recovery) {
+        // A primary told to follow: stop it at once (before its lease is
+        // given up), then rejoin.
+        tracing::warn!(upstream = %upstream.node, "stopping this former primary to follow the new one");
+        node.pg.fence().await?;
+    }
     node.release_lease().await;
     node.update(|p| {
         p.intent = Intent::Replica;
@@ -363,12 +370,8 @@ async fn follow(
     if node.phase() == AgentPhase::Fenced {
         node.set_phase(AgentPhase::Idle);
     }
-    match status(node).await {
-        Some(pg) if !pg.in_recovery => {
-            // A primary told to follow: stop it at once, then rejoin.
-            tracing::warn!(upstream = %upstream.node, "stopping this former primary to follow the new one");
-            node.pg.fence().await?;
-        }
+    match running {
+        Some(pg) if !pg.in_recovery => {}
         Some(pg) => {
             let same = previous.upstream.as_ref() == Some(upstream);
             let streaming = streams_from(&pg, upstream);
@@ -530,6 +533,7 @@ async fn reinit(node: &Node, upstream: &Upstream, action_id: u64) -> anyhow::Res
     if status(node).await.is_some_and(|pg| !pg.in_recovery) {
         bail!("refusing to re-initialize a running primary");
     }
+    node.release_lease().await;
     node.set_phase(AgentPhase::Cloning);
     node.pg.stop(StopMode::Immediate, STOP_TIMEOUT).await?;
     node.pg.wipe().await?;

@@ -52,19 +52,15 @@ fn prepare(config: &AgentConfig) -> anyhow::Result<Postgres> {
 /// same server and keeper. The lock is held for the life of the process.
 fn lock_node(config: &AgentConfig) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     let path = config.state_dir.join("agent.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-        anyhow::anyhow!(
-            "another agent already runs for node {} (it holds {}); stop it first",
-            config.name,
-            path.display()
-        )
-    })
+    crate::lock::exclusive_file(&path)
+        .with_context(|| format!("cannot lock {}", path.display()))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "another agent already runs for node {} (it holds {}); stop it first",
+                config.name,
+                path.display()
+            )
+        })
 }
 
 /// Run the agent until SIGTERM. PostgreSQL is left running under its

@@ -60,6 +60,11 @@ pub struct Node {
     keeper: Mutex<Option<KeeperState>>,
     /// The ttl of the latest lease grant (sizes the watchdog timeout).
     lease_ttl_ms: AtomicU64,
+    /// A release the keeper did not take yet: retried on every keeper look,
+    /// or the keeper would stop a replica at a stale deadline.
+    release_pending: std::sync::atomic::AtomicBool,
+    /// The keeper's pid and fence count as the keeper watch last saw them.
+    fences_seen: Mutex<Option<(u32, u64)>>,
 }
 
 /// A command of an older epoch than one already seen.
@@ -96,8 +101,10 @@ impl Node {
             primary_lsn: AtomicU64::new(0),
             report_now: Notify::new(),
             lease_io: tokio::sync::Mutex::new(()),
+            fences_seen: Mutex::new(Some((keeper.pid, keeper.fences))),
             keeper: Mutex::new(Some(keeper)),
             lease_ttl_ms: AtomicU64::new(0),
+            release_pending: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -121,7 +128,8 @@ impl Node {
     pub async fn release_lease(&self) {
         let _io = self.lease_io.lock().await;
         self.lease.release(self.last_seq());
-        self.push_lease(rule::Lease::None).await;
+        let taken = self.push_lease(rule::Lease::None).await.is_some();
+        self.release_pending.store(!taken, Ordering::SeqCst);
         // Whether or not the keeper answered, this agent holds no lease.
         self.lease.confirm(rule::Lease::None);
     }
@@ -150,17 +158,26 @@ impl Node {
         }
     }
 
-    /// Ask the keeper how it is; returns its state, and how many fences
-    /// it carried out since it was last asked.
+    /// Ask the keeper how it is (and retry a release it did not take);
+    /// returns its state, and how many fences it carried out since the
+    /// last look.
     pub async fn sync_keeper(&self) -> Option<(KeeperState, u64)> {
         let _io = self.lease_io.lock().await;
-        let before = self.keeper_state().map(|k| (k.pid, k.fences));
+        if self.release_pending.load(Ordering::SeqCst)
+            && self.push_lease(rule::Lease::None).await.is_some()
+        {
+            self.release_pending.store(false, Ordering::SeqCst);
+        }
         match tokio::time::timeout(KEEPER_PUSH_LIMIT, self.pg.keeper().status()).await {
             Ok(Ok(state)) => {
-                let new_fences = match before {
+                let mut seen = crate::lock::lock(&self.fences_seen);
+                let new_fences = match *seen {
                     Some((pid, fences)) if pid == state.pid => state.fences.saturating_sub(fences),
+                    // A new keeper: every fence it counts is news.
                     _ => state.fences,
                 };
+                *seen = Some((state.pid, state.fences));
+                drop(seen);
                 self.seen_keeper(state.clone());
                 Some((state, new_fences))
             }

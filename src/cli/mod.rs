@@ -223,7 +223,7 @@ pub fn main() -> ExitCode {
 }
 
 fn keeper(args: &KeeperArgs) -> ExitCode {
-    crate::logging::init(false, "info");
+    let _flush = crate::logging::init_nonblocking("info");
     let (dir, data_dir) = match args.resolve() {
         Ok(paths) => paths,
         Err(e) => return Failure::usage(e).report(),

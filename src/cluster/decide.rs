@@ -1464,6 +1464,19 @@ mod tests {
                 epoch: 1,
             })
         );
+        // Paused and resumed again before that commit: the open grant made
+        // meanwhile voids the bounding grant, and the same report no longer
+        // bounds anything.
+        let mut paused = c.clone();
+        apply(&mut paused, pause(true));
+        let hold = LeaseGrant {
+            hold: true,
+            seq: 7,
+            ..g
+        };
+        assert!(s.book_lease(&paused, "n1", &hold));
+        assert_eq!(s.bounding, None);
+        assert_eq!(run(&c, &s, 2_250, 0).commit, None);
         apply(
             &mut c,
             ClusterCommand::LeaseBounded {

@@ -68,10 +68,11 @@ pub struct Soft {
     /// advanced replica.
     pub catch_up_since: Option<u64>,
     /// After a resume, while the primary's lease may still be held open:
-    /// the first bounded grant this leader sent the primary's agent
-    /// (session, report sequence number). Once the agent reports that its
-    /// keeper holds a lease from that grant or a later one, no grant made
-    /// while paused can still arrive (a session delivers in order).
+    /// the first bounded grant this leader sent the primary's agent since
+    /// its last open one (session, report sequence number). Once the agent
+    /// reports that its keeper holds a lease from that grant or a later
+    /// one, no open grant can still arrive (a session delivers in order,
+    /// and a new open grant clears this).
     pub bounding: Option<(u64, u64)>,
     /// Next command id.
     pub next_command: u64,
@@ -197,7 +198,10 @@ impl Soft {
         let Some(o) = self.nodes.get(node) else {
             return false;
         };
-        if cluster.open_lease && !grant.hold {
+        if grant.hold {
+            // Paused (again): whatever was bounded before may be open now.
+            self.bounding = None;
+        } else if cluster.open_lease {
             match self.bounding {
                 Some((session, _)) if session == grant.session => {}
                 _ => self.bounding = Some((grant.session, grant.seq)),

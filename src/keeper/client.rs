@@ -169,25 +169,24 @@ impl KeeperLink {
     }
 
     /// One request and its reply; reconnects once when the connection
-    /// broke (the keeper was restarted, or this is the first request).
+    /// broke (the keeper was restarted, or this is the first request). The
+    /// connection is out of the slot while a request is under way: if the
+    /// caller gives up half-way (a timeout), its reply can never be read as
+    /// the answer to the next request — the next one reconnects.
     pub async fn request(&self, request: &Request) -> Result<Reply, KeeperLinkError> {
-        let mut guard = self.conn.lock().await;
+        let mut slot = self.conn.lock().await;
         for attempt in 0..2 {
-            if guard.is_none() {
-                let (conn, _) = self.connect().await?;
-                *guard = Some(conn);
-            }
-            let Some(conn) = guard.as_mut() else {
-                continue;
+            let mut conn = match slot.take() {
+                Some(conn) => conn,
+                None => self.connect().await?.0,
             };
-            match exchange(conn, request).await {
-                Ok(reply) => return Ok(reply),
-                Err(e) => {
-                    *guard = None;
-                    if attempt == 1 {
-                        return Err(self.unreachable(e));
-                    }
+            match exchange(&mut conn, request).await {
+                Ok(reply) => {
+                    *slot = Some(conn);
+                    return Ok(reply);
                 }
+                Err(e) if attempt == 1 => return Err(self.unreachable(e)),
+                Err(_) => {}
             }
         }
         Err(self.unreachable("no connection"))

@@ -14,7 +14,7 @@ use super::rule::Lease;
 
 /// Longest line either side accepts (a start request with its environment
 /// is the longest message).
-pub const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 1024 * 1024;
 
 /// The socket's file name in the keeper's directory.
 pub const SOCKET: &str = "keeper.sock";
@@ -41,8 +41,8 @@ pub enum Request {
     },
     /// Start PostgreSQL as the keeper's child.
     Start(StartSpec),
-    /// Can this watchdog be armed? (Armed and disarmed again at once,
-    /// unless it is armed already.)
+    /// Does this look like a watchdog the keeper can arm and disarm? (Not
+    /// tried by arming it: opening a watchdog starts its countdown.)
     ProbeWatchdog(WatchdogSpec),
 }
 

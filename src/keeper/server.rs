@@ -46,9 +46,6 @@ use crate::process::{self, Fenced, FENCE_GRACE, FENCE_KILL_WAIT};
 /// How long a fast shutdown on SIGTERM may take before PostgreSQL is
 /// stopped immediately.
 pub const STOP_LIMIT: Duration = Duration::from_secs(60);
-/// A reply the agent does not take within this long costs it the
-/// connection (it reconnects).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 static TERMINATE: AtomicUsize = AtomicUsize::new(0);
 
@@ -116,23 +113,14 @@ pub fn run(config: KeeperConfig) -> Result<(), KeeperError> {
     if socket_path.as_os_str().len() > 107 {
         return Err(KeeperError::SocketPath(socket_path));
     }
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(config.dir.join(LOCK))
-        .map_err(io)?;
-    let _lock = match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((_, _)) => {
-            let pid = std::fs::read_to_string(config.dir.join(PID_FILE))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into());
-            return Err(KeeperError::AlreadyRunning {
-                dir: config.dir.clone(),
-                pid,
-            });
-        }
+    let Some(_lock) = crate::lock::exclusive_file(&config.dir.join(LOCK)).map_err(io)? else {
+        let pid = std::fs::read_to_string(config.dir.join(PID_FILE))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        return Err(KeeperError::AlreadyRunning {
+            dir: config.dir.clone(),
+            pid,
+        });
     };
     std::fs::write(
         config.dir.join(PID_FILE),
@@ -247,7 +235,17 @@ fn install_signals() -> Result<(), KeeperError> {
 
 /// Take a new connection from the keeper's own user (or root) only.
 fn accept(listener: &UnixListener) -> Option<Client> {
-    let (stream, _) = listener.accept().ok()?;
+    let (stream, _) = match listener.accept() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+        Err(e) => {
+            // Out of file descriptors, say: do not spin on a listener that
+            // stays readable.
+            tracing::warn!(error = %e, "cannot accept a connection");
+            std::thread::sleep(Duration::from_millis(10));
+            return None;
+        }
+    };
     let me = nix::unistd::geteuid().as_raw();
     match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
         Ok(cred) if cred.uid() == me || cred.uid() == 0 => {}
@@ -260,10 +258,9 @@ fn accept(listener: &UnixListener) -> Option<Client> {
             return None;
         }
     }
-    // Blocking: reads happen only when poll said readable; writes are
-    // bounded by the timeout.
-    stream.set_nonblocking(false).ok()?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT)).ok()?;
+    // Non-blocking both ways: a client that does not read its replies is
+    // dropped, never waited for.
+    stream.set_nonblocking(true).ok()?;
     Some(Client {
         stream,
         buf: Vec::new(),
@@ -390,7 +387,14 @@ impl Keeper {
         let n = match c.stream.read(&mut chunk) {
             Ok(0) => return false,
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return true
+            }
             Err(_) => return false,
         };
         c.buf.extend_from_slice(&chunk[..n]);
@@ -402,6 +406,8 @@ impl Keeper {
                     message: format!("cannot read the request: {e}"),
                 },
             };
+            // A reply that does not fit in the socket buffer at once means
+            // the client stopped reading: drop it (it reconnects).
             if c.stream.write_all(&encode(&reply)).is_err() {
                 return false;
             }
@@ -437,18 +443,16 @@ impl Keeper {
             }
             Request::Start(spec) => self.start(spec, now),
             Request::ProbeWatchdog(spec) => {
+                // Never by arming it: opening a watchdog starts its countdown.
                 let armed = self
                     .watchdog
                     .as_ref()
                     .is_some_and(|w| w.device() == spec.device);
                 if !armed {
-                    match Watchdog::arm(&spec.device, spec.timeout_s) {
-                        Ok(w) => w.disarm(),
-                        Err(e) => {
-                            return Reply::Error {
-                                message: e.to_string(),
-                            }
-                        }
+                    if let Err(e) = super::watchdog::probe(&spec.device) {
+                        return Reply::Error {
+                            message: e.to_string(),
+                        };
                     }
                 }
                 Reply::State(self.state(now))
@@ -551,13 +555,11 @@ impl Keeper {
     }
 }
 
-/// Both name the same directory (compared as written when either does not
-/// exist yet).
+/// Both name the same directory, compared as written (made absolute):
+/// resolving links would touch a file system that may be stuck, while the
+/// keeper must stay responsive. Agent and keeper read the same setting.
 fn same_dir(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
-    }
+    std::path::absolute(a).ok() == std::path::absolute(b).ok()
 }
 
 /// Fork and exec the postmaster: its own session (no terminal signals),

@@ -20,6 +20,19 @@ pub const STANDIN_ENV: &str = "PGQUORUM_TEST_WATCHDOG_STANDIN";
 
 nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, libc::c_int);
 nix::ioctl_read!(wdioc_gettimeout, b'W', 7, libc::c_int);
+nix::ioctl_read!(wdioc_getsupport, b'W', 0, WatchdogInfo);
+
+/// `struct watchdog_info` of linux/watchdog.h.
+#[repr(C)]
+#[derive(Default)]
+pub struct WatchdogInfo {
+    options: u32,
+    firmware_version: u32,
+    identity: [u8; 32],
+}
+
+/// `WDIOF_MAGICCLOSE`: writing `V` before closing stops the countdown.
+const WDIOF_MAGICCLOSE: u32 = 0x0100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchdogError {
@@ -41,6 +54,10 @@ pub enum WatchdogError {
         device: PathBuf,
         source: std::io::Error,
     },
+    #[error("watchdog {device} cannot be disarmed once armed ({why}): the host would reset every time this node stops being primary; load the driver with nowayout=0")]
+    NoWayOut { device: PathBuf, why: &'static str },
+    #[error("{device} is not a character device; point watchdog_device at the watchdog (e.g. /dev/watchdog)")]
+    NotADevice { device: PathBuf },
 }
 
 /// An armed watchdog.
@@ -51,9 +68,56 @@ pub struct Watchdog {
     timeout_s: u32,
 }
 
+/// Check, without opening it (opening arms it), that `device` looks like a
+/// watchdog this keeper could arm and disarm again.
+pub fn probe(device: &Path) -> Result<(), WatchdogError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(device).map_err(|source| WatchdogError::Open {
+        device: device.to_path_buf(),
+        source,
+    })?;
+    let standin = std::env::var_os(STANDIN_ENV).is_some();
+    if !meta.file_type().is_char_device() && !standin {
+        return Err(WatchdogError::NotADevice {
+            device: device.to_path_buf(),
+        });
+    }
+    nix::unistd::access(device, nix::unistd::AccessFlags::W_OK).map_err(|e| {
+        WatchdogError::Open {
+            device: device.to_path_buf(),
+            source: e.into(),
+        }
+    })?;
+    if nowayout(device) {
+        return Err(WatchdogError::NoWayOut {
+            device: device.to_path_buf(),
+            why: "its driver says nowayout",
+        });
+    }
+    Ok(())
+}
+
+/// The driver's `nowayout` flag from sysfs, where the kernel shows it
+/// (`/dev/watchdog` is `watchdog0`).
+fn nowayout(device: &Path) -> bool {
+    let Some(name) = device.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let name = if name == "watchdog" {
+        "watchdog0"
+    } else {
+        name
+    };
+    std::fs::read_to_string(format!("/sys/class/watchdog/{name}/nowayout"))
+        .is_ok_and(|v| v.trim() == "1")
+}
+
 impl Watchdog {
     /// Open (and so arm) `device` with a timeout of at most `timeout_s`.
+    /// [`probe`] it first: an armed device that cannot be disarmed resets
+    /// the host whenever this node stops being primary.
     pub fn arm(device: &Path, timeout_s: u32) -> Result<Watchdog, WatchdogError> {
+        probe(device)?;
         let file = OpenOptions::new()
             .write(true)
             .open(device)
@@ -66,11 +130,34 @@ impl Watchdog {
             device: device.to_path_buf(),
             timeout_s,
         };
-        if let Err(e) = w.set_timeout(timeout_s) {
+        if let Err(e) = w
+            .check_magic_close()
+            .and_then(|()| w.set_timeout(timeout_s))
+        {
             w.disarm();
             return Err(e);
         }
         Ok(w)
+    }
+
+    /// The driver must support the magic close, or disarming fails.
+    fn check_magic_close(&self) -> Result<(), WatchdogError> {
+        if std::env::var_os(STANDIN_ENV).is_some() {
+            return Ok(());
+        }
+        let mut info = WatchdogInfo::default();
+        // SAFETY: the fd is open; the ioctl fills one watchdog_info.
+        match unsafe { wdioc_getsupport(self.file.as_raw_fd(), &mut info) } {
+            Ok(_) if info.options & WDIOF_MAGICCLOSE != 0 => Ok(()),
+            Ok(_) => Err(WatchdogError::NoWayOut {
+                device: self.device.clone(),
+                why: "its driver has no magic close",
+            }),
+            Err(source) => Err(WatchdogError::NotAWatchdog {
+                device: self.device.clone(),
+                source,
+            }),
+        }
     }
 
     /// Ask the driver for `timeout_s`; it may round up: refuse then.
@@ -137,7 +224,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_plain_file_is_not_a_watchdog() {
+    fn a_plain_file_is_not_a_watchdog_and_is_never_written() {
         // Without the test switch a regular file cannot pass for a
         // device (this test never sets the switch).
         if std::env::var_os(STANDIN_ENV).is_some() {
@@ -147,10 +234,13 @@ mod tests {
         let path = dir.path().join("wd");
         std::fs::write(&path, b"").unwrap();
         let err = Watchdog::arm(&path, 1).unwrap_err();
-        assert!(matches!(err, WatchdogError::NotAWatchdog { .. }), "{err}");
-        // It was disarmed again on the way out.
-        assert_eq!(std::fs::read(&path).unwrap(), b"V");
-        let err = Watchdog::arm(&dir.path().join("missing"), 1).unwrap_err();
+        assert!(matches!(err, WatchdogError::NotADevice { .. }), "{err}");
+        assert!(err.to_string().contains("/dev/watchdog"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"", "it was opened");
+        let err = probe(&dir.path().join("missing")).unwrap_err();
         assert!(err.to_string().contains("cannot open"), "{err}");
+        // A character device that is no watchdog: opened, refused, closed.
+        let err = Watchdog::arm(Path::new("/dev/null"), 1).unwrap_err();
+        assert!(matches!(err, WatchdogError::NotAWatchdog { .. }), "{err}");
     }
 }
