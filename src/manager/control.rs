@@ -541,12 +541,6 @@ impl Control {
                 "{to} is already the primary"
             )));
         }
-        if cluster.open_lease && !old_primary_stopped {
-            let primary = cluster.primary.as_deref().unwrap_or("the primary");
-            return Err(NodeError::Precondition(format!(
-                "{primary}'s lease has been held open since the cluster was paused and its agent has not bounded it again, so its PostgreSQL may still take writes: start its agent (it then fails over by itself if needed), or make sure {primary}'s PostgreSQL is stopped (power its host off) and add --old-primary-stopped"
-            )));
-        }
         let view = self.soft_view(&cluster.name);
         let stale = cluster.config.ttl_ms;
         if let Some(primary) = cluster.primary.as_deref() {
@@ -560,6 +554,12 @@ impl Control {
                     "primary {primary} is healthy and holds its lease: use `pgquorum switchover --to {to}` for a planned change"
                 )));
             }
+        }
+        if cluster.open_lease && !old_primary_stopped {
+            let primary = cluster.primary.as_deref().unwrap_or("the primary");
+            return Err(NodeError::Precondition(format!(
+                "{primary}'s lease has been held open since the cluster was paused and its agent has not bounded it again, so its PostgreSQL may still take writes: start its agent (it then fails over by itself if needed), or make sure {primary}'s PostgreSQL is stopped (power its host off) and add --old-primary-stopped"
+            )));
         }
         let replica = view
             .nodes
