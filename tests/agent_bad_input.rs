@@ -308,6 +308,7 @@ async fn agent_refuses_bad_input_and_touches_nothing() {
 /// the test sends down the agent's session and the agent's reports back.
 struct FakeLeader {
     epoch: u64,
+    address: String,
     down: Mutex<Option<mpsc::Receiver<ManagerMessage>>>,
     up: mpsc::UnboundedSender<NodeReport>,
 }
@@ -322,6 +323,20 @@ fn envelope<T: serde::Serialize>(body: &T) -> AgentEnvelope {
 
 #[tonic::async_trait]
 impl AgentChannel for FakeLeader {
+    async fn who_leads(
+        &self,
+        _request: Request<AgentEnvelope>,
+    ) -> Result<Response<AgentEnvelope>, Status> {
+        Ok(Response::new(envelope(
+            &pgquorum::cluster::wire::LeaderHint {
+                manager: 1,
+                term: 1,
+                leader: Some(1),
+                leader_address: Some(self.address.clone()),
+            },
+        )))
+    }
+
     async fn register(
         &self,
         _request: Request<AgentEnvelope>,
@@ -389,6 +404,7 @@ async fn agent_refuses_commands_of_an_older_epoch() {
     let (up_tx, mut reports) = mpsc::unbounded_channel();
     let fake = FakeLeader {
         epoch: 5,
+        address: address.clone(),
         down: Mutex::new(Some(down_rx)),
         up: up_tx,
     };

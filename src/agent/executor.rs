@@ -123,6 +123,17 @@ pub async fn run(node: Arc<Node>, mut commands: mpsc::Receiver<AgentCommand>) {
 }
 
 async fn execute(node: &Node, command: &AgentCommand) -> anyhow::Result<String> {
+    if matches!(
+        command.action,
+        Action::Bootstrap { .. } | Action::StartPrimary { .. } | Action::Promote { .. }
+    ) {
+        // A failsafe promise (or not knowing whether one was given) keeps
+        // this node unwritable until it runs out.
+        let hold = node.holdoff_ms();
+        if hold > 0 {
+            bail!("failsafe: this node promised not to be made writable for another {hold} ms");
+        }
+    }
     node.accept_epoch(command.epoch)?;
     match &command.action {
         Action::Bootstrap { settings } => bootstrap(node, settings).await,

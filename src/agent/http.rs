@@ -7,6 +7,8 @@
 //! * `GET /health` — 200 while PostgreSQL runs and answers.
 //! * `GET /status` — the node's state as JSON.
 //! * `GET /metrics` — Prometheus text format.
+//! * `POST /failsafe` — another node's agent asks for a failsafe promise
+//!   (see [`super::failsafe`]).
 //!
 //! HAProxy's `option httpchk` sends OPTIONS (or HEAD) by default; the
 //! health endpoints answer any method.
@@ -52,6 +54,21 @@ pub struct NodeStatusJson {
     pub pending_restart: bool,
     /// The node's keeper (the postmaster's parent, the lease's enforcer).
     pub keeper: Option<KeeperJson>,
+    pub failsafe: FailsafeJson,
+}
+
+/// Failsafe mode, both sides.
+#[derive(Debug, Serialize)]
+pub struct FailsafeJson {
+    /// This primary runs on promises from every other node (no manager
+    /// leader reachable).
+    pub active: bool,
+    /// Why it is not (when it tried).
+    pub refused: Option<String>,
+    /// The primary this node promised to follow, and for how much longer
+    /// it refuses to be made writable (a promise, or just started).
+    pub promised_to: Option<String>,
+    pub holdoff_ms: u64,
 }
 
 /// The keeper, as the agent last saw it.
@@ -114,6 +131,12 @@ pub fn status_of(node: &Node) -> NodeStatusJson {
         upstream: p.upstream.map(|u| u.node),
         pending_restart: pg.is_some_and(|pg| pg.pending_restart),
         keeper,
+        failsafe: FailsafeJson {
+            active: matches!(node.failsafe(), Some(Ok(_))),
+            refused: node.failsafe().and_then(|f| f.err()),
+            promised_to: node.promise_held().map(|p| p.to),
+            holdoff_ms: node.holdoff_ms(),
+        },
     }
 }
 
@@ -156,6 +179,21 @@ async fn replica(
 
 async fn health(State(node): State<Arc<Node>>) -> Response {
     answer(node.observation().postgres.is_some(), &node)
+}
+
+/// Another node's agent, primary without a manager leader, asks for a
+/// failsafe promise.
+async fn failsafe(
+    State(node): State<Arc<Node>>,
+    Json(request): Json<crate::cluster::wire::FailsafeRequest>,
+) -> Response {
+    let reply = super::failsafe::answer(&node, &request);
+    let code = if reply.refused.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    (code, Json(reply)).into_response()
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {
@@ -216,6 +254,16 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         } else {
             format!("{:.3}", s.lease_remaining_ms as f64 / 1000.0)
         },
+    );
+    metric(
+        "pgquorum_failsafe_active",
+        "This primary keeps its lease on its peers' promises (no manager leader).",
+        b(s.failsafe.active),
+    );
+    metric(
+        "pgquorum_failsafe_holdoff_seconds",
+        "How long this node refuses to be made writable (a failsafe promise).",
+        format!("{:.3}", s.failsafe.holdoff_ms as f64 / 1000.0),
     );
     metric(
         "pgquorum_lease_open",
@@ -285,5 +333,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health", any(health))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/failsafe", axum::routing::post(failsafe))
         .with_state(node)
 }

@@ -6,12 +6,14 @@
 //! * [`session`] — registration and the session with the manager leader.
 //! * [`executor`] — commands, the observer loop, and following the keeper
 //!   (which enforces the lease, see [`crate::keeper`]).
-//! * [`http`] — health endpoints and metrics.
+//! * [`http`] — health endpoints, metrics, the failsafe endpoint.
+//! * [`failsafe`] — keeping the lease on peers' promises without managers.
 //! * [`callbacks`] — user scripts on role changes.
 
 pub mod callbacks;
 pub mod config;
 pub mod executor;
+pub mod failsafe;
 pub mod http;
 pub mod lease;
 pub mod node;
@@ -102,6 +104,7 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     let tasks = vec![
         tokio::spawn(executor::observe(node.clone(), OBSERVE_EVERY)),
         tokio::spawn(executor::watch_keeper(node.clone())),
+        tokio::spawn(failsafe::run(node.clone())),
         tokio::spawn(executor::run(node.clone(), commands_rx)),
         tokio::spawn(session::run(node.clone(), commands_tx)),
     ];

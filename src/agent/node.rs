@@ -65,6 +65,28 @@ pub struct Node {
     release_pending: std::sync::atomic::AtomicBool,
     /// The keeper's pid and fence count as the keeper watch last saw them.
     fences_seen: Mutex<Option<(u32, u64)>>,
+    /// Boot-clock ms when this agent process started, if a previous process
+    /// may have given a failsafe promise (failsafe on, a replica): no
+    /// promotion for a ttl + margin after that.
+    started_at: Option<u64>,
+    /// Boot-clock ms of the latest message from a leader (0: none yet).
+    leader_contact: AtomicU64,
+    /// The report interval the leader asked for.
+    heartbeat_ms: AtomicU64,
+    /// A failsafe promise given: to whom, for which epoch, until when.
+    promise: Mutex<Option<Promise>>,
+    /// Failsafe mode as the primary: `None` when not in it; otherwise the
+    /// extended deadline, or why the peers did not all promise.
+    failsafe: Mutex<Option<Result<u64, String>>>,
+}
+
+/// A failsafe promise this node gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promise {
+    pub to: String,
+    pub epoch: u64,
+    /// Boot-clock ms.
+    pub until: u64,
 }
 
 /// A command of an older epoch than one already seen.
@@ -83,6 +105,7 @@ impl Node {
     pub fn new(config: AgentConfig, pg: Postgres, keeper: KeeperState) -> Result<Node, StateError> {
         let file = StateFile::new(&config.state_dir);
         let persisted = file.load()?;
+        let (persisted_failsafe, persisted_intent) = (persisted.failsafe, persisted.intent);
         let session = rand::random::<u64>() | 1;
         let lease = Lease::new(session, keeper.lease);
         Ok(Node {
@@ -105,7 +128,135 @@ impl Node {
             keeper: Mutex::new(Some(keeper)),
             lease_ttl_ms: AtomicU64::new(0),
             release_pending: std::sync::atomic::AtomicBool::new(false),
+            started_at: (persisted_failsafe && persisted_intent == Intent::Replica)
+                .then(crate::boottime::boot_ms),
+            leader_contact: AtomicU64::new(0),
+            heartbeat_ms: AtomicU64::new(250),
+            promise: Mutex::new(None),
+            failsafe: Mutex::new(None),
         })
+    }
+
+    /// A message from the leader arrived.
+    pub fn heard_leader(&self) {
+        self.leader_contact
+            .store(crate::boottime::boot_ms(), Ordering::Relaxed);
+    }
+
+    /// The leader's report interval.
+    pub fn set_heartbeat(&self, interval: Duration) {
+        self.heartbeat_ms
+            .store(interval.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed).max(50))
+    }
+
+    /// How long the leader may stay silent before it counts as gone: the
+    /// leader answers every report at once.
+    pub fn leader_silence_limit(&self) -> Duration {
+        (self.heartbeat() * 2).max(Duration::from_millis(400))
+    }
+
+    /// The session with a leader works (it answered lately).
+    pub fn leader_reachable(&self) -> bool {
+        let at = self.leader_contact.load(Ordering::Relaxed);
+        at > 0
+            && crate::boottime::boot_ms().saturating_sub(at)
+                <= self.leader_silence_limit().as_millis() as u64
+    }
+
+    /// The lease ttl as last granted (the default before any grant).
+    pub fn ttl_ms(&self) -> u64 {
+        match self.lease_ttl_ms.load(Ordering::Relaxed) {
+            0 => crate::cluster::config::DynamicConfig::default().ttl_ms,
+            ttl => ttl,
+        }
+    }
+
+    /// Promise (failsafe) not to be made writable for `ms` from now.
+    pub fn promise(&self, to: &str, epoch: u64, ms: u64) {
+        let until = crate::boottime::boot_ms() + ms;
+        let mut p = crate::lock::lock(&self.promise);
+        let until = p.as_ref().map_or(until, |old| old.until.max(until));
+        if p.as_ref().is_none_or(|old| old.to != to) {
+            tracing::warn!(
+                to,
+                epoch,
+                ms,
+                "failsafe: promised to follow the primary and not to be made writable"
+            );
+        }
+        *p = Some(Promise {
+            to: to.to_string(),
+            epoch,
+            until,
+        });
+    }
+
+    /// The failsafe promise still running, if any.
+    pub fn promise_held(&self) -> Option<Promise> {
+        let now = crate::boottime::boot_ms();
+        crate::lock::lock(&self.promise)
+            .clone()
+            .filter(|p| p.until > now)
+    }
+
+    /// How long this node must still refuse to be made writable: a running
+    /// failsafe promise, or, just after the agent started, a full ttl +
+    /// margin (a promise a previous process gave is not remembered).
+    pub fn holdoff_ms(&self) -> u64 {
+        let now = crate::boottime::boot_ms();
+        let start = self.started_at.map_or(0, |at| {
+            (at + self.ttl_ms() + super::failsafe::MARGIN_MS).saturating_sub(now)
+        });
+        let promise = self
+            .promise_held()
+            .map_or(0, |p| p.until.saturating_sub(now));
+        start.max(promise)
+    }
+
+    /// Failsafe mode as the primary (None: not in it).
+    pub fn set_failsafe(&self, state: Option<Result<u64, String>>) {
+        let mut f = crate::lock::lock(&self.failsafe);
+        match (&*f, &state) {
+            (Some(Ok(_)), Some(Ok(_))) | (None, None) => {}
+            (_, Some(Ok(until))) => {
+                tracing::warn!(
+                    until,
+                    "failsafe: no manager leader, every other node promised: the lease is extended"
+                )
+            }
+            (_, Some(Err(why))) if f.as_ref() != Some(&Err(why.clone())) => {
+                tracing::warn!(%why, "failsafe: no manager leader and no promise from every node: the lease is not extended")
+            }
+            (Some(_), None) => tracing::info!("failsafe mode over"),
+            _ => {}
+        }
+        *f = state;
+    }
+
+    pub fn failsafe(&self) -> Option<Result<u64, String>> {
+        crate::lock::lock(&self.failsafe).clone()
+    }
+
+    /// Extend the keeper's lease (failsafe): only ever later, same epoch.
+    pub async fn extend_lease(&self, next: rule::Lease) {
+        let _io = self.lease_io.lock().await;
+        let later = match (self.lease.held(), next) {
+            (
+                rule::Lease::Until { epoch, deadline },
+                rule::Lease::Until {
+                    epoch: e,
+                    deadline: d,
+                },
+            ) => epoch == e && d > deadline,
+            _ => false,
+        };
+        if later {
+            self.push_lease(next).await;
+        }
     }
 
     /// Take in a lease grant: the keeper holds the new lease once this
@@ -208,13 +359,9 @@ impl Node {
         if self.config.watchdog == WatchdogMode::Off {
             return None;
         }
-        let ttl = match self.lease_ttl_ms.load(Ordering::Relaxed) {
-            0 => crate::cluster::config::DynamicConfig::default().ttl_ms,
-            ttl => ttl,
-        };
         Some(WatchdogSpec {
             device: self.config.watchdog_device.clone(),
-            timeout_s: rule::watchdog_timeout_s(ttl)?,
+            timeout_s: rule::watchdog_timeout_s(self.ttl_ms())?,
         })
     }
 
@@ -361,6 +508,7 @@ impl Node {
             upstream: p.upstream.as_ref().map(|u: &Upstream| u.node.clone()),
             lease_open: matches!(self.lease.held(), rule::Lease::Open { .. }),
             lease_seq: self.lease.held_seq(),
+            promise_ms: self.holdoff_ms(),
         };
         self.lease.sent(seq);
         report

@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 
 use super::node::Node;
 use crate::cluster::wire::{
-    AgentCommand, ManagerMessage, NodeReport, Registration, RegistrationReply,
+    AgentCommand, LeaderHint, ManagerMessage, NodeReport, Registration, RegistrationReply,
 };
 use crate::manager::agents::{decode, encode};
 use crate::manager::api::LEADER_HEADER;
@@ -131,33 +131,61 @@ pub async fn register(node: &Node, timeout: Duration) -> Result<RegistrationRepl
     }
 }
 
+/// How long one "who leads?" question may take.
+const ASK_LIMIT: Duration = Duration::from_millis(300);
+/// Pause between two rounds of questions while nobody leads.
+const ASK_AGAIN: Duration = Duration::from_millis(50);
+
 /// Keep a session with the leader open forever; commands go to `commands`.
 pub async fn run(node: Arc<Node>, commands: mpsc::Sender<AgentCommand>) {
     let mut hint: Option<String> = None;
     loop {
-        for address in candidates(&node, &hint) {
-            match session(&node, &address, &commands).await {
-                Ok(()) => {
-                    hint = None;
-                    break;
+        let address = match hint.take() {
+            Some(h) => h,
+            None => find_leader(&node).await,
+        };
+        match session(&node, &address, &commands).await {
+            Ok(()) => {}
+            Err(status) => {
+                tracing::debug!(manager = %address, code = ?status.code(), message = status.message(), "no session");
+                if let Some(h) = leader_hint(&status).filter(|h| *h != address) {
+                    hint = Some(h);
+                    continue;
                 }
-                Err(status) => {
-                    tracing::debug!(manager = %address, code = ?status.code(), message = status.message(), "no session");
-                    if let Some(h) = leader_hint(&status) {
-                        hint = Some(h);
-                        break;
-                    }
-                    if status.code() == Code::NotFound {
-                        // Not a member (removed, or the group was rebuilt):
-                        // register again, then retry.
-                        if let Err(e) = register(&node, Duration::from_secs(5)).await {
-                            tracing::warn!(error = %e, "re-registration failed");
-                        }
+                if status.code() == Code::NotFound {
+                    // Not a member (removed, or the group was rebuilt):
+                    // register again, then retry.
+                    if let Err(e) = register(&node, Duration::from_secs(5)).await {
+                        tracing::warn!(error = %e, "re-registration failed");
                     }
                 }
+                tokio::time::sleep(ASK_AGAIN).await;
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Ask every manager at once who leads, until one names a leader; the
+/// answer of the highest term wins. A dead or frozen manager costs at most
+/// [`ASK_LIMIT`], never a turn in a queue.
+async fn find_leader(node: &Node) -> String {
+    loop {
+        let asks = node.config.managers.iter().map(|address| async move {
+            let mut api = client(node, address)?;
+            let ask = api.who_leads(encode(&()).ok()?);
+            let reply = tokio::time::timeout(ASK_LIMIT, ask).await.ok()?.ok()?;
+            decode::<LeaderHint>(&reply.into_inner()).ok()
+        });
+        let best = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .filter(|h| h.leader_address.is_some())
+            .max_by_key(|h| h.term);
+        if let Some(address) = best.and_then(|h| h.leader_address) {
+            return address;
+        }
+        tokio::time::sleep(ASK_AGAIN).await;
     }
 }
 
@@ -217,7 +245,7 @@ async fn session(
     let result = loop {
         // The leader answers every report at once: a silent leader is a
         // dead or cut-off one, and the lease cannot wait for TCP to notice.
-        let silence = (interval * 3).max(Duration::from_millis(750));
+        let silence = node.leader_silence_limit();
         let message = match tokio::time::timeout(silence, down.message()).await {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => break Ok(()),
@@ -234,6 +262,7 @@ async fn session(
                 continue;
             }
         };
+        node.heard_leader();
         match message {
             ManagerMessage::Welcome {
                 leader,
@@ -242,6 +271,7 @@ async fn session(
             } => {
                 tracing::debug!(leader, heartbeat_interval_ms, "welcome");
                 interval = Duration::from_millis(heartbeat_interval_ms.clamp(50, 5000));
+                node.set_heartbeat(interval);
                 let _ = reporter.1.send(interval);
             }
             ManagerMessage::Lease(grant) => {
@@ -254,6 +284,14 @@ async fn session(
                 }
             }
             ManagerMessage::Poll => node.report_now.notify_one(),
+            ManagerMessage::Members { members, failsafe } => {
+                if let Err(e) = node.update(|p| {
+                    p.peers = members;
+                    p.failsafe = failsafe;
+                }) {
+                    tracing::warn!(error = %e, "cannot save the cluster's members");
+                }
+            }
             ManagerMessage::Refused { reason } => {
                 break Err(Status::not_found(reason));
             }

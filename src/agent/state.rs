@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::wire::Upstream;
+use crate::cluster::wire::{Peer, Upstream};
 use crate::manager::identity::write_durably;
 
 /// What this node is supposed to be, as the last command said.
@@ -37,6 +37,11 @@ pub struct Persisted {
     pub completed_action: Option<u64>,
     /// Dynamic configuration version applied.
     pub config_version: u64,
+    /// The cluster's members as the leader last told (for failsafe mode,
+    /// which works while no manager answers).
+    pub peers: Vec<Peer>,
+    /// Failsafe mode is on in the cluster's configuration.
+    pub failsafe: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

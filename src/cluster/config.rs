@@ -78,6 +78,10 @@ pub struct DynamicConfig {
     pub primary_start_timeout_ms: u64,
     /// Re-clone a node whose pg_rewind failed instead of leaving it down.
     pub reclone_on_rewind_failure: bool,
+    /// While no manager quorum can be reached, the primary keeps its lease
+    /// as long as every other node's agent promises, directly, to follow it
+    /// and to refuse a promotion meanwhile.
+    pub failsafe: bool,
     /// PostgreSQL parameters applied on every node.
     pub parameters: BTreeMap<String, String>,
 }
@@ -94,6 +98,7 @@ impl Default for DynamicConfig {
             maximum_lag_on_failover: 1024 * 1024,
             primary_start_timeout_ms: 10_000,
             reclone_on_rewind_failure: true,
+            failsafe: true,
             parameters: BTreeMap::new(),
         }
     }
@@ -236,6 +241,14 @@ const KEYS: &[Key] = &[
         get: |c| on_off(c.reclone_on_rewind_failure),
         set: |c, v| {
             c.reclone_on_rewind_failure = boolean(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "failsafe",
+        get: |c| on_off(c.failsafe),
+        set: |c, v| {
+            c.failsafe = boolean(v)?;
             Ok(())
         },
     },

@@ -496,6 +496,19 @@ fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) -> bool {
         ));
         return false;
     }
+    let promised: Vec<&str> = input
+        .soft
+        .nodes
+        .iter()
+        .filter(|(name, o)| **name != primary.name && holds_promise(input, o))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !promised.is_empty() {
+        d.wait(format!(
+            "{} promised (failsafe) not to be made writable yet: waiting for that to run out",
+            promised.join(", ")
+        ));
+    }
     failover(input, primary, d);
     false
 }
@@ -536,7 +549,7 @@ fn candidates<'a>(input: &'a Input, exclude: &str, since: u64) -> Vec<Candidate<
         .filter(|m| m.name != exclude)
         .filter_map(|m| {
             let o = fresh(input, &m.name)?;
-            if o.received_at < since {
+            if o.received_at < since || holds_promise(input, o) {
                 return None;
             }
             let pg = o.report.postgres.as_ref()?;
@@ -571,6 +584,12 @@ fn candidates<'a>(input: &'a Input, exclude: &str, since: u64) -> Vec<Candidate<
             ))
     });
     list
+}
+
+/// The node promised (failsafe) a primary not to be made writable, or just
+/// started and cannot know whether it did: not before that has run out.
+fn holds_promise(input: &Input, o: &Observation) -> bool {
+    input.now < o.received_at + o.report.promise_ms
 }
 
 /// The committed sync set protects acknowledged commits only if it is
@@ -1579,6 +1598,48 @@ mod tests {
         );
         let d = run(&c, &s, 10_000, 0);
         assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
+    }
+
+    #[test]
+    fn a_node_holding_a_failsafe_promise_is_not_promoted_until_it_ran_out() {
+        let c = three(&[]);
+        let promised = |node: &str, lsn: u64, ms: u64| NodeReport {
+            promise_ms: ms,
+            ..replica(node, lsn, None)
+        };
+        // n2 is the most advanced but promised for 2 s from 9 500.
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (promised("n2", 10_000, 2_000), 9_500),
+                (promised("n3", 9_000, 0), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(promoted(&d).map(|p| p.0), Some("n3".into()), "{d:?}");
+        assert!(d.waiting.iter().any(|w| w.contains("n2 promised")), "{d:?}");
+        // Both promised: nobody.
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (promised("n2", 10_000, 2_000), 9_500),
+                (promised("n3", 9_000, 2_000), 9_500),
+            ],
+        );
+        assert_eq!(promoted(&run(&c, &s, 10_000, 0)), None);
+        // Run out: n2 again.
+        let s = soft(
+            &c,
+            vec![
+                (primary("n1", 10_000), 1_000),
+                (promised("n2", 10_000, 400), 9_500),
+                (promised("n3", 9_000, 400), 9_500),
+            ],
+        );
+        let d = run(&c, &s, 10_000, 0);
+        assert_eq!(promoted(&d).map(|p| p.0), Some("n2".into()), "{d:?}");
     }
 
     #[test]

@@ -32,6 +32,18 @@ pub struct RegistrationReply {
     pub primary: Option<String>,
 }
 
+/// A manager's answer to "who leads?".
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LeaderHint {
+    /// The manager that answers.
+    pub manager: u64,
+    /// Its Raft term: the highest term's answer is the freshest.
+    pub term: u64,
+    /// The leader it knows of, and its address.
+    pub leader: Option<u64>,
+    pub leader_address: Option<String>,
+}
+
 /// What the agent is busy with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -166,6 +178,11 @@ pub struct NodeReport {
     /// none in this agent process).
     #[serde(default)]
     pub lease_seq: u64,
+    /// This agent will refuse to be made writable for this long (from when
+    /// the report was sent): a failsafe promise to the primary, or an agent
+    /// just started that cannot know whether it promised one.
+    #[serde(default)]
+    pub promise_ms: u64,
 }
 
 /// How a command ended.
@@ -302,4 +319,41 @@ pub enum ManagerMessage {
     Refused {
         reason: String,
     },
+    /// The cluster's members and the failsafe setting: sent at the start of
+    /// a session and whenever they change. The agent keeps them (on disk),
+    /// for failsafe mode while no manager can be reached.
+    Members {
+        members: Vec<Peer>,
+        failsafe: bool,
+    },
+}
+
+/// A member of the cluster as other agents reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    /// Its agent's HTTP address (HOST:PORT).
+    pub http: String,
+}
+
+/// `POST /failsafe` from the primary's agent to every other agent, while
+/// the primary cannot reach a manager leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailsafeRequest {
+    pub cluster: String,
+    /// The primary asking.
+    pub node: String,
+    pub epoch: u64,
+    /// How long the promise is asked for.
+    pub ttl_ms: u64,
+}
+
+/// The answer: the promise, or why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailsafeReply {
+    /// For how long, from when it received the request, this node follows
+    /// the primary and refuses to be made writable (0: no promise).
+    pub promise_ms: u64,
+    /// Why there is no promise.
+    pub refused: Option<String>,
 }

@@ -11,7 +11,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::api::status_of;
 use super::control::Control;
 use super::node::{ManagerNode, NodeError};
-use crate::cluster::wire::{ManagerMessage, NodeReport, Registration, RegistrationReply};
+use crate::cluster::wire::{
+    LeaderHint, ManagerMessage, NodeReport, Registration, RegistrationReply,
+};
 use crate::cluster::ClusterCommand;
 use crate::proto::agent::agent_channel_server::AgentChannel;
 use crate::proto::agent::AgentEnvelope;
@@ -53,6 +55,22 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<AgentEnvelope, Status>> + 
 
 #[tonic::async_trait]
 impl AgentChannel for AgentService {
+    async fn who_leads(
+        &self,
+        request: Request<AgentEnvelope>,
+    ) -> Result<Response<AgentEnvelope>, Status> {
+        self.node.guard.peer(&request, "the agent channel")?;
+        let view = self.node.view();
+        let leader = self.node.leader();
+        let hint = LeaderHint {
+            manager: self.node.id,
+            term: view.term,
+            leader: leader.as_ref().map(|(id, _)| *id),
+            leader_address: leader.map(|(_, address)| address),
+        };
+        Ok(Response::new(encode(&hint)?))
+    }
+
     async fn register(
         &self,
         request: Request<AgentEnvelope>,
@@ -128,6 +146,9 @@ impl AgentChannel for AgentService {
                 heartbeat_interval_ms: config.heartbeat_interval_ms,
                 ttl_ms: config.ttl_ms,
             });
+            if let Some(c) = state.state.clusters.get(&cluster) {
+                let _ = tx.try_send(super::control::members_message(c));
+            }
             // Only the control loop's copy keeps the stream open: when it
             // drops the session (leadership lost), the agent sees the end.
             let weak = tx.downgrade();

@@ -348,12 +348,12 @@ impl ManagerConfig {
         let election_timeout_min = duration(
             "election_timeout_min",
             raft.election_timeout_min.as_deref(),
-            800,
+            300,
         )?;
         let election_timeout_max = duration(
             "election_timeout_max",
             raft.election_timeout_max.as_deref(),
-            1200,
+            450,
         )?;
         if heartbeat_interval * 3 > election_timeout_min
             || election_timeout_min >= election_timeout_max

@@ -75,6 +75,9 @@ struct Leadership {
     waiting: BTreeMap<String, Vec<String>>,
     sessions: HashMap<(String, String), Session>,
     next_session: u64,
+    /// Per cluster, the (registrations, config version) the agents were
+    /// last told the members and failsafe setting for.
+    announced: BTreeMap<String, (u64, u64)>,
 }
 
 /// Counters for the manager's `/metrics`.
@@ -95,6 +98,8 @@ struct Inner {
     leadership: Mutex<Leadership>,
     wake: Notify,
     changes: watch::Sender<u64>,
+    /// The manager is shutting down: lead nothing, accept no session.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Handle on the control loop, shared by the API and agent services.
@@ -114,6 +119,7 @@ impl Control {
                 leadership: Mutex::new(Leadership::default()),
                 wake: Notify::new(),
                 changes,
+                stopping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -149,11 +155,23 @@ impl Control {
         self.inner.changes.send_modify(|n| *n += 1);
     }
 
+    /// Stop leading for good (shutdown): drop the soft state and every
+    /// agent session, so that agents redial at once, and accept no new one.
+    pub fn stop(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        let mut l = self.lock();
+        *l = Leadership {
+            next_session: l.next_session,
+            ..Leadership::default()
+        };
+    }
+
     /// Follow leadership changes: a new leader starts from scratch (and
     /// cautiously); a former leader drops its sessions so agents redial.
     fn track_leadership(&self) -> bool {
         let metrics = self.inner.node.raft.metrics().borrow().clone();
-        let leading = metrics.current_leader == Some(self.inner.node.id);
+        let leading = metrics.current_leader == Some(self.inner.node.id)
+            && !self.inner.stopping.load(Ordering::SeqCst);
         let now = self.now();
         let mut l = self.lock();
         if !leading {
@@ -279,10 +297,28 @@ impl Control {
                 counters.lease_denials.fetch_add(1, Ordering::Relaxed);
             }
             self.poll(cluster, &decision.poll);
+            self.announce_members(cluster);
             self.send(cluster, decision.commands, decision.grant, now);
             return Ok(());
         }
         Ok(())
+    }
+
+    /// Tell every agent of `cluster` its members and the failsafe setting
+    /// when they changed since they were last told.
+    fn announce_members(&self, cluster: &Cluster) {
+        let version = (cluster.registrations, cluster.config_version);
+        let mut l = self.lock();
+        if l.announced.get(&cluster.name) == Some(&version) {
+            return;
+        }
+        l.announced.insert(cluster.name.clone(), version);
+        let message = members_message(cluster);
+        for ((c, _), session) in l.sessions.iter() {
+            if *c == cluster.name {
+                let _ = session.tx.try_send(message.clone());
+            }
+        }
     }
 
     /// Ask nodes for a report now.
@@ -381,6 +417,9 @@ impl Control {
         node: &str,
         tx: mpsc::Sender<ManagerMessage>,
     ) -> Option<u64> {
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return None;
+        }
         let mut l = self.lock();
         l.term?;
         l.next_session += 1;
@@ -614,6 +653,21 @@ impl Control {
         }
         self.inner.wake.notify_one();
         Ok(applied)
+    }
+}
+
+/// The members of `cluster` and its failsafe setting, for its agents.
+pub fn members_message(cluster: &Cluster) -> ManagerMessage {
+    ManagerMessage::Members {
+        members: cluster
+            .members
+            .values()
+            .map(|m| crate::cluster::wire::Peer {
+                name: m.name.clone(),
+                http: m.http.clone(),
+            })
+            .collect(),
+        failsafe: cluster.config.failsafe,
     }
 }
 

@@ -6,7 +6,7 @@
 //! * [`node`] — the running manager: writes, linearizable reads, membership.
 //! * [`api`] / [`agents`] — the public API and the agent channel.
 //! * [`control`] — the leader's control loop.
-//! * [`server`] — start, serve, stop.
+//! * [`server`] — start, serve, stop; [`shutdown`] — the leader's hand-over.
 
 pub mod agents;
 pub mod api;
@@ -19,6 +19,7 @@ pub mod node;
 pub mod raft_service;
 pub mod recovery;
 pub mod server;
+pub mod shutdown;
 pub mod status;
 pub mod store;
 pub mod types;

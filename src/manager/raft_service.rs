@@ -84,6 +84,15 @@ impl RaftRpc for RaftService {
         self.reply(&result)
     }
 
+    async fn take_over(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: super::shutdown::TakeOver = self.open(request)?;
+        super::shutdown::take_over(self.node.clone(), rpc);
+        self.reply(&())
+    }
+
     async fn node_info(
         &self,
         request: Request<RaftMessage>,

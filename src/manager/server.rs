@@ -28,6 +28,11 @@ use crate::proto::api::pg_quorum_server::PgQuorumServer;
 use crate::proto::raft::raft_server::RaftServer;
 use crate::security::{ClientSecurity, Guard};
 
+/// How long open gRPC calls get to finish at shutdown.
+const SERVER_STOP: std::time::Duration = std::time::Duration::from_millis(300);
+/// How long Raft gets to shut down.
+const RAFT_STOP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Resolves when the process is asked to stop (SIGTERM or SIGINT).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -98,6 +103,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         )
     })?;
     let state = state_machine.watch();
+    let flush = log_store.engine();
 
     // Bind before starting Raft so that a taken port fails fast and cleanly.
     let listener = TcpListener::bind(config.listen)
@@ -209,19 +215,51 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     };
 
     shutdown_signal().await;
-    tracing::info!("stopping: closing the gRPC server, then Raft");
+    let started = std::time::Instant::now();
+    // A second signal: stop now, whatever is under way.
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(130);
+    });
+    tracing::info!(
+        "stopping: no more agent sessions, leadership handed over, then the gRPC server and Raft"
+    );
+    control.stop();
     control_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }
-    let _ = stop_tx.send(());
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
-        Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+    let lease = config.election_timeout_max;
+    match super::shutdown::hand_over(&node, lease).await {
+        Some(to) => tracing::info!(to, "asked manager {to} to take over the leadership"),
+        None if node.is_leader() => {
+            tracing::warn!("no up-to-date follower to hand over to: the others elect by themselves")
+        }
+        None => {}
     }
-    raft.shutdown().await.context("raft shutdown")?;
-    tracing::info!("manager stopped");
+    // Streams (agent sessions, Watch) would hold a graceful shutdown open
+    // forever: give the calls under way a moment, then cut them.
+    let _ = stop_tx.send(());
+    let mut server = server;
+    match tokio::time::timeout(SERVER_STOP, &mut server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Err(_) => {
+            tracing::info!("gRPC calls still open after {SERVER_STOP:?}: closing them");
+            server.abort();
+        }
+    }
+    match tokio::time::timeout(RAFT_STOP, raft.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown"),
+        Err(_) => tracing::warn!("raft did not shut down within {RAFT_STOP:?}"),
+    }
+    if let Err(e) = store::flush_durable(&flush).await {
+        tracing::warn!(error = %e, "cannot flush the store");
+    }
+    tracing::info!(elapsed = ?started.elapsed(), "manager stopped");
     Ok(())
 }
 

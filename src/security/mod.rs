@@ -375,6 +375,15 @@ impl Tls {
         config
     }
 
+    /// An HTTPS client that trusts this CA (agent to agent, for failsafe).
+    pub fn http_client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        Ok(rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Settings(format!("TLS client: {e}")))?
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth())
+    }
+
     /// Server settings: this process's certificate; clients may present a
     /// certificate signed by the CA (checked in the handshake), and the
     /// services decide who must (see [`Guard`]).

@@ -283,6 +283,8 @@ impl World {
             // The simulation never pauses: no lease is ever held open.
             lease_open: false,
             lease_seq: 0,
+            // Nor does it model failsafe mode.
+            promise_ms: 0,
         };
         let a = self.agent(n);
         a.seq = seq;

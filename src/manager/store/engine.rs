@@ -115,7 +115,7 @@ pub trait KvEngine: Send + Sync + 'static {
 }
 
 /// Runs [`KvEngine::flush_durable`] on a blocking thread.
-pub(crate) async fn flush_durable(engine: &Arc<dyn KvEngine>) -> Result<(), EngineError> {
+pub async fn flush_durable(engine: &Arc<dyn KvEngine>) -> Result<(), EngineError> {
     let engine = Arc::clone(engine);
     tokio::task::spawn_blocking(move || engine.flush_durable())
         .await

@@ -66,6 +66,12 @@ fn key_range(range: &impl RangeBounds<u64>) -> Option<KeyRange> {
 }
 
 impl LogStore {
+    /// The engine underneath (to flush it at shutdown, after openraft has
+    /// taken the store).
+    pub fn engine(&self) -> Arc<dyn KvEngine> {
+        Arc::clone(&self.engine)
+    }
+
     /// Opens the log on `engine`, finishing a purge a crash interrupted.
     /// With a `watermark`, refuses an engine that lost durable data.
     pub fn new(

@@ -30,7 +30,8 @@ use std::sync::Arc;
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 
 pub use engine::{
-    Durability, EngineError, KeyRange, KeyValue, Keyspace, KvEngine, SledEngine, WriteOp,
+    flush_durable, Durability, EngineError, KeyRange, KeyValue, Keyspace, KvEngine, SledEngine,
+    WriteOp,
 };
 pub use log_store::LogStore;
 pub use state_machine::{AppliedState, SnapshotBuilder, StateMachineStore};
