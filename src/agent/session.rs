@@ -135,6 +135,8 @@ pub async fn register(node: &Node, timeout: Duration) -> Result<RegistrationRepl
 const ASK_LIMIT: Duration = Duration::from_millis(300);
 /// Pause between two rounds of questions while nobody leads.
 const ASK_AGAIN: Duration = Duration::from_millis(50);
+/// How long opening a session may take.
+const SESSION_OPEN_LIMIT: Duration = Duration::from_millis(1000);
 
 /// Keep a session with the leader open forever; commands go to `commands`.
 pub async fn run(node: Arc<Node>, commands: mpsc::Sender<AgentCommand>) {
@@ -165,9 +167,11 @@ pub async fn run(node: Arc<Node>, commands: mpsc::Sender<AgentCommand>) {
     }
 }
 
-/// Ask every manager at once who leads, until one names a leader; the
-/// answer of the highest term wins. A dead or frozen manager costs at most
-/// [`ASK_LIMIT`], never a turn in a queue.
+/// Ask every manager at once who leads, until the leader itself answers
+/// that it does (a dead or frozen leader that its followers still name
+/// would only cost a session attempt). A leader outside the configured
+/// list (added later) is taken on its followers' word. A dead or frozen
+/// manager costs at most [`ASK_LIMIT`], never a turn in a queue.
 async fn find_leader(node: &Node) -> String {
     loop {
         let asks = node.config.managers.iter().map(|address| async move {
@@ -176,17 +180,32 @@ async fn find_leader(node: &Node) -> String {
             let reply = tokio::time::timeout(ASK_LIMIT, ask).await.ok()?.ok()?;
             decode::<LeaderHint>(&reply.into_inner()).ok()
         });
-        let best = futures::future::join_all(asks)
+        let answers: Vec<LeaderHint> = futures::future::join_all(asks)
             .await
             .into_iter()
             .flatten()
-            .filter(|h| h.leader_address.is_some())
-            .max_by_key(|h| h.term);
-        if let Some(address) = best.and_then(|h| h.leader_address) {
+            .collect();
+        if let Some(address) = leader_of(&answers, &node.config.managers) {
             return address;
         }
         tokio::time::sleep(ASK_AGAIN).await;
     }
+}
+
+/// The leader named by the answers: one that answered itself, or one the
+/// configured list does not hold (so it could not be asked); the highest
+/// term's answer wins.
+fn leader_of(answers: &[LeaderHint], configured: &[String]) -> Option<String> {
+    answers
+        .iter()
+        .filter(|h| {
+            let Some(address) = &h.leader_address else {
+                return false;
+            };
+            h.leader == Some(h.manager) || !configured.contains(address)
+        })
+        .max_by_key(|h| h.term)
+        .and_then(|h| h.leader_address.clone())
 }
 
 /// One session: returns when it breaks.
@@ -204,9 +223,13 @@ async fn session(
         .send(encode(&first)?)
         .await
         .map_err(|_| Status::internal("closed"))?;
-    let response = api
-        .session(tokio_stream::wrappers::ReceiverStream::new(up_rx))
-        .await?;
+    // A frozen manager would hold the call open forever.
+    let response = tokio::time::timeout(
+        SESSION_OPEN_LIMIT,
+        api.session(tokio_stream::wrappers::ReceiverStream::new(up_rx)),
+    )
+    .await
+    .map_err(|_| Status::unavailable("the manager did not answer in time"))??;
     let mut down = response.into_inner();
     tracing::info!(manager = %address, "session with the leader open");
 
@@ -242,16 +265,19 @@ async fn session(
         });
         (handle, interval_tx)
     };
+    // The leader answers every report at once, saying whether it still
+    // has a quorum: one silent, or without a quorum, for two heartbeats is
+    // dead, cut off or deposed, and the lease cannot wait for TCP to notice.
+    let mut last_good = tokio::time::Instant::now();
     let result = loop {
-        // The leader answers every report at once: a silent leader is a
-        // dead or cut-off one, and the lease cannot wait for TCP to notice.
         let silence = node.leader_silence_limit();
-        let message = match tokio::time::timeout(silence, down.message()).await {
+        let left = silence.saturating_sub(last_good.elapsed());
+        let message = match tokio::time::timeout(left, down.message()).await {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => break Ok(()),
             Ok(Err(status)) => break Err(status),
             Err(_) => {
-                tracing::warn!(manager = %address, ?silence, "the leader went silent: redialing");
+                tracing::warn!(manager = %address, ?silence, "the leader went silent or lost its quorum: redialing");
                 break Ok(());
             }
         };
@@ -262,7 +288,12 @@ async fn session(
                 continue;
             }
         };
-        node.heard_leader();
+        if !matches!(message, ManagerMessage::Ack { quorum: false, .. }) {
+            last_good = tokio::time::Instant::now();
+        }
+        if matches!(message, ManagerMessage::Ack { quorum: true, .. }) {
+            node.heard_leader();
+        }
         match message {
             ManagerMessage::Welcome {
                 leader,
@@ -277,7 +308,7 @@ async fn session(
             ManagerMessage::Lease(grant) => {
                 node.apply_grant(&grant).await;
             }
-            ManagerMessage::Ack { primary_lsn } => node.set_primary_lsn(primary_lsn),
+            ManagerMessage::Ack { primary_lsn, .. } => node.set_primary_lsn(primary_lsn),
             ManagerMessage::Command(command) => {
                 if commands.send(command).await.is_err() {
                     break Ok(());
@@ -300,4 +331,38 @@ async fn session(
     reporter.0.abort();
     tracing::info!(manager = %address, "session with the leader closed");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(manager: u64, term: u64, leader: Option<u64>) -> LeaderHint {
+        LeaderHint {
+            manager,
+            term,
+            leader,
+            leader_address: leader.map(|l| format!("10.0.0.{l}:7001")),
+        }
+    }
+
+    #[test]
+    fn trusts_a_leader_that_answers_for_itself() {
+        let configured: Vec<String> = (1..=3).map(|i| format!("10.0.0.{i}:7001")).collect();
+        // Followers still name 1, which does not answer (frozen): nobody yet.
+        let answers = [hint(2, 5, Some(1)), hint(3, 5, Some(1))];
+        assert_eq!(leader_of(&answers, &configured), None);
+        // 2 won the election and says so.
+        let answers = [hint(2, 6, Some(2)), hint(3, 5, Some(1))];
+        assert_eq!(
+            leader_of(&answers, &configured).as_deref(),
+            Some("10.0.0.2:7001")
+        );
+        // A leader not in the list is taken on its followers' word.
+        let answers = [hint(2, 7, Some(4))];
+        assert_eq!(
+            leader_of(&answers, &configured).as_deref(),
+            Some("10.0.0.4:7001")
+        );
+    }
 }

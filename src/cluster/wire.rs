@@ -312,6 +312,11 @@ pub enum ManagerMessage {
     /// lag checks on the agent's HTTP endpoint).
     Ack {
         primary_lsn: Lsn,
+        /// The leader confirmed its leadership with a quorum within the
+        /// last two heartbeats: it can grant leases and decide. A leader
+        /// that lost its quorum still answers, but counts for nothing.
+        #[serde(default)]
+        quorum: bool,
     },
     /// Send a report now (the leader waits for fresh facts from this node).
     Poll,

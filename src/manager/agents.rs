@@ -61,7 +61,11 @@ impl AgentChannel for AgentService {
     ) -> Result<Response<AgentEnvelope>, Status> {
         self.node.guard.peer(&request, "the agent channel")?;
         let view = self.node.view();
-        let leader = self.node.leader();
+        // A leader shutting down hands over: it names nobody.
+        let leader = self
+            .node
+            .leader()
+            .filter(|(id, _)| !(*id == self.node.id && self.control.stopping()));
         let hint = LeaderHint {
             manager: self.node.id,
             term: view.term,
@@ -155,9 +159,12 @@ impl AgentChannel for AgentService {
             drop(tx);
             let control = self.control.clone();
             tokio::spawn(async move {
-                let ack = |lsn| {
+                let ack = |(primary_lsn, quorum)| {
                     if let Some(tx) = weak.upgrade() {
-                        let _ = tx.try_send(ManagerMessage::Ack { primary_lsn: lsn });
+                        let _ = tx.try_send(ManagerMessage::Ack {
+                            primary_lsn,
+                            quorum,
+                        });
                     }
                 };
                 ack(control.report(first));

@@ -166,6 +166,11 @@ impl Control {
         };
     }
 
+    /// The manager is shutting down.
+    pub fn stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::SeqCst)
+    }
+
     /// Follow leadership changes: a new leader starts from scratch (and
     /// cautiously); a former leader drops its sessions so agents redial.
     fn track_leadership(&self) -> bool {
@@ -439,17 +444,18 @@ impl Control {
         }
     }
 
-    /// A report arrived on a session; returns the primary's latest LSN.
-    pub fn report(&self, report: NodeReport) -> Lsn {
+    /// A report arrived on a session; returns the primary's latest LSN, and
+    /// whether this leader confirmed its leadership with a quorum lately.
+    pub fn report(&self, report: NodeReport) -> (Lsn, bool) {
         let now = self.now();
         let applied = self.inner.node.local_state();
         let Some(cluster) = applied.state.clusters.get(&report.cluster) else {
-            return Lsn(0);
+            return (Lsn(0), false);
         };
-        let lsn = {
+        let answer = {
             let mut l = self.lock();
             if l.term.is_none() {
-                return Lsn(0);
+                return (Lsn(0), false);
             }
             let since = l.since;
             let soft = l
@@ -457,12 +463,20 @@ impl Control {
                 .entry(report.cluster.clone())
                 .or_insert_with(|| new_soft(since));
             soft.observe(cluster, report, now);
-            soft.last_primary_lsn
+            // Confirmations succeed on every pass (at least every 100 ms);
+            // two heartbeats without one means the quorum is gone.
+            let fresh = (2 * cluster.config.heartbeat_interval_ms).max(400);
+            let quorum = soft
+                .confirmed_at
+                .is_some_and(|at| now.saturating_sub(at) <= fresh);
+            let lsn = soft
+                .last_primary_lsn
                 .map(|(lsn, _)| lsn)
-                .unwrap_or_default()
+                .unwrap_or_default();
+            (lsn, quorum)
         };
         self.inner.wake.notify_one();
-        lsn
+        answer
     }
 
     /// The soft state of `cluster` (empty on a follower).
