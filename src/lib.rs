@@ -17,5 +17,6 @@ pub mod manager;
 pub mod process;
 pub mod proto;
 pub mod security;
+pub mod signals;
 pub mod transport;
 pub mod wallclock;

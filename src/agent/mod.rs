@@ -68,6 +68,7 @@ fn lock_node(config: &AgentConfig) -> anyhow::Result<nix::fcntl::Flock<std::fs::
 /// Run the agent until SIGTERM. PostgreSQL is left running under its
 /// keeper, which enforces the lease: a restarted agent picks both up again.
 pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
+    let mut stop = crate::signals::StopSignals::install();
     let pg = prepare(&config)?;
     let _lock = lock_node(&config)?;
     if let DataDirState::Foreign { reason } = pg.inspect().await {
@@ -88,7 +89,13 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     check_watchdog(&mut config, &pg).await;
     let node = Arc::new(Node::new(config, pg, keeper)?);
 
-    let reply = session::register(&node, node.config.register_timeout).await?;
+    let reply = tokio::select! {
+        reply = session::register(&node, node.config.register_timeout) => reply?,
+        _ = stop.wait() => {
+            tracing::info!("stopped while registering");
+            return Ok(());
+        }
+    };
     tracing::info!(node = %node.config.name, cluster = %node.config.cluster, epoch = reply.epoch, primary = ?reply.primary, "registered");
 
     // A writable PostgreSQL without a lease is never left running.
@@ -119,7 +126,7 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     };
     tracing::info!(http = %node.config.http_listen, https = node.config.http_tls.is_some(), tls = node.config.security.tls.is_some(), "agent running");
 
-    crate::manager::server::shutdown_signal().await;
+    stop.wait().await;
     for t in &tasks {
         t.abort();
     }

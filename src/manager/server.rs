@@ -33,23 +33,6 @@ const SERVER_STOP: std::time::Duration = std::time::Duration::from_millis(300);
 /// How long Raft gets to shut down.
 const RAFT_STOP: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Resolves when the process is asked to stop (SIGTERM or SIGINT).
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 fn raft_config(config: &ManagerConfig) -> anyhow::Result<openraft::Config> {
     let raft = openraft::Config {
         cluster_name: "pgquorum".to_string(),
@@ -65,6 +48,7 @@ fn raft_config(config: &ManagerConfig) -> anyhow::Result<openraft::Config> {
 
 /// Run a manager until SIGTERM.
 pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
+    let mut stop = crate::signals::StopSignals::install();
     let (identity, fresh) = Identity::prepare(&config)?;
     let raft_dir = config.data_dir.join("raft");
     let recovered = if config.force_new_cluster {
@@ -214,11 +198,11 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         None => None,
     };
 
-    shutdown_signal().await;
+    stop.wait().await;
     let started = std::time::Instant::now();
     // A second signal: stop now, whatever is under way.
-    tokio::spawn(async {
-        shutdown_signal().await;
+    tokio::spawn(async move {
+        stop.wait().await;
         tracing::warn!("second signal: exiting at once");
         std::process::exit(130);
     });
