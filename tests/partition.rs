@@ -210,3 +210,71 @@ async fn a_cut_off_minority_manager_does_not_disturb_a_healthy_primary() {
         "acknowledged rows missing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn isolated_primary_with_the_managers_down_cannot_keep_failsafe_and_fences() {
+    if !netns::available() {
+        eprintln!("skipped: network namespaces need root and iproute2");
+        return;
+    }
+    let _guard = NETWORK.lock().await;
+    let net = Network::create(3).expect("network namespaces");
+    let mut d = Deployment::start(&net, &[]).await;
+    let before = d.status().await.expect("status");
+    let primary = d.host_of_node(&before.primary);
+    let writers = d.writers().await;
+    wait_for("writes", LONG, || async {
+        (writers.acks_by(&primary.address).len() >= 10).then_some(())
+    })
+    .await;
+    // The managers of the two other hosts die: no quorum. The primary
+    // keeps its lease on its peers' promises.
+    let others: Vec<_> = d
+        .hosts
+        .iter()
+        .filter(|h| h.name != primary.name)
+        .cloned()
+        .collect();
+    for h in &others {
+        d.managers.get_mut(&h.name).expect("manager").kill9();
+    }
+    let in_failsafe = || async {
+        let status = common::sandbox::http_get(
+            &format!("{}:{}", primary.address, common::deploy::HTTP_PORT),
+            "/status",
+        )
+        .ok()?;
+        status.1.contains("\"active\":true").then_some(())
+    };
+    wait_for("failsafe mode", LONG, in_failsafe).await;
+    // Now the primary's host is cut off from everybody: no peer can
+    // promise, the lease runs out, the keeper fences.
+    let cut = Instant::now();
+    net.isolate(&primary);
+    let data = d.host_dir(&primary).join("data");
+    wait_for("the isolated primary fenced", LONG, || async {
+        common::deploy::postgres_pids(&data)
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    eprintln!("isolated in failsafe: fenced after {:?}", cut.elapsed());
+    let last = writers
+        .acks_by(&primary.address)
+        .iter()
+        .map(|a| a.acked)
+        .max()
+        .expect("acks");
+    assert!(
+        last < cut + Duration::from_secs(3),
+        "the isolated primary took writes for {:?} after the cut",
+        last - cut
+    );
+    net.rejoin(&primary);
+    for h in &others {
+        let i = d.hosts.iter().position(|x| x.name == h.name).unwrap();
+        d.start_manager(&net, i);
+    }
+    d.wait_all_streaming(3, LONG).await;
+    writers.stop().await;
+}
