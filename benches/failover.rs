@@ -81,11 +81,16 @@ impl Sandbox {
     }
 
     fn run(&self, args: &[&str]) {
-        let out = Command::new(bin())
-            .args(["--managers", &self.managers])
-            .args(args)
-            .output()
-            .expect("pgquorum");
+        // The CLI call blocks (a switchover waits until done): off the
+        // runtime's worker, or the writers' tasks queued on it would stall
+        // with it and show a write gap that no client would see.
+        let out = tokio::task::block_in_place(|| {
+            Command::new(bin())
+                .args(["--managers", &self.managers])
+                .args(args)
+                .output()
+        })
+        .expect("pgquorum");
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -94,10 +99,12 @@ impl Sandbox {
     }
 
     fn status(&self) -> Option<serde_json::Value> {
-        let out = Command::new(bin())
-            .args(["--managers", &self.managers, "status", "--json"])
-            .output()
-            .ok()?;
+        let out = tokio::task::block_in_place(|| {
+            Command::new(bin())
+                .args(["--managers", &self.managers, "status", "--json"])
+                .output()
+        })
+        .ok()?;
         serde_json::from_slice(&out.stdout).ok()
     }
 
@@ -150,6 +157,72 @@ impl Drop for Sandbox {
     }
 }
 
+/// The longest pause between two consecutive times.
+fn longest_gap(mut times: Vec<Instant>) -> Duration {
+    times.sort();
+    times
+        .windows(2)
+        .map(|p| p[1] - p[0])
+        .max()
+        .unwrap_or_default()
+}
+
+/// A libpq client beside the tokio-postgres one: `psql` inserting every
+/// 20 ms through the multi-host string, each attempt a new connection (as a
+/// pooler's reconnect would be); the times of its successes.
+struct LibpqWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acks: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LibpqWriter {
+    fn start(dsn: &str) -> LibpqWriter {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, a, dsn) = (stop.clone(), acks.clone(), dsn.to_string());
+        let thread = std::thread::spawn(move || {
+            let _ = Command::new("psql")
+                .args(["-X", "-q", "-d", &dsn, "-c"])
+                .arg("CREATE TABLE IF NOT EXISTS libpq_acked (at timestamptz DEFAULT clock_timestamp())")
+                .output();
+            while !s.load(Ordering::SeqCst) {
+                let ok = Command::new("psql")
+                    .args(["-X", "-q", "-d", &dsn, "-c"])
+                    .arg("INSERT INTO libpq_acked DEFAULT VALUES")
+                    .env("PGCONNECT_TIMEOUT", "2")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|st| st.success());
+                if ok {
+                    a.lock().unwrap().push(Instant::now());
+                }
+                std::thread::sleep(EVERY);
+            }
+        });
+        LibpqWriter {
+            stop,
+            acks,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acks.lock().unwrap().len()
+    }
+
+    fn stop(mut self) -> Vec<Instant> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let acks = self.acks.lock().unwrap().clone();
+        acks
+    }
+}
+
 fn stats(label: &str, unit: &str, mut v: Vec<f64>) {
     if v.is_empty() {
         println!("  {label}: no data");
@@ -173,6 +246,7 @@ async fn crash_and_switchover(runs: usize) {
     let sb = Sandbox::up(false);
     let (mut outage, mut rejoin, mut lost_crash) = (Vec::new(), Vec::new(), Vec::new());
     let (mut gaps, mut rejoin_sw, mut lost_sw) = (Vec::new(), Vec::new(), Vec::new());
+    let mut libpq_gaps = Vec::new();
     for run in 0..runs {
         // (a) crash of the primary's host.
         let (old, _, _) = wait_for("a healthy cluster", LONG, || async {
@@ -245,6 +319,11 @@ async fn crash_and_switchover(runs: usize) {
             .unwrap()
             .to_string();
         let before = sb.primary().unwrap().0;
+        let libpq_writer = LibpqWriter::start(&sb.dsn);
+        wait_for("libpq writes", LONG, || async {
+            (libpq_writer.count() > 10).then_some(())
+        })
+        .await;
         let asked = Instant::now();
         sb.run(&["switchover", "--to", &target, "--force"]);
         let (_, port, _) = wait_for("the switchover", LONG, || async {
@@ -268,6 +347,7 @@ async fn crash_and_switchover(runs: usize) {
         .await;
         rejoin_sw.push(asked.elapsed().as_secs_f64());
         let acks = w.stop().await;
+        let libpq = libpq_writer.stop();
         let mut times: Vec<Instant> = acks.iter().map(|a| a.acked).collect();
         times.sort();
         let gap = times
@@ -276,8 +356,10 @@ async fn crash_and_switchover(runs: usize) {
             .max()
             .unwrap_or_default();
         gaps.push(gap.as_secs_f64());
+        let libpq_gap = longest_gap(libpq);
+        libpq_gaps.push(libpq_gap.as_secs_f64());
         lost_sw.push(lost(&acks, &ids_on("127.0.0.1", port).await).len() as f64);
-        eprintln!("switchover run {run}: {before} -> {target}, longest gap {gap:?}");
+        eprintln!("switchover run {run}: {before} -> {target}, longest gap {gap:?} (tokio-postgres), {libpq_gap:?} (libpq)");
     }
     println!("(a) primary host crash, {runs} runs (sandbox, async):");
     stats(
@@ -292,7 +374,16 @@ async fn crash_and_switchover(runs: usize) {
     );
     stats("acknowledged rows lost", "", lost_crash);
     println!("(b) switchover, {runs} runs (sandbox):");
-    stats("longest gap between two acknowledged writes", "s", gaps);
+    stats(
+        "longest gap between two acknowledged writes (tokio-postgres)",
+        "s",
+        gaps,
+    );
+    stats(
+        "longest gap between two acknowledged writes (libpq, psql)",
+        "s",
+        libpq_gaps,
+    );
     stats(
         "old primary streaming again (from the request)",
         "s",

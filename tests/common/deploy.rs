@@ -363,9 +363,16 @@ impl Writers {
             .batch_execute("CREATE TABLE IF NOT EXISTS acked (id bigint PRIMARY KEY, via text)")
             .await
             .expect("create table");
+        // Ids after any a previous writer left: a reused id fails as a
+        // duplicate and would look like an outage.
+        let first: i64 = client
+            .query_one("SELECT coalesce(max(id), 0) + 1 FROM acked", &[])
+            .await
+            .expect("max id")
+            .get(0);
         let w = Writers {
             stop: Arc::new(AtomicBool::new(false)),
-            next_id: Arc::new(AtomicU64::new(1)),
+            next_id: Arc::new(AtomicU64::new(first as u64)),
             acks: Arc::new(Mutex::new(Vec::new())),
             errors: Arc::new(Mutex::new(Vec::new())),
             tasks: Vec::new(),
