@@ -5,7 +5,10 @@
 //!      reach it (network namespaces; needs root), async and sync mode,
 //!  (d) the primary's agent killed alone (SIGKILL; PostgreSQL left running),
 //!  (e) the primary's agent frozen alone (SIGSTOP, then SIGCONT),
-//!  (f) the primary's agent restarted on a healthy cluster (SIGTERM, start).
+//!  (f) the primary's agent restarted on a healthy cluster (SIGTERM, start),
+//!  (g) the leader manager stopped (SIGTERM), (h) killed (SIGKILL),
+//!  (i) a rolling restart of every manager, (j) two of three managers lost
+//!      for 10 s (failsafe) — each: longest write gap, primary fenced or not.
 //!
 //! A writer inserts a row every 20 ms through the multi-host connection
 //! string. Figures only, no pass/fail. Run with `scripts/bench-failover`.
@@ -655,6 +658,145 @@ async fn agent_restart(runs: usize) {
     println!("  runs with a failover: {failovers}");
 }
 
+/// The agent `/status` of a sandbox node.
+fn agent_status(sb: &Sandbox, node: &str) -> Option<serde_json::Value> {
+    let http = sb.node(node)["http"].as_str()?.to_string();
+    let (_, body) = common::sandbox::http_get(&http, "/status").ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+/// The leader manager's id and pid.
+fn leader(sb: &Sandbox) -> Option<(u64, i32)> {
+    let s = sb.status()?;
+    let id = s["managers"]
+        .as_array()?
+        .iter()
+        .find(|m| m["role"] == "leader")?["id"]
+        .as_u64()?;
+    let pid = sb.file()["managers"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"] == id)?["pid"]
+        .as_i64()? as i32;
+    Some((id, pid))
+}
+
+/// (g)–(j): manager faults while the primary takes writes.
+async fn manager_faults(runs: usize) {
+    use nix::sys::signal::Signal;
+    let sb = Sandbox::up(false);
+    let scenarios = [
+        "(g) leader manager SIGTERM",
+        "(h) leader manager SIGKILL",
+        "(i) rolling restart of all managers",
+        "(j) two managers lost for 10 s",
+    ];
+    for label in scenarios {
+        let (mut gaps, mut fenced, mut exits) = (Vec::new(), 0, Vec::new());
+        for run in 0..runs {
+            let (primary, _, _) = wait_for("a healthy cluster", LONG, || async {
+                sb.primary().filter(|p| p.2)
+            })
+            .await;
+            let fences = |sb: &Sandbox| {
+                agent_status(sb, &primary).and_then(|s| s["keeper"]["fences"].as_u64())
+            };
+            let before = fences(&sb);
+            let epoch = sb.status().unwrap()["epoch"].as_u64().unwrap();
+            let w = Writers::start(&sb.dsn, &[], EVERY).await;
+            wait_for("writes", LONG, || async { (w.count() > 20).then_some(()) }).await;
+            let t0 = Instant::now();
+            let dir = sb.path().to_str().unwrap().to_string();
+            let restart = |id: u64| sb.run(&["sandbox", "start", "--dir", &dir, &format!("m{id}")]);
+            let stop = |pid: i32| {
+                let t = Instant::now();
+                pgquorum::process::signal_all(&[pid], Signal::SIGTERM);
+                let gone = tokio::task::block_in_place(|| {
+                    pgquorum::process::wait_gone(&[pid], Duration::from_secs(30))
+                });
+                assert!(gone, "manager did not stop");
+                t.elapsed()
+            };
+            match label.as_bytes()[1] {
+                b'g' => {
+                    let (id, pid) = leader(&sb).expect("leader");
+                    exits.push(stop(pid).as_secs_f64());
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    restart(id);
+                }
+                b'h' => {
+                    let (id, pid) = leader(&sb).expect("leader");
+                    pgquorum::process::signal_all(&[pid], Signal::SIGKILL);
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    restart(id);
+                }
+                b'i' => {
+                    let (leader_id, _) = leader(&sb).expect("leader");
+                    let mut order: Vec<u64> = (1..=3).filter(|i| *i != leader_id).collect();
+                    order.push(leader_id);
+                    for id in order {
+                        let pid = sb.file()["managers"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .find(|m| m["id"] == id)
+                            .unwrap()["pid"]
+                            .as_i64()
+                            .unwrap() as i32;
+                        exits.push(stop(pid).as_secs_f64());
+                        restart(id);
+                        wait_for("the manager back", LONG, || async {
+                            let s = sb.status()?;
+                            let m = s["managers"].as_array()?;
+                            (m.iter().filter(|m| m["role"] == "leader").count() == 1
+                                && m.iter()
+                                    .all(|m| m["role"] == "leader" || m["role"] == "follower"))
+                            .then_some(())
+                        })
+                        .await;
+                    }
+                }
+                _ => {
+                    let (leader_id, _) = leader(&sb).expect("leader");
+                    let lost: Vec<u64> = (1..=3).filter(|i| *i != leader_id).collect();
+                    for id in &lost {
+                        sb.run(&["sandbox", "crash", "--dir", &dir, &format!("m{id}")]);
+                    }
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    for id in &lost {
+                        restart(*id);
+                    }
+                }
+            }
+            wait_for("a healthy cluster again", LONG, || async {
+                sb.primary().filter(|p| p.2)
+            })
+            .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let acks = w.stop().await;
+            let gap = longest_gap(
+                acks.iter()
+                    .filter(|a| a.sent > t0)
+                    .map(|a| a.acked)
+                    .collect(),
+            );
+            let now_epoch = sb.status().unwrap()["epoch"].as_u64().unwrap();
+            let was_fenced = fences(&sb) != before || now_epoch != epoch;
+            if was_fenced {
+                fenced += 1;
+            }
+            gaps.push(gap.as_secs_f64());
+            eprintln!("{label} run {run}: longest gap {gap:?}, fenced {was_fenced}");
+        }
+        println!("{label}, {runs} runs (sandbox):");
+        stats("longest gap between two acknowledged writes", "s", gaps);
+        if !exits.is_empty() {
+            stats("SIGTERM → manager exited", "s", exits);
+        }
+        println!("  runs where the primary was fenced or replaced: {fenced}");
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let runs: usize = std::env::var("BENCH_RUNS")
@@ -674,6 +816,9 @@ async fn main() {
     }
     if wanted("f") {
         agent_restart(runs).await;
+    }
+    if wanted("g") {
+        manager_faults(runs).await;
     }
     if !wanted("c") {
         return;
