@@ -8,8 +8,10 @@
 
 pub mod agent;
 pub mod boottime;
+pub mod channel;
 pub mod cli;
 pub mod cluster;
+pub mod durable;
 pub mod keeper;
 pub mod lock;
 pub mod logging;

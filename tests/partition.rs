@@ -1,7 +1,8 @@
 //! Network partitions between network-namespace hosts, each running a
 //! manager and an agent with its PostgreSQL; clients write from outside.
 //!
-//! Needs root (network namespaces); skipped with a message otherwise.
+//! Needs root (network namespaces); skipped with a message otherwise, or
+//! failing when PGQUORUM_REQUIRE_ROOT_TESTS is set (CI).
 
 mod common;
 
@@ -114,8 +115,7 @@ async fn isolate_primary(sync: bool) -> (Vec<Ack>, String, String, BTreeSet<i64>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn isolated_primary_fences_itself_and_the_majority_takes_over_async() {
-    if !netns::available() {
-        eprintln!("skipped: network namespaces need root and iproute2");
+    if !netns::usable("isolated_primary_fences_itself_and_the_majority_takes_over_async") {
         return;
     }
     let _guard = NETWORK.lock().await;
@@ -134,8 +134,7 @@ async fn isolated_primary_fences_itself_and_the_majority_takes_over_async() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn isolated_primary_loses_no_acknowledged_row_in_sync_mode() {
-    if !netns::available() {
-        eprintln!("skipped: network namespaces need root and iproute2");
+    if !netns::usable("isolated_primary_loses_no_acknowledged_row_in_sync_mode") {
         return;
     }
     let _guard = NETWORK.lock().await;
@@ -153,8 +152,7 @@ async fn isolated_primary_loses_no_acknowledged_row_in_sync_mode() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_off_minority_manager_does_not_disturb_a_healthy_primary() {
-    if !netns::available() {
-        eprintln!("skipped: network namespaces need root and iproute2");
+    if !netns::usable("a_cut_off_minority_manager_does_not_disturb_a_healthy_primary") {
         return;
     }
     let _guard = NETWORK.lock().await;
@@ -213,8 +211,7 @@ async fn a_cut_off_minority_manager_does_not_disturb_a_healthy_primary() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn isolated_primary_with_the_managers_down_cannot_keep_failsafe_and_fences() {
-    if !netns::available() {
-        eprintln!("skipped: network namespaces need root and iproute2");
+    if !netns::usable("isolated_primary_with_the_managers_down_cannot_keep_failsafe_and_fences") {
         return;
     }
     let _guard = NETWORK.lock().await;

@@ -20,13 +20,16 @@ fn as_postgres(script: &str) -> std::process::Output {
 
 #[test]
 fn sandbox_runs_as_an_ordinary_user() {
-    if !nix::unistd::geteuid().is_root()
-        || nix::unistd::User::from_name("postgres")
+    let ok = nix::unistd::geteuid().is_root()
+        && nix::unistd::User::from_name("postgres")
             .ok()
             .flatten()
-            .is_none()
-    {
-        eprintln!("skipped: needs root and a postgres account to switch to");
+            .is_some();
+    if !common::root_test_can_run(
+        ok,
+        "sandbox_runs_as_an_ordinary_user",
+        "root and a postgres account to switch to",
+    ) {
         return;
     }
     let tmp = tempfile::Builder::new()

@@ -42,6 +42,8 @@ pub struct Node {
     seq: AtomicU64,
     file: StateFile,
     persisted: Mutex<Persisted>,
+    /// Held while the state file is written (see [`Node::update`]).
+    saving: Mutex<()>,
     phase: Mutex<AgentPhase>,
     last_command: Mutex<Option<CommandOutcome>>,
     observation: Mutex<Observation>,
@@ -116,6 +118,7 @@ impl Node {
             seq: AtomicU64::new(0),
             file,
             persisted: Mutex::new(persisted),
+            saving: Mutex::new(()),
             phase: Mutex::new(AgentPhase::Idle),
             last_command: Mutex::new(None),
             observation: Mutex::new(Observation::default()),
@@ -398,14 +401,16 @@ impl Node {
         lock(&self.persisted).intent
     }
 
-    /// Change the persisted state durably.
+    /// Change the persisted state durably. Writers take turns on
+    /// `saving`, held across the fsync; readers (the lease path among them)
+    /// only ever wait for the in-memory copy, never for the disk.
     pub fn update(&self, f: impl FnOnce(&mut Persisted)) -> Result<(), StateError> {
-        let mut p = lock(&self.persisted);
-        let mut next = p.clone();
+        let _turn = lock(&self.saving);
+        let mut next = self.persisted();
         f(&mut next);
-        if next != *p {
+        if next != self.persisted() {
             self.file.save(&next)?;
-            *p = next;
+            *lock(&self.persisted) = next;
         }
         Ok(())
     }

@@ -13,11 +13,10 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::node::Node;
+use crate::channel::{decode, encode, leader_hint};
 use crate::cluster::wire::{
     AgentCommand, LeaderHint, ManagerMessage, NodeReport, Registration, RegistrationReply,
 };
-use crate::manager::agents::{decode, encode};
-use crate::manager::api::LEADER_HEADER;
 use crate::proto::agent::agent_channel_client::AgentChannelClient;
 use crate::proto::agent::AgentEnvelope;
 use crate::transport;
@@ -33,14 +32,6 @@ pub enum RegisterError {
         seconds: u64,
         last: String,
     },
-}
-
-fn leader_hint(status: &Status) -> Option<String> {
-    status
-        .metadata()
-        .get(LEADER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
 }
 
 /// The addresses to try: the leader hint first, then the configured list.

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::wire::{Peer, Upstream};
-use crate::manager::identity::write_durably;
 
 /// What this node is supposed to be, as the last command said.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +87,7 @@ impl StateFile {
             source,
         };
         let text = serde_json::to_vec_pretty(state).map_err(|e| io(std::io::Error::other(e)))?;
-        write_durably(&self.path.with_extension("json.tmp"), &self.path, &text).map_err(io)
+        crate::durable::replace(&self.path, &text, Default::default()).map_err(io)
     }
 }
 

@@ -159,12 +159,9 @@ impl SandboxFile {
 
     fn save(&self, dir: &Path) -> Result<(), Failure> {
         let text = serde_json::to_vec_pretty(self).map_err(Failure::failed)?;
-        let tmp = dir.join("sandbox.json.tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, Self::path(dir)))
-            .map_err(|e| {
-                Failure::failed(format!("cannot write {}: {e}", Self::path(dir).display()))
-            })
+        crate::durable::replace(&Self::path(dir), &text, Default::default()).map_err(|e| {
+            Failure::failed(format!("cannot write {}: {e}", Self::path(dir).display()))
+        })
     }
 
     fn manager_addresses(&self) -> Vec<String> {

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::api::status_of;
 use super::control::Control;
 use super::node::{ManagerNode, NodeError};
+use crate::channel::{decode, encode};
 use crate::cluster::wire::{
     LeaderHint, ManagerMessage, NodeReport, Registration, RegistrationReply,
 };
@@ -38,17 +39,6 @@ impl AgentService {
             }))
         }
     }
-}
-
-pub fn decode<T: serde::de::DeserializeOwned>(envelope: &AgentEnvelope) -> Result<T, Status> {
-    serde_json::from_slice(&envelope.payload)
-        .map_err(|e| Status::invalid_argument(format!("undecodable message: {e}")))
-}
-
-pub fn encode<T: serde::Serialize>(body: &T) -> Result<AgentEnvelope, Status> {
-    serde_json::to_vec(body)
-        .map(|payload| AgentEnvelope { payload })
-        .map_err(|e| Status::internal(e.to_string()))
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<AgentEnvelope, Status>> + Send + 'static>>;

@@ -31,8 +31,7 @@ use crate::proto::raft::RaftMessage;
 
 /// Metadata set on a call a follower forwarded to the leader.
 const FORWARDED: &str = "pgquorum-forwarded";
-/// Metadata naming the leader's address on an UNAVAILABLE answer.
-pub const LEADER_HEADER: &str = "pgquorum-leader";
+pub use crate::channel::LEADER_HEADER;
 
 /// Map an internal error to a gRPC status a person can act on.
 pub fn status_of(error: NodeError) -> Status {

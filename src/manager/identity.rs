@@ -6,7 +6,7 @@
 //! memory: refused before the store is opened.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -208,30 +208,18 @@ impl Identity {
             dir: self.dir.clone(),
             source,
         };
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
         let text = serde_json::to_vec_pretty(file).map_err(|e| io(std::io::Error::other(e)))?;
-        write_durably(&tmp, &self.dir.join(FILE), &text).map_err(io)
+        crate::durable::replace(&self.dir.join(FILE), &text, Default::default()).map_err(io)
     }
 }
 
 /// Replace `path` with `contents` so that a crash leaves the old or the new
 /// file, never a torn one.
-pub fn write_durably(tmp: &Path, path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(tmp)?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::manager::config::{ManagerArgs, ManagerConfig};
+    use std::path::Path;
 
     fn config(dir: &Path, id: u64, peers: &str) -> ManagerConfig {
         ManagerConfig::load(&ManagerArgs {

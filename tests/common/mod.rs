@@ -357,3 +357,21 @@ pub fn kill_processes_under(dir: &Path) {
     pgquorum::process::signal_all(&pids, Signal::SIGKILL);
     pgquorum::process::wait_gone(&pids, Duration::from_secs(5));
 }
+
+/// Set (CI does) to turn the skip of a test that needs root into a failure:
+/// a CI that lost root must not stay green without those tests.
+pub const REQUIRE_ROOT_TESTS: &str = "PGQUORUM_REQUIRE_ROOT_TESTS";
+
+/// Whether a root-only test can run: when `ok`, yes; otherwise a visible
+/// skip, or a failure when [`REQUIRE_ROOT_TESTS`] is set.
+pub fn root_test_can_run(ok: bool, test: &str, needs: &str) -> bool {
+    if ok {
+        return true;
+    }
+    assert!(
+        std::env::var_os(REQUIRE_ROOT_TESTS).is_none(),
+        "{test} needs {needs}, and {REQUIRE_ROOT_TESTS} says it must run"
+    );
+    eprintln!("SKIPPED {test}: needs {needs}");
+    false
+}

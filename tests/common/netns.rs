@@ -33,6 +33,12 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Network namespaces for `test`: usable, or a visible skip (a failure in
+/// CI, see [`super::root_test_can_run`]).
+pub fn usable(test: &str) -> bool {
+    super::root_test_can_run(available(), test, "root and iproute2 (network namespaces)")
+}
+
 /// Can this process make network namespaces (root, iproute2 present)?
 pub fn available() -> bool {
     nix::unistd::geteuid().is_root()

@@ -7,7 +7,7 @@
 //! read and write it.
 
 use std::ffi::OsString;
-use std::io::Write;
+
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -141,38 +141,15 @@ impl OsUser {
         self.chown(file)
     }
 
-    /// Replace `path` atomically (temporary file, fsync, rename, fsync of
-    /// the directory) with `contents`, owned by this user with `mode`.
+    /// Replace `path` atomically and durably with `contents`, owned by
+    /// this user with `mode`.
     pub fn write_atomic(&self, path: &Path, contents: &[u8], mode: u32) -> Result<(), PgError> {
-        let dir = path.parent().unwrap_or_else(|| Path::new("."));
-        let mut tmp_name = path.file_name().map(OsString::from).unwrap_or_default();
-        tmp_name.push(".pgquorum-tmp");
-        let tmp = dir.join(tmp_name);
-        let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(&tmp)
-                .map_err(|e| PgError::io("create", &tmp, e))?;
-            f.write_all(contents)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| PgError::io("write", &tmp, e))?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| PgError::io("set permissions of", &tmp, e))?;
-            self.chown(&tmp)?;
-            std::fs::rename(&tmp, path).map_err(|e| PgError::io("rename into place", path, e))?;
-            // Make the rename itself durable.
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        let ownership = crate::durable::Ownership {
+            mode: Some(mode),
+            owner: self.switch.then_some((self.uid, self.gid)),
+        };
+        crate::durable::replace(path, contents, ownership)
+            .map_err(|e| PgError::io("replace", path, e))
     }
 }
 

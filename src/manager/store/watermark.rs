@@ -7,9 +7,9 @@
 //! on every vote change (rare: elections only) and, on open, refuses an
 //! engine that holds less than the file says was durable.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::io;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -74,20 +74,8 @@ impl Watermark {
     /// Replaces the record durably: write a temporary file, sync, rename.
     pub fn write(&self, record: &WatermarkRecord) -> Result<(), EngineError> {
         let bytes = serde_json::to_vec(record).map_err(|e| EngineError::Other(e.to_string()))?;
-        let tmp = self.path.with_extension("tmp");
-        let mut file = File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_data()?;
-        fs::rename(&tmp, &self.path)?;
-        sync_parent(&self.path)?;
+        crate::durable::replace(&self.path, &bytes, Default::default())?;
         Ok(())
-    }
-}
-
-fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => File::open(".")?.sync_all(),
     }
 }
 
