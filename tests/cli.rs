@@ -120,8 +120,10 @@ async fn every_command_in_human_and_json_form() {
     assert!(stderr(&out).contains("add --force"), "{}", stderr(&out));
     let out = d.cli(&["failover", "--to", &replica]);
     assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("add --force"), "{}", stderr(&out));
     let out = d.cli(&["node", "reinit", &replica]);
     assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("add --force"), "{}", stderr(&out));
     assert_eq!(
         json(&d.cli(&["status", "--json"]))["primary"],
         primary.as_str(),

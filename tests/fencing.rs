@@ -159,6 +159,7 @@ async fn primary_agent_fault(
         missing.iter().all(|a| a.server == old.address),
         "rows acknowledged by a surviving node were lost: {missing:?}"
     );
+    d.stop_and_check_nothing_left();
 }
 
 fn kill_agent(d: &mut Deployment, host: &Host) {
@@ -230,6 +231,7 @@ async fn stalled_agent_runtime_does_not_delay_the_fence() {
     assert_eq!(Deployment::node(&fin, &old.name).role, "replica");
     let acks = w.stop().await;
     assert_no_overlap(&acks, &old, &new);
+    d.stop_and_check_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -266,6 +268,7 @@ async fn killed_keeper_takes_postgres_down_at_once_and_the_cluster_heals() {
     if primary.name != old.name {
         assert_no_overlap(&acks, &old, &primary);
     }
+    d.stop_and_check_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -318,6 +321,7 @@ async fn agent_restart_on_a_healthy_cluster_keeps_postgres_and_the_epoch() {
     );
     let acks = w.stop().await;
     assert!(acks.iter().any(|a| a.sent > t0 && a.server == old.address));
+    d.stop_and_check_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -381,6 +385,7 @@ async fn paused_primary_runs_on_without_its_agent_and_resume_bounds_the_lease_fi
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acks = w.stop().await;
     assert_no_overlap(&acks, &old, &new);
+    d.stop_and_check_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -451,6 +456,7 @@ async fn watchdog_is_armed_while_primary_fed_within_the_lease_and_required_means
     assert_eq!(device("h1"), fed, "a replica's watchdog was fed");
     let acks = w.stop().await;
     assert_no_overlap(&acks, &old, &new);
+    d.stop_and_check_nothing_left();
 }
 
 fn freeze_agent_of(d: &Deployment, host: &Host) {

@@ -139,6 +139,7 @@ async fn sigterm_of_any_manager_exits_at_once_and_the_primary_never_notices() {
     p.unchanged(&d, "stopping managers").await;
     no_errors(&w, t0, "stopping managers");
     w.stop().await;
+    d.stop_and_check_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -182,6 +183,7 @@ async fn killed_or_frozen_leader_never_costs_the_primary_its_lease() {
     p.unchanged(&d, "losing leaders").await;
     no_errors(&w, t0, "losing leaders");
     w.stop().await;
+    d.stop_and_check_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,6 +223,7 @@ async fn rolling_restart_of_every_manager_under_load() {
     p.unchanged(&d, "a rolling restart").await;
     no_errors(&w, t0, "a rolling restart");
     w.stop().await;
+    d.stop_and_check_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -302,6 +305,7 @@ async fn lost_quorum_failsafe_keeps_the_primary_until_a_peer_cannot_promise() {
         missing.iter().all(|a| a.server == p.host.address),
         "rows acknowledged by another node were lost: {missing:?}"
     );
+    d.stop_and_check_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -327,4 +331,5 @@ async fn with_failsafe_off_a_lost_quorum_fences_the_primary() {
     .await;
     let s = agent_status(&p.host).expect("status");
     assert_eq!(s["failsafe"]["active"], false, "{s}");
+    d.stop_and_check_nothing_left();
 }

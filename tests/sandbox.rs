@@ -544,18 +544,19 @@ fn switchover_round_trip_then_failover_then_a_node_ahead_in_epoch_is_left_alone(
             running.is_empty(),
             "{victim}'s PostgreSQL was started: {running:?}"
         );
-        let s = sb.status().unwrap_or_default();
-        if s.is_object() {
-            let n = node_of(&s, &victim);
-            assert_eq!(n["role"], "down", "{}", compact(&s));
-            assert_eq!(s["primary"], p1.as_str(), "{}", compact(&s));
-            assert_eq!(
-                s["epoch"],
-                epoch,
-                "the cluster's epoch moved: {}",
-                compact(&s)
-            );
-        }
+        // Every look must succeed: a failing status would hide a change.
+        let s = sb
+            .status()
+            .unwrap_or_else(|e| panic!("status failed while watching {victim}: {e}"));
+        let n = node_of(&s, &victim);
+        assert_eq!(n["role"], "down", "{}", compact(&s));
+        assert_eq!(s["primary"], p1.as_str(), "{}", compact(&s));
+        assert_eq!(
+            s["epoch"],
+            epoch,
+            "the cluster's epoch moved: {}",
+            compact(&s)
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(

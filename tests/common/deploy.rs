@@ -611,6 +611,49 @@ impl Deployment {
     }
 }
 
+impl Deployment {
+    /// Stop everything the way an operator would — agents, then keepers
+    /// (which stop PostgreSQL), then managers, each with SIGTERM — and
+    /// check that nothing of the deployment is left running.
+    pub fn stop_and_check_nothing_left(mut self) {
+        let keepers: Vec<i32> = self
+            .hosts
+            .clone()
+            .iter()
+            .filter_map(|h| self.keeper_pid(h))
+            .collect();
+        for p in self.agents.values_mut() {
+            if !p.is_running() {
+                continue;
+            }
+            p.signal(nix::sys::signal::Signal::SIGCONT);
+            assert!(
+                p.terminate(Duration::from_secs(30)).is_some(),
+                "{} did not stop on SIGTERM",
+                p.name
+            );
+        }
+        signal(&keepers, nix::sys::signal::Signal::SIGTERM);
+        assert!(
+            pgquorum::process::wait_gone(&keepers, Duration::from_secs(60)),
+            "keepers {keepers:?} did not stop on SIGTERM"
+        );
+        for p in self.managers.values_mut() {
+            if !p.is_running() {
+                continue;
+            }
+            p.signal(nix::sys::signal::Signal::SIGCONT);
+            assert!(
+                p.terminate(Duration::from_secs(30)).is_some(),
+                "{} did not stop on SIGTERM",
+                p.name
+            );
+        }
+        let left = pgquorum::process::processes_under(self.dir.path());
+        assert!(left.is_empty(), "processes left behind: {left:?}");
+    }
+}
+
 impl Drop for Deployment {
     /// Agents and managers are killed by their `Proc` guards; keepers and
     /// PostgreSQL servers outlive agents and are killed here.
