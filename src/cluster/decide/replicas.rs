@@ -1,0 +1,150 @@
+//! Every other node: follow the primary (clone, rewind, re-point), and
+//! fence any second writer.
+
+use super::*;
+
+/// Point every other node at the primary; fence any second writer.
+pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mut Decision) {
+    let cluster = input.cluster;
+    let demoting_target = match cluster.switchover.as_ref().map(|s| &s.phase) {
+        Some(SwitchoverPhase::Demoting { target }) => Some(target.clone()),
+        _ => None,
+    };
+    if let Some(target) = &demoting_target {
+        demote_step(input, primary, target, d);
+    }
+    for m in cluster.members.values().filter(|m| m.name != primary.name) {
+        let Some(o) = fresh(input, &m.name) else {
+            continue;
+        };
+        let r = &o.report;
+        // A second writer is fenced whatever else is going on.
+        if is_writable(r) {
+            command(
+                input,
+                d,
+                &m.name,
+                Action::Fence {
+                    reason: format!("{} is the primary of epoch {}", primary.name, cluster.epoch),
+                },
+            );
+            continue;
+        }
+        if cluster.paused && m.action.is_none() {
+            continue;
+        }
+        if let Some(action) = &m.action {
+            if r.completed_action != Some(action.id) && primary_ok && !busy(input, &m.name) {
+                let a = match action.kind {
+                    NodeActionKind::Reinit => Action::Reinit {
+                        upstream: upstream_of(primary),
+                        action_id: action.id,
+                    },
+                    NodeActionKind::Restart | NodeActionKind::RestartPending => Action::Restart {
+                        action_id: action.id,
+                        pending_only: action.kind == NodeActionKind::RestartPending,
+                    },
+                };
+                command(input, d, &m.name, a);
+                continue;
+            }
+        }
+        if demoting_target.as_deref() == Some(m.name.as_str())
+            || !primary_ok
+            || busy(input, &m.name)
+        {
+            continue;
+        }
+        if let DataDirState::Valid {
+            system_identifier, ..
+        } = &r.data
+        {
+            if cluster
+                .system_identifier
+                .is_some_and(|id| id != *system_identifier)
+            {
+                d.wait(format!(
+                    "{} holds another database (system {system_identifier}): `pgquorum node reinit {}` replaces it",
+                    m.name, m.name
+                ));
+                continue;
+            }
+        }
+        if matches!(r.data, DataDirState::Foreign { .. }) {
+            d.wait(format!(
+                "{}: its data directory is not PostgreSQL's; fix it by hand",
+                m.name
+            ));
+            continue;
+        }
+        let follows = r.upstream.as_deref() == Some(primary.name.as_str())
+            && r.epoch == cluster.epoch
+            && r.postgres.as_ref().is_some_and(|pg| pg.in_recovery);
+        // A receiver that does not stream for a while is nudged by
+        // following again (the agent restarts it when it is stuck).
+        let stuck = follows
+            && input
+                .soft
+                .not_streaming_since
+                .get(&m.name)
+                .is_some_and(|since| input.now.saturating_sub(*since) > RESEND_AFTER_MS);
+        if !follows || stuck {
+            command(
+                input,
+                d,
+                &m.name,
+                Action::Follow {
+                    upstream: upstream_of(primary),
+                    settings: replica_settings(cluster),
+                    reclone: cluster.config.reclone_on_rewind_failure,
+                },
+            );
+        } else if r.config_version < cluster.config_version {
+            command(
+                input,
+                d,
+                &m.name,
+                Action::Configure {
+                    settings: replica_settings(cluster),
+                },
+            );
+        }
+    }
+    if primary_ok {
+        if let (Some(o), Some(action)) = (fresh(input, &primary.name), primary.action.as_ref()) {
+            // An operator's restart of the primary (a reinit is refused
+            // when it is requested).
+            let restart = matches!(
+                action.kind,
+                NodeActionKind::Restart | NodeActionKind::RestartPending
+            );
+            if restart
+                && o.report.completed_action != Some(action.id)
+                && !busy(input, &primary.name)
+            {
+                command(
+                    input,
+                    d,
+                    &primary.name,
+                    Action::Restart {
+                        action_id: action.id,
+                        pending_only: action.kind == NodeActionKind::RestartPending,
+                    },
+                );
+                return;
+            }
+        }
+        if let Some(o) = fresh(input, &primary.name) {
+            if o.report.config_version < cluster.config_version && !busy(input, &primary.name) {
+                command(
+                    input,
+                    d,
+                    &primary.name,
+                    Action::Configure {
+                        settings: settings(cluster, &cluster.sync_set),
+                    },
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The committed sync set and the primary's synchronous_standby_names,
+//! kept in step: widen the committed set first, narrow PostgreSQL's first.
+
+use super::*;
+
+/// Keep the committed sync set and the primary's synchronous_standby_names
+/// in step: widen the committed set first, narrow PostgreSQL's first.
+pub(super) fn manage_sync_set(
+    input: &Input,
+    primary: &Member,
+    d: &mut Decision,
+) -> Option<ClusterCommand> {
+    let cluster = input.cluster;
+    let c = &cluster.config;
+    let o = fresh(input, &primary.name)?;
+    let pg = o.report.postgres.as_ref()?;
+    let committed = &cluster.sync_set;
+    let in_pg = sync::parse_names(&pg.synchronous_standby_names);
+
+    let streaming: BTreeSet<String> = pg
+        .replicas
+        .iter()
+        .filter(|r| r.state == "streaming")
+        .map(|r| r.application_name.clone())
+        .filter(|n| {
+            cluster
+                .member(n)
+                .is_some_and(|m| !m.tags.nosync && m.name != primary.name)
+        })
+        .collect();
+    let desired: BTreeSet<String> = if c.sync_mode == SyncMode::Off {
+        BTreeSet::new()
+    } else {
+        // Members stay while absent for less than a ttl (a restart, a
+        // re-point after failover); longer absences drop out unless strict.
+        let mut keep: BTreeSet<String> = streaming.clone();
+        for member in committed {
+            if streaming.contains(member) {
+                continue;
+            }
+            let since = input
+                .soft
+                .sync_absent_since
+                .get(member)
+                .copied()
+                .unwrap_or(input.now);
+            if c.sync_strict || input.now.saturating_sub(since) < c.ttl_ms {
+                keep.insert(member.clone());
+            }
+        }
+        keep
+    };
+
+    let added: BTreeSet<String> = desired.difference(committed).cloned().collect();
+    if !added.is_empty() {
+        // Widen the committed set before PostgreSQL's.
+        let mut next = committed.clone();
+        next.extend(added);
+        return Some(ClusterCommand::SetSyncSet {
+            cluster: cluster.name.clone(),
+            epoch: cluster.epoch,
+            sync_set: next,
+        });
+    }
+    let wanted_pg = sync::render(c.sync_mode, c.sync_count, c.sync_strict, &desired);
+    let wanted_names = sync::parse_names(&wanted_pg);
+    if pg.synchronous_standby_names != wanted_pg {
+        // PostgreSQL's set first (it is a subset of the committed one).
+        if wanted_names.is_subset(committed) {
+            command(
+                input,
+                d,
+                &primary.name,
+                Action::Configure {
+                    settings: ManagedSettings {
+                        synchronous_standby_names: wanted_pg,
+                        ..settings(cluster, committed)
+                    },
+                },
+            );
+        }
+        return None;
+    }
+    let removed: BTreeSet<String> = committed.difference(&desired).cloned().collect();
+    if !removed.is_empty() && in_pg.is_subset(&desired) {
+        // PostgreSQL no longer waits for them. But commits it acknowledged
+        // before may be on a removed member alone (FIRST 1 (b, c): b
+        // confirms while c lags): narrow the committed set only once
+        // enough members that stay flushed past the point where
+        // PostgreSQL's names changed. (An empty set needs nothing: then
+        // nobody but the primary may be promoted.)
+        let since = input
+            .soft
+            .sync_names_since
+            .as_ref()
+            .filter(|(names, _)| *names == pg.synchronous_standby_names)
+            .map(|(_, lsn)| *lsn);
+        let confirmed = pg
+            .replicas
+            .iter()
+            .filter(|r| r.state == "streaming" && desired.contains(&r.application_name))
+            .filter(|r| since.is_some_and(|lsn| r.flush_lsn >= lsn))
+            .count();
+        if desired.is_empty() || confirmed >= effective_k(cluster) as usize {
+            return Some(ClusterCommand::SetSyncSet {
+                cluster: cluster.name.clone(),
+                epoch: cluster.epoch,
+                sync_set: desired,
+            });
+        }
+        d.wait("sync set: the remaining standbys confirm the last commits before it shrinks");
+    }
+    None
+}
