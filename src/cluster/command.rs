@@ -162,21 +162,21 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Rejection {
             kind: RejectionKind::NotFound,
             message: message.into(),
         }
     }
 
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Rejection {
             kind: RejectionKind::InvalidArgument,
             message: message.into(),
         }
     }
 
-    fn precondition(message: impl Into<String>) -> Self {
+    pub(crate) fn precondition(message: impl Into<String>) -> Self {
         Rejection {
             kind: RejectionKind::FailedPrecondition,
             message: message.into(),

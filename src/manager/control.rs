@@ -23,6 +23,8 @@ use crate::cluster::{Applied, Cluster, ClusterCommand, Lsn};
 
 /// The loop runs at least this often.
 const TICK: Duration = Duration::from_millis(100);
+/// How long an operator's failover may wait for leases to run out.
+const MANUAL_FAILOVER_WAIT: Duration = Duration::from_secs(60);
 /// At most this many commits per cluster and pass (then the next pass).
 const COMMITS_PER_PASS: usize = 4;
 
@@ -504,169 +506,66 @@ impl Control {
         }
     }
 
-    /// Refuse a switchover that cannot work before it is committed.
-    pub fn check_switchover(&self, cluster: &Cluster, to: Option<&str>) -> Result<(), NodeError> {
-        let Some(primary) = cluster.primary.as_deref() else {
-            return Err(NodeError::Precondition(
-                "the cluster has no primary yet".into(),
-            ));
-        };
-        let view = self.soft_view(&cluster.name);
-        let stale = cluster.config.ttl_ms;
-        let primary_up = view.nodes.get(primary).is_some_and(|n| {
-            n.age_ms <= stale && n.report.postgres.as_ref().is_some_and(|p| !p.in_recovery)
-        });
-        if !primary_up {
-            return Err(NodeError::Precondition(format!(
-                "primary {primary} is not running: a switchover needs a healthy primary; use `pgquorum failover --to NODE`"
-            )));
-        }
-        let streaming = |name: &str| {
-            view.nodes.get(name).is_some_and(|n| {
-                n.age_ms <= stale
-                    && n.report.postgres.as_ref().is_some_and(|p| {
-                        p.in_recovery
-                            && p.wal_receiver
-                                .as_ref()
-                                .is_some_and(|w| w.status == "streaming")
-                    })
-            })
-        };
-        match to {
-            Some(to) => {
-                let Some(member) = cluster.member(to) else {
-                    return Err(NodeError::NotFound(format!(
-                        "cluster {:?} has no node named {to:?}",
-                        cluster.name
-                    )));
-                };
-                if to == primary {
-                    return Err(NodeError::Precondition(format!(
-                        "{to} is already the primary; name a replica"
-                    )));
-                }
-                if member.tags.nofailover {
-                    return Err(NodeError::Precondition(format!(
-                        "{to} is tagged nofailover and cannot become primary"
-                    )));
-                }
-                if !streaming(to) {
-                    return Err(NodeError::Precondition(format!(
-                        "{to} is not a streaming replica right now; check `pgquorum status`"
-                    )));
-                }
-            }
+    /// Run a pure question of the decision core against this leader's soft
+    /// state of `cluster` (empty on a follower: every report is missing).
+    fn ask<T>(&self, cluster: &Cluster, question: impl FnOnce(&Input) -> T) -> T {
+        let l = self.lock();
+        let fallback;
+        let soft = match l.clusters.get(&cluster.name) {
+            Some(soft) => soft,
             None => {
-                if !cluster.members.keys().any(|m| m != primary && streaming(m)) {
-                    return Err(NodeError::Precondition(
-                        "no streaming replica to switch over to".into(),
-                    ));
-                }
+                fallback = new_soft(l.since);
+                &fallback
             }
-        }
-        Ok(())
+        };
+        question(&Input {
+            cluster,
+            soft,
+            now: self.now(),
+            wall_ms: crate::wallclock::unix_ms(),
+        })
     }
 
-    /// An operator's failover to `to`: refused while a healthy primary holds
-    /// its lease, and while the old primary's lease may be held open (after
-    /// a pause) unless the operator vouches that it is stopped; otherwise
-    /// waits out the lease and promotes `to`.
+    /// Refuse a switchover that cannot work before it is committed
+    /// (`decide::check_switchover`).
+    pub fn check_switchover(&self, cluster: &Cluster, to: Option<&str>) -> Result<(), NodeError> {
+        self.ask(cluster, |input| decide::check_switchover(input, to))
+            .map_err(NodeError::Rejected)
+    }
+
+    /// An operator's failover to `to` (`decide::manual_failover`): waits
+    /// out any lease that may still run (bounded), then commits.
     pub async fn manual_failover(
         &self,
         cluster: &Cluster,
         to: &str,
         old_primary_stopped: bool,
     ) -> Result<Applied, NodeError> {
-        let Some(member) = cluster.member(to) else {
-            return Err(NodeError::NotFound(format!(
-                "cluster {:?} has no node named {to:?}; known nodes: {}",
-                cluster.name,
-                cluster
-                    .members
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        };
-        if cluster.is_primary(to) {
-            return Err(NodeError::Precondition(format!(
-                "{to} is already the primary"
-            )));
-        }
-        let view = self.soft_view(&cluster.name);
-        let stale = cluster.config.ttl_ms;
-        if let Some(primary) = cluster.primary.as_deref() {
-            let healthy = view.nodes.get(primary).is_some_and(|n| {
-                n.age_ms <= stale
-                    && n.report.holds_lease
-                    && n.report.postgres.as_ref().is_some_and(|p| !p.in_recovery)
+        let deadline = Instant::now() + MANUAL_FAILOVER_WAIT;
+        loop {
+            let verdict = self.ask(cluster, |input| {
+                decide::manual_failover(input, to, old_primary_stopped).map(|v| (v, input.now))
             });
-            if healthy {
-                return Err(NodeError::Precondition(format!(
-                    "primary {primary} is healthy and holds its lease: use `pgquorum switchover --to {to}` for a planned change"
-                )));
+            match verdict.map_err(NodeError::Rejected)? {
+                (decide::ManualFailover::WaitUntil(at), now) => {
+                    if Instant::now() >= deadline {
+                        return Err(NodeError::Precondition(
+                            "a lease still runs after waiting: try again".into(),
+                        ));
+                    }
+                    let wait = Duration::from_millis(at.saturating_sub(now).max(10));
+                    tokio::time::sleep(wait.min(MANUAL_FAILOVER_WAIT)).await;
+                }
+                (decide::ManualFailover::Promote(command), _) => {
+                    let applied = self.inner.node.propose(command).await?;
+                    if let Some(soft) = self.lock().clusters.get_mut(&cluster.name) {
+                        soft.epoch_changed();
+                    }
+                    self.inner.wake.notify_one();
+                    return Ok(applied);
+                }
             }
         }
-        if cluster.open_lease && !old_primary_stopped {
-            let primary = cluster.primary.as_deref().unwrap_or("the primary");
-            return Err(NodeError::Precondition(format!(
-                "{primary}'s lease has been held open since the cluster was paused and its agent has not bounded it again, so its PostgreSQL may still take writes: start its agent (it then fails over by itself if needed), or make sure {primary}'s PostgreSQL is stopped (power its host off) and add --old-primary-stopped"
-            )));
-        }
-        let replica = view
-            .nodes
-            .get(to)
-            .filter(|n| n.age_ms <= stale)
-            .and_then(|n| n.report.postgres.as_ref())
-            .filter(|p| p.in_recovery)
-            .cloned();
-        let Some(pg) = replica else {
-            return Err(NodeError::Precondition(format!(
-                "{to} is not a running replica right now; check `pgquorum status`"
-            )));
-        };
-        // Wait (bounded) until no old lease can still be valid.
-        let wait = {
-            let l = self.lock();
-            let soft = l
-                .clusters
-                .get(&cluster.name)
-                .cloned()
-                .unwrap_or_else(|| new_soft(l.since));
-            let input = Input {
-                cluster,
-                soft: &soft,
-                now: self.now(),
-                wall_ms: crate::wallclock::unix_ms(),
-            };
-            decide::promotion_allowed_at(&input).saturating_sub(input.now)
-        };
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-        }
-        let mut sync_set = cluster.sync_set.clone();
-        sync_set.remove(&member.name);
-        let applied = self
-            .inner
-            .node
-            .propose(ClusterCommand::Promote {
-                cluster: cluster.name.clone(),
-                expected_epoch: cluster.epoch,
-                node: to.to_string(),
-                kind: EventKind::ManualFailover,
-                reason: "operator forced a failover".to_string(),
-                sync_set,
-                timeline: pg.timeline,
-                lsn: pg.received_lsn.max(pg.replay_lsn),
-                at_unix_ms: crate::wallclock::unix_ms(),
-            })
-            .await?;
-        if let Some(soft) = self.lock().clusters.get_mut(&cluster.name) {
-            soft.epoch_changed();
-        }
-        self.inner.wake.notify_one();
-        Ok(applied)
     }
 }
 

@@ -12,37 +12,60 @@ pub(super) struct Candidate<'a> {
     pub(super) timeline: u32,
 }
 
-/// Replicas that could be promoted (by health and tags; lag and sync set
-/// are checked by the callers), most advanced first.
+/// May `m` be made writable now, as far as its own state goes? The one
+/// rule for every promotion — automatic failover, `failover --to` and
+/// switchover: it reported lately (after `since`), runs as a replica of
+/// this cluster's database, and holds no failsafe promise. Lag, sync set
+/// and the `nofailover` tag are the callers' rules. Why not, when not.
+pub(super) fn candidate<'a>(
+    input: &'a Input,
+    m: &'a Member,
+    since: u64,
+) -> Result<Candidate<'a>, String> {
+    let o = fresh(input, &m.name).ok_or("it has not reported lately")?;
+    if o.received_at < since {
+        return Err("its latest report is older than the old primary's lease".into());
+    }
+    if holds_promise(input, o) {
+        return Err(format!(
+            "it promised (failsafe) not to be made writable for another {} ms",
+            (o.received_at + o.report.promise_ms).saturating_sub(input.now)
+        ));
+    }
+    let pg = o
+        .report
+        .postgres
+        .as_ref()
+        .ok_or("its PostgreSQL is not running")?;
+    if !pg.in_recovery {
+        return Err("it is not a replica".into());
+    }
+    if let Some(id) = input
+        .cluster
+        .system_identifier
+        .filter(|id| *id != pg.system_identifier)
+    {
+        return Err(format!(
+            "it holds another database (system {}, the cluster's is {id})",
+            pg.system_identifier
+        ));
+    }
+    Ok(Candidate {
+        member: m,
+        received: pg.received_lsn.max(pg.replay_lsn),
+        replay: pg.replay_lsn,
+        timeline: pg.timeline,
+    })
+}
+
+/// Replicas that could be promoted ([`candidate`]), most advanced first.
 pub(super) fn candidates<'a>(input: &'a Input, exclude: &str, since: u64) -> Vec<Candidate<'a>> {
     let mut list: Vec<Candidate> = input
         .cluster
         .members
         .values()
         .filter(|m| m.name != exclude)
-        .filter_map(|m| {
-            let o = fresh(input, &m.name)?;
-            if o.received_at < since || holds_promise(input, o) {
-                return None;
-            }
-            let pg = o.report.postgres.as_ref()?;
-            if !pg.in_recovery {
-                return None;
-            }
-            if input
-                .cluster
-                .system_identifier
-                .is_some_and(|id| id != pg.system_identifier)
-            {
-                return None;
-            }
-            Some(Candidate {
-                member: m,
-                received: pg.received_lsn.max(pg.replay_lsn),
-                replay: pg.replay_lsn,
-                timeline: pg.timeline,
-            })
-        })
+        .filter_map(|m| candidate(input, m, since).ok())
         .collect();
     list.sort_by(|a, b| {
         (
@@ -62,7 +85,7 @@ pub(super) fn candidates<'a>(input: &'a Input, exclude: &str, since: u64) -> Vec
 /// The node promised (failsafe) a primary not to be made writable, or just
 /// started and cannot know whether it did: not before that has run out.
 pub(super) fn holds_promise(input: &Input, o: &Observation) -> bool {
-    input.now < o.received_at + o.report.promise_ms
+    o.report.promise_ms > 0 && input.now < o.received_at + o.report.promise_ms
 }
 
 /// The committed sync set protects acknowledged commits only if it is
@@ -271,16 +294,7 @@ pub(super) fn failover(input: &Input, old: &Member, d: &mut Decision) {
         ));
         return;
     }
-    // The new epoch's sync set keeps only members that hold everything the
-    // new primary holds (detached at the same LSN: the same WAL). The
-    // others may lack commits acknowledged in this epoch (with FIRST k, a
-    // "potential" standby can lag far behind); were they kept, a later
-    // failover could promote one of them. The rest rejoin once streaming.
-    let next_sync: BTreeSet<String> = eligible
-        .iter()
-        .filter(|c| c.member.name != best.member.name && c.received == best.received)
-        .map(|c| c.member.name.clone())
-        .collect();
+    let next_sync = next_sync_set(cluster, best, &eligible);
     d.commit = Some(ClusterCommand::Promote {
         cluster: cluster.name.clone(),
         expected_epoch: cluster.epoch,
@@ -292,4 +306,105 @@ pub(super) fn failover(input: &Input, old: &Member, d: &mut Decision) {
         lsn: best.received.max(best.replay),
         at_unix_ms: input.wall_ms,
     });
+}
+
+/// The new epoch's sync set after promoting `winner`: only members of the
+/// current set that hold everything the new primary holds (the same LSN:
+/// the same WAL). The others may lack commits acknowledged in this epoch
+/// (with FIRST k, a "potential" standby can lag far behind); were they
+/// kept, a later failover could promote one of them. The rest rejoin once
+/// streaming. One rule for automatic and manual failover.
+pub(super) fn next_sync_set(
+    cluster: &Cluster,
+    winner: &Candidate,
+    others: &[&Candidate],
+) -> BTreeSet<String> {
+    others
+        .iter()
+        .filter(|c| c.member.name != winner.member.name && c.received == winner.received)
+        .filter(|c| cluster.sync_set.contains(&c.member.name))
+        .map(|c| c.member.name.clone())
+        .collect()
+}
+
+/// What an operator's `failover --to NODE` does now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManualFailover {
+    /// Not before this time (a lease may still run): ask again then.
+    WaitUntil(u64),
+    /// Commit this promotion.
+    Promote(ClusterCommand),
+}
+
+/// An operator's `failover --to NODE`, for when the automatic path cannot
+/// act: refused while a healthy primary holds its lease (that is a
+/// switchover), while the old primary's lease may be held open after a
+/// pause (unless the operator vouches it is stopped), and for a node that
+/// may not be promoted at all ([`candidate`], `nofailover`). Lag and
+/// timeline do not count: forcing those is the point. Waits out every
+/// lease like any promotion, and keeps the sync set by [`next_sync_set`].
+pub fn manual_failover(
+    input: &Input,
+    to: &str,
+    old_primary_stopped: bool,
+) -> Result<ManualFailover, Rejection> {
+    let cluster = input.cluster;
+    let Some(member) = cluster.member(to) else {
+        return Err(Rejection::not_found(format!(
+            "cluster {:?} has no node named {to:?}; known nodes: {}",
+            cluster.name,
+            cluster
+                .members
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    if cluster.is_primary(to) {
+        return Err(Rejection::precondition(format!(
+            "{to} is already the primary"
+        )));
+    }
+    if let Some(primary) = cluster.primary.as_deref() {
+        let healthy =
+            fresh(input, primary).is_some_and(|o| o.report.holds_lease && is_writable(&o.report));
+        if healthy {
+            return Err(Rejection::precondition(format!(
+                "primary {primary} is healthy and holds its lease: use `pgquorum switchover --to {to}` for a planned change"
+            )));
+        }
+        if cluster.open_lease && !old_primary_stopped {
+            return Err(Rejection::precondition(format!(
+                "{primary}'s lease has been held open since the cluster was paused and its agent has not bounded it again, so its PostgreSQL may still take writes: start its agent (it then fails over by itself if needed), or make sure {primary}'s PostgreSQL is stopped (power its host off) and add --old-primary-stopped"
+            )));
+        }
+    }
+    if member.tags.nofailover {
+        return Err(Rejection::precondition(format!(
+            "{to} is tagged nofailover and is never made primary"
+        )));
+    }
+    let winner = candidate(input, member, 0).map_err(|why| {
+        Rejection::precondition(format!(
+            "{to} cannot be promoted now: {why}; check `pgquorum status`"
+        ))
+    })?;
+    let allowed = promotion_allowed_at(input);
+    if input.now < allowed {
+        return Ok(ManualFailover::WaitUntil(allowed));
+    }
+    let others = candidates(input, to, 0);
+    let others: Vec<&Candidate> = others.iter().collect();
+    Ok(ManualFailover::Promote(ClusterCommand::Promote {
+        cluster: cluster.name.clone(),
+        expected_epoch: cluster.epoch,
+        node: to.to_string(),
+        kind: EventKind::ManualFailover,
+        reason: "operator forced a failover".to_string(),
+        sync_set: next_sync_set(cluster, &winner, &others),
+        timeline: winner.timeline,
+        lsn: winner.received.max(winner.replay),
+        at_unix_ms: input.wall_ms,
+    }))
 }

@@ -18,13 +18,13 @@
 //!   behind the last known primary LSN is promoted automatically.
 //!
 //! One job per file:
-//! * [`primary`] — the primary's lease and duties, and noticing it failed;
-//! * [`failover`] — who may be promoted, and the promotion (automatic, and
+//! * `primary.rs` — the primary's lease and duties, and noticing it failed;
+//! * `failover.rs` — who may be promoted, and the promotion (automatic, and
 //!   an operator's `failover --to`, with the same rules);
-//! * [`switchover`] — planned switchovers, their pre-checks included;
-//! * [`sync_set`] — the committed sync set and synchronous_standby_names;
-//! * [`replicas`] — every other node: follow, rewind, re-point, fence;
-//! * [`bootstrap`] — the first primary and the cluster's bookkeeping.
+//! * `switchover.rs` — planned switchovers, their pre-checks included;
+//! * `sync_set.rs` — the committed sync set and synchronous_standby_names;
+//! * `replicas.rs` — every other node: follow, rewind, re-point, fence;
+//! * `bootstrap.rs` — the first primary and the cluster's bookkeeping.
 
 use std::collections::BTreeSet;
 
@@ -38,15 +38,18 @@ mod sync_set;
 mod tests;
 
 use bootstrap::{bootstrap, complete_actions, system_identifier};
+pub use failover::{manual_failover, ManualFailover};
+pub use switchover::check_switchover;
+
 use failover::{
-    candidates, effective_k, failover, failover_possible, holds_promise, sync_protected,
+    candidate, candidates, effective_k, failover, failover_possible, holds_promise, sync_protected,
 };
 use primary::primary_duties;
 use replicas::replicas;
 use switchover::{demote_step, switchover};
 use sync_set::manage_sync_set;
 
-use super::command::ClusterCommand;
+use super::command::{ClusterCommand, Rejection};
 use super::config::SyncMode;
 use super::lsn::Lsn;
 use super::soft::{Observation, Soft};

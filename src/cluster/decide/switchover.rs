@@ -4,6 +4,68 @@
 
 use super::*;
 
+/// An operator's `switchover [--to NODE]`, checked before it is committed:
+/// the primary runs, and the target (without one: some replica) may be
+/// promoted ([`candidate`], not `nofailover`) and streams from it.
+pub fn check_switchover(input: &Input, to: Option<&str>) -> Result<(), Rejection> {
+    let cluster = input.cluster;
+    let Some(primary) = cluster.primary.as_deref().and_then(|p| cluster.member(p)) else {
+        return Err(Rejection::precondition("the cluster has no primary yet"));
+    };
+    if !fresh(input, &primary.name).is_some_and(|o| is_writable(&o.report)) {
+        return Err(Rejection::precondition(format!(
+            "primary {} is not running: a switchover needs a healthy primary; use `pgquorum failover --to NODE`",
+            primary.name
+        )));
+    }
+    let ready = |m: &Member| -> Result<(), String> {
+        if m.tags.nofailover {
+            return Err(format!(
+                "{} is tagged nofailover and cannot become primary",
+                m.name
+            ));
+        }
+        candidate(input, m, 0)
+            .map_err(|why| format!("{} cannot be promoted now: {why}", m.name))?;
+        if !fresh(input, &m.name).is_some_and(|o| is_streaming_from(&o.report, primary)) {
+            return Err(format!(
+                "{} is not streaming from {} right now; check `pgquorum status`",
+                m.name, primary.name
+            ));
+        }
+        Ok(())
+    };
+    match to {
+        Some(to) => {
+            let Some(member) = cluster.member(to) else {
+                return Err(Rejection::not_found(format!(
+                    "cluster {:?} has no node named {to:?}",
+                    cluster.name
+                )));
+            };
+            if to == primary.name {
+                return Err(Rejection::precondition(format!(
+                    "{to} is already the primary; name a replica"
+                )));
+            }
+            ready(member).map_err(Rejection::precondition)
+        }
+        None => {
+            if cluster
+                .members
+                .values()
+                .any(|m| m.name != primary.name && ready(m).is_ok())
+            {
+                Ok(())
+            } else {
+                Err(Rejection::precondition(
+                    "no streaming replica that may be promoted to switch over to",
+                ))
+            }
+        }
+    }
+}
+
 /// Drive a planned switchover; returns a commit when one is due.
 pub(super) fn switchover(
     input: &Input,

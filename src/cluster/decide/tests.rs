@@ -739,3 +739,198 @@ fn a_replica_busy_with_a_command_is_not_promoted() {
     let d = run(&c, &s, 10_200, 0);
     assert_eq!(promoted(&d), Some(("n2".into(), set(&[]))), "{d:?}");
 }
+
+#[test]
+fn manual_failover_refuses_what_it_must_and_shares_the_sync_set_rule() {
+    use crate::cluster::command::RejectionKind;
+    let mut c = three(&[("sync_mode", "on")]);
+    apply(
+        &mut c,
+        ClusterCommand::SetSyncSet {
+            cluster: "main".into(),
+            epoch: 1,
+            sync_set: set(&["n2", "n3"]),
+        },
+    );
+    let refused = |s: &Soft, to: &str, now: u64| {
+        manual_failover(
+            &Input {
+                cluster: &c,
+                soft: s,
+                now,
+                wall_ms: 0,
+            },
+            to,
+            false,
+        )
+        .unwrap_err()
+    };
+    // A healthy primary holding its lease: that is a switchover.
+    let healthy = NodeReport {
+        holds_lease: true,
+        ..primary("n1", 10_000)
+    };
+    let s = soft(
+        &c,
+        vec![(healthy, 9_000), (replica("n2", 10_000, Some("n1")), 9_000)],
+    );
+    let e = refused(&s, "n2", 9_500);
+    assert!(e.message.contains("switchover"), "{}", e.message);
+    let e = refused(&s, "nope", 9_500);
+    assert_eq!(e.kind, RejectionKind::NotFound);
+    assert!(refused(&s, "n1", 9_500)
+        .message
+        .contains("already the primary"));
+
+    // The primary is gone; n3 did not report: it cannot be promoted.
+    let s = soft(
+        &c,
+        vec![
+            (primary("n1", 10_000), 1_000),
+            (replica("n2", 10_000, None), 9_500),
+            (replica("n3", 9_000, None), 9_500),
+        ],
+    );
+    fn late<'a>(c: &'a Cluster, s: &'a Soft) -> Input<'a> {
+        Input {
+            cluster: c,
+            soft: s,
+            now: 10_000,
+            wall_ms: 0,
+        }
+    }
+    // Before every lease surely ended: wait.
+    let fresh_start = soft(
+        &c,
+        vec![
+            (primary("n1", 10_000), 100),
+            (replica("n3", 9_000, None), 1_200),
+        ],
+    );
+    let early = Input {
+        now: 1_500,
+        ..late(&c, &fresh_start)
+    };
+    assert!(matches!(
+        manual_failover(&early, "n3", false),
+        Ok(ManualFailover::WaitUntil(at)) if at > 1_500
+    ));
+    // Forcing the laggard n3 is allowed; n2 (ahead of it) leaves the sync
+    // set: it may hold commits n3 lacks. (The manual path used to keep
+    // every other member.)
+    let Ok(ManualFailover::Promote(ClusterCommand::Promote { node, sync_set, .. })) =
+        manual_failover(&late(&c, &s), "n3", false)
+    else {
+        panic!("no promotion");
+    };
+    assert_eq!(node, "n3");
+    assert_eq!(sync_set, set(&[]));
+    // n2 at n3's LSN would have stayed.
+    let same = soft(
+        &c,
+        vec![
+            (primary("n1", 10_000), 1_000),
+            (replica("n2", 9_000, None), 9_500),
+            (replica("n3", 9_000, None), 9_500),
+        ],
+    );
+    let Ok(ManualFailover::Promote(ClusterCommand::Promote { sync_set, .. })) =
+        manual_failover(&late(&c, &same), "n3", false)
+    else {
+        panic!("no promotion");
+    };
+    assert_eq!(sync_set, set(&["n2"]));
+
+    // A node holding a failsafe promise, or tagged nofailover, never.
+    let promised = soft(
+        &c,
+        vec![
+            (primary("n1", 10_000), 1_000),
+            (
+                NodeReport {
+                    promise_ms: 5_000,
+                    ..replica("n2", 10_000, None)
+                },
+                9_500,
+            ),
+        ],
+    );
+    let e = manual_failover(&late(&c, &promised), "n2", false).unwrap_err();
+    assert!(e.message.contains("promised"), "{}", e.message);
+    let mut tagged = c.clone();
+    tagged.members.get_mut("n2").unwrap().tags.nofailover = true;
+    let e = manual_failover(
+        &Input {
+            cluster: &tagged,
+            ..late(&c, &s)
+        },
+        "n2",
+        false,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("nofailover"), "{}", e.message);
+    // An open lease after a pause needs the operator's word.
+    let mut open = c.clone();
+    open.open_lease = true;
+    let open_input = Input {
+        cluster: &open,
+        ..late(&c, &s)
+    };
+    let e = manual_failover(&open_input, "n2", false).unwrap_err();
+    assert!(e.message.contains("--old-primary-stopped"), "{}", e.message);
+    assert!(manual_failover(&open_input, "n2", true).is_ok());
+}
+
+#[test]
+fn switchover_checks_the_primary_and_the_target() {
+    let c = three(&[]);
+    let check = |s: &Soft, to: Option<&str>| {
+        check_switchover(
+            &Input {
+                cluster: &c,
+                soft: s,
+                now: 9_600,
+                wall_ms: 0,
+            },
+            to,
+        )
+    };
+    let healthy = soft(
+        &c,
+        vec![
+            (primary("n1", 10_000), 9_500),
+            (replica("n2", 10_000, Some("n1")), 9_500),
+            (replica("n3", 10_000, None), 9_500),
+        ],
+    );
+    assert_eq!(check(&healthy, Some("n2")), Ok(()));
+    assert_eq!(check(&healthy, None), Ok(()));
+    let e = check(&healthy, Some("n3")).unwrap_err();
+    assert!(e.message.contains("not streaming from n1"), "{}", e.message);
+    let e = check(&healthy, Some("n1")).unwrap_err();
+    assert!(e.message.contains("already the primary"), "{}", e.message);
+    let down = soft(
+        &c,
+        vec![
+            (down("n1"), 9_500),
+            (replica("n2", 10_000, Some("n1")), 9_500),
+        ],
+    );
+    let e = check(&down, Some("n2")).unwrap_err();
+    assert!(e.message.contains("failover --to"), "{}", e.message);
+    let promised = soft(
+        &c,
+        vec![
+            (primary("n1", 10_000), 9_500),
+            (
+                NodeReport {
+                    promise_ms: 3_000,
+                    ..replica("n2", 10_000, Some("n1"))
+                },
+                9_500,
+            ),
+        ],
+    );
+    let e = check(&promised, None).unwrap_err();
+    assert!(e.message.contains("no streaming replica"), "{}", e.message);
+}
