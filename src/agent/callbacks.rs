@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::node::Node;
 
 /// Events a callback can be attached to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     RoleChange,
     Start,

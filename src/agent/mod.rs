@@ -4,6 +4,8 @@
 //! * [`postgres`] — the driver: child processes and SQL.
 //! * [`node`] — shared state: lease, persisted epoch, latest observation.
 //! * [`session`] — registration and the session with the manager leader.
+//! * [`core`] — what a command means in the node's state, step by step
+//!   (pure; the simulation runs it too).
 //! * [`executor`] — commands, the observer loop, and following the keeper
 //!   (which enforces the lease, see [`crate::keeper`]).
 //! * [`http`] — health endpoints, metrics, the failsafe endpoint.
@@ -12,6 +14,7 @@
 
 pub mod callbacks;
 pub mod config;
+pub mod core;
 pub mod executor;
 pub mod failsafe;
 pub mod http;
