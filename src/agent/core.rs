@@ -65,7 +65,9 @@ impl Facts {
 pub enum Change {
     Epoch(u64),
     /// The primary of the current epoch, configuration version applied.
-    Primary { config_version: u64 },
+    Primary {
+        config_version: u64,
+    },
     /// A replica of `upstream`; the configuration version when known.
     Replica {
         upstream: Upstream,
@@ -265,7 +267,9 @@ impl Execution {
                 return step;
             }
         }
-        Step::Done(Err("internal: the command's program does not advance".into()))
+        Step::Done(Err(
+            "internal: the command's program does not advance".into()
+        ))
     }
 
     fn settings(&self) -> ManagedSettings {
@@ -303,7 +307,11 @@ impl Execution {
                 }
                 self.previous_upstream = self.facts.upstream.clone();
                 if self.command.epoch > seen {
-                    then!(self, 2, Some(Step::Persist(Change::Epoch(self.command.epoch))));
+                    then!(
+                        self,
+                        2,
+                        Some(Step::Persist(Change::Epoch(self.command.epoch)))
+                    );
                 }
                 self.pc = 2;
                 None
@@ -500,7 +508,11 @@ impl Execution {
             14 => then_tolerant!(self, 15, Some(Step::Checkpoint)),
             15 => {
                 self.message = "promoted".into();
-                then!(self, 100, Some(Step::Callback(Event::RoleChange, "primary")))
+                then!(
+                    self,
+                    100,
+                    Some(Step::Callback(Event::RoleChange, "primary"))
+                )
             }
             _ => Some(Step::Done(Ok(self.message.clone()))),
         }
@@ -557,6 +569,14 @@ impl Execution {
                         // that nobody takes it for an idle replica.
                         then!(self, 5, Some(Step::Phase(AgentPhase::Starting)))
                     }
+                    // A postmaster that runs but does not answer (still
+                    // starting, say under an agent that was restarted
+                    // meanwhile): rejoining needs it down, so stop it first
+                    // rather than rewinding (or re-cloning) under it.
+                    None if self.facts.running => {
+                        self.pc = 9;
+                        None
+                    }
                     // Down, or the former primary just fenced.
                     _ => {
                         self.jump(Program::Rejoin, 0);
@@ -585,7 +605,11 @@ impl Execution {
             8 => {
                 if self.last == Some(Outcome::Yes) {
                     self.message = format!("re-pointed to {}", upstream.node);
-                    then!(self, 100, Some(Step::Callback(Event::RoleChange, "replica")));
+                    then!(
+                        self,
+                        100,
+                        Some(Step::Callback(Event::RoleChange, "replica"))
+                    );
                 }
                 self.pc = 9;
                 None
@@ -766,7 +790,7 @@ impl Execution {
             0 => {
                 if self.facts.writable() {
                     return Some(Step::Done(Err(
-                        "refusing to re-initialize a running primary".into()
+                        "refusing to re-initialize a running primary".into(),
                     )));
                 }
                 then!(self, 1, Some(Step::ReleaseLease))
@@ -883,7 +907,9 @@ impl Execution {
             2 => then!(
                 self,
                 3,
-                Some(Step::Persist(Change::ConfigVersion(settings.config_version)))
+                Some(Step::Persist(Change::ConfigVersion(
+                    settings.config_version
+                )))
             ),
             _ => Some(Step::Done(Ok(format!(
                 "configuration version {} applied",
@@ -898,7 +924,9 @@ impl Execution {
 pub fn streams_from(pg: &PgStatus, upstream: &Upstream) -> bool {
     pg.in_recovery
         && pg.wal_receiver.as_ref().is_some_and(|w| {
-            w.status == "streaming" && w.sender_host == upstream.host && w.sender_port == upstream.port
+            w.status == "streaming"
+                && w.sender_host == upstream.host
+                && w.sender_port == upstream.port
         })
 }
 

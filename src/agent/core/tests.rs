@@ -82,18 +82,10 @@ fn stale_epochs_are_refused_and_newer_ones_persisted_first() {
         epoch: 5,
         ..Facts::default()
     };
-    let (steps, r) = run(
-        Execution::new(command(4, Action::Demote)),
-        &facts,
-        ok,
-    );
+    let (steps, r) = run(Execution::new(command(4, Action::Demote)), &facts, ok);
     assert_eq!(steps, vec![Step::Look]);
     assert_eq!(r, Err("stale epoch 4: this node has seen epoch 5".into()));
-    let (steps, _) = run(
-        Execution::new(command(6, Action::Demote)),
-        &facts,
-        ok,
-    );
+    let (steps, _) = run(Execution::new(command(6, Action::Demote)), &facts, ok);
     assert_eq!(steps[1], Step::Persist(Change::Epoch(6)));
 }
 
@@ -133,15 +125,21 @@ fn promotion_waits_for_the_lease_and_sets_sync_names_first() {
         ..ManagedSettings::default()
     };
     let (steps, r) = run(
-        Execution::new(command(2, Action::Promote { settings: settings.clone() })),
+        Execution::new(command(
+            2,
+            Action::Promote {
+                settings: settings.clone(),
+            },
+        )),
         &facts,
         ok,
     );
     assert_eq!(r, Ok("promoted".into()));
     let promote = position(&steps, |s| *s == Step::Promote);
-    let written = position(&steps, |s| {
-        matches!(s, Step::WriteConfig { settings: w, upstream: None } if *w == settings)
-    });
+    let written = position(
+        &steps,
+        |s| matches!(s, Step::WriteConfig { settings: w, upstream: None } if *w == settings),
+    );
     let reload = position(&steps, |s| *s == Step::Reload);
     assert!(written < reload && reload < promote, "{steps:?}");
     assert_eq!(steps[promote - 1], Step::AwaitLease, "{steps:?}");
@@ -174,14 +172,10 @@ fn a_writable_node_told_to_follow_is_fenced_before_its_lease_goes() {
         settings: ManagedSettings::default(),
         reclone: true,
     };
-    let (steps, r) = run(
-        Execution::new(command(2, follow)),
-        &facts,
-        |s| match s {
-            Step::Rewind(_) => Outcome::Rewound(RewindOutcome::Rewound),
-            _ => Outcome::Ok,
-        },
-    );
+    let (steps, r) = run(Execution::new(command(2, follow)), &facts, |s| match s {
+        Step::Rewind(_) => Outcome::Rewound(RewindOutcome::Rewound),
+        _ => Outcome::Ok,
+    });
     assert_eq!(r, Ok("rewound from n2".into()));
     let fence = position(&steps, |s| *s == Step::Fence);
     let release = position(&steps, |s| *s == Step::ReleaseLease);
@@ -191,7 +185,10 @@ fn a_writable_node_told_to_follow_is_fenced_before_its_lease_goes() {
     let rewind = position(&steps, |s| matches!(s, Step::Rewind(_)));
     let standby = position(&steps, |s| *s == Step::SetStandby(true));
     let start = position(&steps, |s| *s == Step::Start);
-    assert!(recover < rewind && rewind < standby && standby < start, "{steps:?}");
+    assert!(
+        recover < rewind && rewind < standby && standby < start,
+        "{steps:?}"
+    );
 }
 
 #[test]
@@ -224,7 +221,9 @@ fn a_valid_copy_is_never_wiped_when_the_source_is_unreachable() {
         &facts,
         rewind_fails(false),
     );
-    assert!(r.unwrap_err().contains("unreachable: keeping the data directory"));
+    assert!(r
+        .unwrap_err()
+        .contains("unreachable: keeping the data directory"));
     assert!(!steps.contains(&Step::Wipe), "{steps:?}");
     // Reachable: wiped and cloned again.
     let (steps, r) = run(
@@ -247,6 +246,36 @@ fn a_valid_copy_is_never_wiped_when_the_source_is_unreachable() {
 }
 
 #[test]
+fn a_server_that_runs_but_does_not_answer_is_stopped_before_rejoining() {
+    // Found by the simulation (seed 133): an agent restarted while its
+    // replica was still starting went straight to rewind and re-clone
+    // under the running server, and failed every retry.
+    let facts = Facts {
+        epoch: 2,
+        running: true,
+        intent: Intent::Replica,
+        upstream: Some(upstream("n1")),
+        data: valid(false, true),
+        ..Facts::default()
+    };
+    let follow = Action::Follow {
+        upstream: upstream("n1"),
+        settings: ManagedSettings::default(),
+        reclone: true,
+    };
+    let (steps, r) = run(Execution::new(command(2, follow)), &facts, |s| match s {
+        Step::Rewind(_) => Outcome::Rewound(RewindOutcome::NotNeeded),
+        _ => Outcome::Ok,
+    });
+    assert_eq!(r, Ok("following n1".into()));
+    let stop = position(&steps, |s| *s == Step::StopFast);
+    let recover = position(&steps, |s| *s == Step::CrashRecover);
+    let start = position(&steps, |s| *s == Step::Start);
+    assert!(stop < recover && recover < start, "{steps:?}");
+    assert!(!steps.contains(&Step::Wipe), "{steps:?}");
+}
+
+#[test]
 fn a_replica_is_re_pointed_by_a_reload_when_it_can() {
     let facts = Facts {
         epoch: 2,
@@ -261,12 +290,14 @@ fn a_replica_is_re_pointed_by_a_reload_when_it_can() {
         settings: ManagedSettings::default(),
         reclone: true,
     };
-    let (steps, r) = run(Execution::new(command(2, follow("n3"))), &facts, |s| {
-        match s {
+    let (steps, r) = run(
+        Execution::new(command(2, follow("n3"))),
+        &facts,
+        |s| match s {
             Step::WaitStreaming(_) => Outcome::Yes,
             _ => Outcome::Ok,
-        }
-    });
+        },
+    );
     assert_eq!(r, Ok("re-pointed to n3".into()));
     assert!(!steps.contains(&Step::StopFast));
     // Already streaming from its upstream: nothing to do.

@@ -51,6 +51,32 @@ pub(super) fn manage_sync_set(
         keep
     };
 
+    let mut desired = desired;
+    if committed.is_empty() && !desired.is_empty() {
+        // An empty set means the primary alone is known to hold every
+        // acknowledged commit (see `sync_unprotected`); the first member
+        // becomes promotable on its own, so it must hold them too: it
+        // joins only once it has flushed past the point where PostgreSQL's
+        // current names took effect (every synchronously acknowledged
+        // commit lies before it). Streaming alone is not enough: a
+        // walsender goes on listing a standby that is far behind, or gone.
+        let since = input
+            .soft
+            .sync_names_since
+            .as_ref()
+            .filter(|(names, _)| *names == pg.synchronous_standby_names)
+            .map(|(_, lsn)| *lsn);
+        desired.retain(|name| {
+            since.is_some_and(|lsn| {
+                pg.replicas
+                    .iter()
+                    .any(|r| r.application_name == *name && r.flush_lsn >= lsn)
+            })
+        });
+        if desired.is_empty() {
+            d.wait("sync set: waiting for a standby to catch up before it joins the empty set");
+        }
+    }
     let added: BTreeSet<String> = desired.difference(committed).cloned().collect();
     if !added.is_empty() {
         // Widen the committed set before PostgreSQL's.

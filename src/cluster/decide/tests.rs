@@ -273,6 +273,72 @@ fn paused_grants_hold_open_and_resume_waits_until_the_agent_bounds_the_lease() {
 }
 
 #[test]
+fn resumed_with_the_primary_down_bounds_its_lease_with_a_grant_then_fails_over() {
+    // Found by the simulation (seed 115): paused while the primary was cut
+    // off, so its keeper fenced; its agent came back after the resume and
+    // reported PostgreSQL down. No grant was ever made (a stopped primary
+    // is not granted one), so the lease was never bounded and the cluster
+    // waited forever for an operator.
+    let mut c = three(&[("primary_start_timeout", "0")]);
+    let pause = |paused| ClusterCommand::SetPaused {
+        cluster: "main".into(),
+        paused,
+    };
+    apply(&mut c, pause(true));
+    apply(&mut c, pause(false));
+    assert!(c.open_lease);
+    let stopped = NodeReport {
+        seq: 9,
+        wants_lease: true,
+        ..down("n1")
+    };
+    let mut s = soft(
+        &c,
+        vec![
+            (stopped.clone(), 9_000),
+            (replica("n2", 100, None), 9_500),
+            (replica("n3", 100, None), 9_500),
+        ],
+    );
+    s.confirmed_at = Some(10_000);
+    let d = run(&c, &s, 10_000, 0);
+    assert_eq!(promoted(&d), None, "the lease is still open: {d:?}");
+    let (node, g) = d.grant.expect("a bounding grant to the primary's agent");
+    assert_eq!(node, "n1");
+    assert!(!g.hold, "{g:?}");
+    assert!(s.book_lease(&c, &node, &g));
+    // Its keeper confirms the grant: the lease is bounded again.
+    s.observe(
+        &c,
+        NodeReport {
+            seq: 10,
+            lease_seq: 9,
+            ..stopped
+        },
+        10_100,
+    );
+    let bounded = ClusterCommand::LeaseBounded {
+        cluster: "main".into(),
+        epoch: 1,
+    };
+    assert_eq!(run(&c, &s, 10_100, 0).commit, Some(bounded.clone()));
+    apply(&mut c, bounded);
+    // From then on the ordinary failover rules apply.
+    assert!(!c.open_lease);
+    let mut s = soft(
+        &c,
+        vec![
+            (down("n1"), 59_000),
+            (replica("n2", 100, None), 59_500),
+            (replica("n3", 100, None), 59_500),
+        ],
+    );
+    s.confirmed_at = Some(60_000);
+    let d = run(&c, &s, 60_000, 0);
+    assert!(promoted(&d).is_some(), "{d:?}");
+}
+
+#[test]
 fn restarts_the_primary_when_no_replica_could_take_over() {
     // primary_start_timeout 0: fail over at once rather than restart.
     // But with no replica that could be promoted, restarting the
@@ -693,6 +759,48 @@ fn a_vanished_sync_standby_is_dropped_once_the_others_confirmed() {
     let d = run(&c, &s, 3_700, 0);
     assert_eq!(
         d.commit,
+        Some(ClusterCommand::SetSyncSet {
+            cluster: "main".into(),
+            epoch: 1,
+            sync_set: set(&["n2"]),
+        })
+    );
+}
+
+#[test]
+fn the_first_member_joins_an_empty_sync_set_only_once_caught_up() {
+    // Found by the simulation (seed 140): right after a sync-mode
+    // failover the set is empty and the new primary alone holds the
+    // commits acknowledged before. A standby its walsender still listed
+    // as streaming, far behind, joined at once, became promotable on its
+    // own and was promoted when the new primary froze: 507 acknowledged
+    // commits lost.
+    let c = three(&[("sync_mode", "on")]);
+    assert!(c.sync_set.is_empty());
+    let with = |lsn: u64, n2_flush: u64| {
+        let mut r = primary("n1", lsn);
+        if let Some(pg) = r.postgres.as_mut() {
+            pg.replicas = vec![ReplicaConnection {
+                application_name: "n2".into(),
+                state: "streaming".into(),
+                flush_lsn: Lsn(n2_flush),
+                replay_lsn: Lsn(n2_flush),
+                sync_state: "async".into(),
+            }];
+        }
+        r
+    };
+    // The names (none) took effect at LSN 5000.
+    let mut s = soft(&c, vec![(with(5_000, 1_000), 1_000)]);
+    s.observe(&c, replica("n2", 1_000, Some("n1")), 1_000);
+    s.observe(&c, with(6_000, 4_900), 1_100);
+    let d = run(&c, &s, 1_100, 0);
+    assert_eq!(d.commit, None, "{d:?}");
+    assert!(d.waiting.iter().any(|w| w.contains("catch up")), "{d:?}");
+    // Past it: n2 joins.
+    s.observe(&c, with(7_000, 5_000), 1_200);
+    assert_eq!(
+        run(&c, &s, 1_200, 0).commit,
         Some(ClusterCommand::SetSyncSet {
             cluster: "main".into(),
             epoch: 1,
