@@ -54,8 +54,13 @@ impl Lease {
 
     /// Remember when report `seq` was sent.
     pub fn sent(&self, seq: u64) {
+        self.sent_at(seq, boot_ms());
+    }
+
+    /// [`Lease::sent`] at boot-clock time `now` (the simulation's clock).
+    pub fn sent_at(&self, seq: u64, now: u64) {
         let mut s = lock(&self.sent);
-        s.times.push_back((seq, boot_ms()));
+        s.times.push_back((seq, now));
         while s.times.len() > REMEMBERED {
             s.times.pop_front();
         }
@@ -68,6 +73,11 @@ impl Lease {
     /// replaces an open lease (the cluster was resumed), otherwise only
     /// extends.
     pub fn grant(&self, g: &LeaseGrant, current_epoch: u64) -> Option<Held> {
+        self.grant_at(g, current_epoch, boot_ms())
+    }
+
+    /// [`Lease::grant`] at boot-clock time `now`.
+    pub fn grant_at(&self, g: &LeaseGrant, current_epoch: u64, now: u64) -> Option<Held> {
         let sent_at = {
             let s = lock(&self.sent);
             if g.session != self.session || g.epoch != current_epoch || g.seq <= s.floor_seq {
@@ -76,7 +86,7 @@ impl Lease {
             s.times.iter().find(|(seq, _)| *seq == g.seq)?.1
         };
         let until = sent_at + g.ttl_ms;
-        if until <= boot_ms() {
+        if until <= now {
             return None;
         }
         let held = self.held();
@@ -133,7 +143,12 @@ impl Lease {
     /// Milliseconds of lease left for `epoch` (0 when none, `u64::MAX`
     /// while held open).
     pub fn remaining(&self, epoch: u64) -> u64 {
-        self.held().remaining(epoch, boot_ms())
+        self.remaining_at(epoch, boot_ms())
+    }
+
+    /// [`Lease::remaining`] at boot-clock time `now`.
+    pub fn remaining_at(&self, epoch: u64, now: u64) -> u64 {
+        self.held().remaining(epoch, now)
     }
 }
 

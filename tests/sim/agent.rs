@@ -1,98 +1,60 @@
-//! A model of the agent (src/agent): the lease counted from the send time
-//! of a granted report on the agent's own clock, reports, the persisted
-//! epoch, the command executor (one command at a time, each a small
-//! program of steps that take time) and the lease watchdog.
+//! The agent in the simulation. What decides is the real code: the lease
+//! book (`agent::lease::Lease`), the command core (`agent::core`), the
+//! keeper's rules (`keeper::rule`). What is modelled here is only I/O and
+//! time: each step of the core is carried out on the PostgreSQL model
+//! (`pg.rs`) with a duration, reports and grants travel the simulated
+//! network, and the keeper is a process of its own that outlives the agent.
 
 use std::collections::VecDeque;
 
+use pgquorum::agent::core::{Change, Execution, Facts, Outcome, Step};
+use pgquorum::agent::lease::Lease;
+use pgquorum::agent::postgres::RewindOutcome;
 use pgquorum::agent::state::Intent;
 use pgquorum::cluster::wire::{
-    Action, AgentCommand, AgentPhase, CommandOutcome, DataDirState, LeaseGrant, ManagedSettings,
+    AgentCommand, AgentPhase, CommandOutcome, DataDirState, LeaseGrant, ManagedSettings,
     NodeReport, PgStatus, Upstream,
 };
+use pgquorum::keeper::rule::{self, FENCE_LEAD_MS};
+use pgquorum::keeper::Lease as Held;
 
 use rand::Rng;
 
 use super::{Ev, World};
 
-/// src/agent/executor.rs: fence this long before the lease ends.
-pub const FENCE_LEAD_MS: u64 = 300;
-const WATCHDOG_MS: u64 = 25;
 const OBSERVE_MS: u64 = 200;
-const REMEMBERED: usize = 256;
+/// `executor::await_lease`: this many looks, this far apart (2 s in all).
+const AWAIT_LOOKS: u32 = 80;
+/// The driver polls a starting server's `postmaster.pid` (every 50 ms,
+/// for up to the executor's 120 s start timeout).
+const START_POLL_MS: u64 = 50;
+const START_POLLS: u32 = 2_400;
+const AWAIT_EVERY_MS: u64 = 25;
 
-/// src/agent/lease.rs, on the simulated clock.
-#[derive(Debug, Default, Clone)]
-pub struct SimLease {
-    sent: VecDeque<(u64, u64)>,
-    epoch: u64,
-    expires_at: u64,
-    floor_seq: u64,
+/// A node's keeper: the lease it enforces. It outlives the agent process
+/// and dies with the host (taking PostgreSQL with it).
+#[derive(Debug, Clone, Default)]
+pub struct Keeper {
+    pub lease: Held,
+    /// The deadline already fenced for.
+    pub fenced_for: Option<u64>,
+    /// Tells keeper incarnations apart (its tick events).
+    pub gen: u64,
 }
 
-impl SimLease {
-    fn sent(&mut self, seq: u64, now: u64) {
-        self.sent.push_back((seq, now));
-        while self.sent.len() > REMEMBERED {
-            self.sent.pop_front();
-        }
-    }
-
-    fn grant(&mut self, g: &LeaseGrant, session: u64, current_epoch: u64, now: u64) -> bool {
-        if g.session != session || g.epoch != current_epoch || g.seq <= self.floor_seq {
-            return false;
-        }
-        let Some(&(_, sent_at)) = self.sent.iter().find(|(s, _)| *s == g.seq) else {
-            return false;
-        };
-        let until = sent_at + g.ttl_ms;
-        if until <= now {
-            return false;
-        }
-        if self.epoch != g.epoch {
-            self.epoch = g.epoch;
-            self.expires_at = 0;
-        }
-        if until > self.expires_at {
-            self.expires_at = until;
-            return true;
-        }
-        false
-    }
-
-    pub fn remaining(&self, epoch: u64, now: u64) -> u64 {
-        if self.epoch != epoch {
-            return 0;
-        }
-        self.expires_at.saturating_sub(now)
-    }
-
-    fn release(&mut self, last_seq: u64) {
-        self.floor_seq = self.floor_seq.max(last_seq);
-        self.expires_at = 0;
-    }
-}
-
-/// A command under way: which program, where in it.
+/// A step of the core under way: which, and how far.
 #[derive(Debug, Clone)]
-pub struct Exec {
-    pub cmd: AgentCommand,
-    /// Promote runs as a sub-program of StartPrimary.
-    pub promoting: bool,
-    pub pc: u32,
-    pub tries: u32,
-    pub deadline: u64,
-    pub flag: bool,
-    pub msg: String,
+struct Pending {
+    step: Step,
+    stage: u32,
 }
 
-/// One agent process (lost when the host crashes).
-#[derive(Debug)]
+/// One agent process.
 pub struct Agent {
     pub proc_id: u64,
     pub session: u64,
     pub seq: u64,
-    pub lease: SimLease,
+    pub lease: Lease,
     pub phase: AgentPhase,
     pub last_command: Option<CommandOutcome>,
     pub obs_pg: Option<PgStatus>,
@@ -102,14 +64,16 @@ pub struct Agent {
     pub hb_gen: u64,
     pub interval_ms: u64,
     pub queue: VecDeque<AgentCommand>,
-    pub exec: Option<Exec>,
+    pub exec: Option<Execution>,
+    pending: Option<Pending>,
     pub running: bool,
 }
 
-enum Step {
-    Next,
-    Wait(u64),
-    Done(Result<String, String>),
+/// What a step did: its outcome now, or a pause first (then the step
+/// continues at `stage`).
+enum Perf {
+    Done(Outcome),
+    Wait(u64, u32),
 }
 
 impl World {
@@ -117,8 +81,8 @@ impl World {
         self.nodes[n].clock.ms(self.now)
     }
 
-    /// Schedule an agent event `ms` later on the agent's clock.
-    fn agent_after(&mut self, n: usize, ms: u64, ev: Ev) {
+    /// Schedule an event `ms` later on node `n`'s clock.
+    pub fn agent_after(&mut self, n: usize, ms: u64, ev: Ev) {
         let at = self.now + self.nodes[n].clock.true_us(ms);
         self.schedule(at, ev);
     }
@@ -140,18 +104,98 @@ impl World {
         self.nodes[n]
             .agent
             .as_ref()
-            .map_or(0, |a| a.lease.remaining(epoch, now))
+            .map_or(0, |a| a.lease.remaining_at(epoch, now))
     }
 
-    /// The host boots: a new agent process.
-    pub fn agent_boot(&mut self, n: usize) {
+    // ----- the keeper -----------------------------------------------------
+
+    /// The host boots: its keeper starts (empty) with it.
+    pub fn keeper_boot(&mut self, n: usize) {
+        let gen = self.fresh_id();
+        self.nodes[n].keeper = Some(Keeper {
+            gen,
+            ..Keeper::default()
+        });
+        self.schedule(self.now, Ev::Keeper { n, gen });
+    }
+
+    /// One pass of the keeper's loop: `rule::must_fence`, then sleep
+    /// `rule::sleep_ms`.
+    pub fn keeper_tick(&mut self, n: usize, gen: u64) {
+        if self.nodes[n].keeper.as_ref().map(|k| k.gen) != Some(gen) {
+            return;
+        }
+        self.keeper_check(n);
+        let now = self.agent_now(n);
+        let k = self.nodes[n].keeper.as_ref().expect("checked");
+        let deadline = match k.lease {
+            Held::Until { deadline, .. } => Some(deadline),
+            _ => None,
+        };
+        let fenced = k.fenced_for.is_some() && k.fenced_for == deadline;
+        let sleep = rule::sleep_ms(k.lease, now, fenced).max(1);
+        self.agent_after(n, sleep, Ev::Keeper { n, gen });
+    }
+
+    /// The keeper's check (also right after a frozen host resumes).
+    pub fn keeper_check(&mut self, n: usize) {
+        let now = self.agent_now(n);
+        let Some(k) = self.nodes[n].keeper.as_ref() else {
+            return;
+        };
+        if !rule::must_fence(k.lease, now) {
+            return;
+        }
+        let deadline = match k.lease {
+            Held::Until { deadline, .. } => Some(deadline),
+            _ => None,
+        };
+        if k.fenced_for == deadline && self.nodes[n].pg.proc.is_none() {
+            return;
+        }
+        if let Some(k) = self.nodes[n].keeper.as_mut() {
+            k.fenced_for = deadline;
+        }
+        if self.nodes[n].pg.proc.is_some() {
+            self.pg_kill(n, "keeper: the lease ran out");
+            self.stats.keeper_fences += 1;
+            if let Some(a) = self.nodes[n].agent.as_mut() {
+                a.phase = AgentPhase::Fenced;
+            }
+        }
+    }
+
+    /// The agent hands the keeper a lease (instant: a local socket).
+    fn keeper_hold(&mut self, n: usize, lease: Held) {
+        if let Some(k) = self.nodes[n].keeper.as_mut() {
+            k.lease = lease;
+        }
+        self.keeper_check(n);
+    }
+
+    fn keeper_lease(&self, n: usize) -> Held {
+        self.nodes[n]
+            .keeper
+            .as_ref()
+            .map_or(Held::None, |k| k.lease)
+    }
+
+    // ----- the agent process --------------------------------------------
+
+    /// A new agent process: at boot, or restarted alone (its keeper and
+    /// PostgreSQL run on; it takes the keeper's lease over).
+    pub fn agent_start(&mut self, n: usize) {
+        if self.nodes[n].keeper.is_none() {
+            self.keeper_boot(n);
+        }
         let proc_id = self.fresh_id();
         let session = self.rng.gen::<u64>() | 1;
+        let lease = Lease::new(session, self.keeper_lease(n));
         self.nodes[n].agent = Some(Agent {
             proc_id,
             session,
             seq: 0,
-            lease: SimLease::default(),
+            lease,
             phase: AgentPhase::Idle,
             last_command: None,
             obs_pg: None,
@@ -162,12 +206,21 @@ impl World {
             interval_ms: 250,
             queue: VecDeque::new(),
             exec: None,
+            pending: None,
             running: false,
         });
         self.schedule(self.now, Ev::Register { n, proc_: proc_id });
     }
 
-    /// `session::register`, then the start-up checks and the tasks.
+    /// The agent process dies alone (SIGKILL, OOM): its sessions end, its
+    /// keeper and PostgreSQL run on.
+    pub fn agent_kill(&mut self, n: usize) {
+        self.nodes[n].agent = None;
+        self.nodes[n].agent_frozen_until = None;
+        self.kill_conns_where(|c| c.n == n);
+    }
+
+    /// `session::register`, then the start-up check and the tasks.
     pub fn agent_register(&mut self, n: usize, proc_: u64) {
         if !self.proc_ok(n, proc_) {
             return;
@@ -194,7 +247,6 @@ impl World {
         }
         self.agent(n).running = true;
         self.schedule(self.now, Ev::Observe { n, proc_ });
-        self.agent_after(n, WATCHDOG_MS, Ev::Watchdog { n, proc_ });
         self.schedule(self.now, Ev::Connect { n, proc_ });
     }
 
@@ -225,34 +277,6 @@ impl World {
         self.agent_after(n, OBSERVE_MS, Ev::Observe { n, proc_ });
     }
 
-    /// `executor::watchdog`, one check.
-    pub fn watchdog_check(&mut self, n: usize) {
-        let Some(a) = self.nodes[n].agent.as_ref() else {
-            return;
-        };
-        if !a.running
-            || self.nodes[n].persisted.intent != Intent::Primary
-            || a.phase == AgentPhase::Fenced
-        {
-            return;
-        }
-        if self.lease_remaining(n) > FENCE_LEAD_MS || self.nodes[n].pg.proc.is_none() {
-            return;
-        }
-        self.pg_kill(n, "watchdog: lease running out");
-        self.stats.watchdog_fences += 1;
-        self.set_phase(n, AgentPhase::Fenced);
-        self.refresh(n);
-    }
-
-    pub fn agent_watchdog(&mut self, n: usize, proc_: u64) {
-        if !self.proc_ok(n, proc_) {
-            return;
-        }
-        self.watchdog_check(n);
-        self.agent_after(n, WATCHDOG_MS, Ev::Watchdog { n, proc_ });
-    }
-
     fn set_phase(&mut self, n: usize, phase: AgentPhase) {
         self.agent(n).phase = phase;
         self.report_now(n);
@@ -275,20 +299,19 @@ impl World {
             data: a.obs_data.clone(),
             postgres: a.obs_pg.clone(),
             wants_lease: p.intent == Intent::Primary,
-            holds_lease: a.lease.remaining(p.epoch, now) > 0,
+            holds_lease: a.lease.remaining_at(p.epoch, now) > 0,
             last_command: a.last_command.clone(),
             completed_action: p.completed_action,
             config_version: p.config_version,
             upstream: p.upstream.as_ref().map(|u| u.node.clone()),
-            // The simulation never pauses: no lease is ever held open.
-            lease_open: false,
-            lease_seq: 0,
-            // Nor does it model failsafe mode.
+            lease_open: matches!(a.lease.held(), Held::Open { .. }),
+            lease_seq: a.lease.held_seq(),
+            // Failsafe mode is not modelled (agents never talk to agents).
             promise_ms: 0,
         };
         let a = self.agent(n);
         a.seq = seq;
-        a.lease.sent(seq, now);
+        a.lease.sent_at(seq, now);
         report
     }
 
@@ -328,7 +351,7 @@ impl World {
             return;
         }
         let Some(m) = self.attachable_leader(n) else {
-            let wait = 100 + self.rng_range(0, 400);
+            let wait = 50 + self.rng_range(0, 200);
             self.agent_after(n, wait, Ev::Connect { n, proc_ });
             return;
         };
@@ -355,7 +378,7 @@ impl World {
         a.conn = None;
         a.hb_gen += 1;
         let proc_ = a.proc_id;
-        self.agent_after(n, 100, Ev::Connect { n, proc_ });
+        self.agent_after(n, 50, Ev::Connect { n, proc_ });
     }
 
     /// A message from the leader arrives on `conn`.
@@ -370,13 +393,7 @@ impl World {
             super::Down::Welcome { interval_ms } => {
                 self.agent(n).interval_ms = interval_ms.clamp(50, 5000);
             }
-            super::Down::Lease(g) => {
-                let now = self.agent_now(n);
-                let epoch = self.nodes[n].persisted.epoch;
-                let a = self.agent(n);
-                let session = a.session;
-                a.lease.grant(&g, session, epoch, now);
-            }
+            super::Down::Lease(g) => self.apply_grant(n, &g),
             super::Down::Command(c) => {
                 let name = self.nodes[n].name.clone();
                 self.log(format!(
@@ -393,19 +410,35 @@ impl World {
         }
     }
 
+    /// `Node::apply_grant`: the keeper holds the new lease.
+    fn apply_grant(&mut self, n: usize, g: &LeaseGrant) {
+        let now = self.agent_now(n);
+        let epoch = self.nodes[n].persisted.epoch;
+        let Some(next) = self.agent(n).lease.grant_at(g, epoch, now) else {
+            return;
+        };
+        self.keeper_hold(n, next);
+        self.agent(n).lease.confirm_grant(next, g.seq);
+    }
+
+    /// `Node::release_lease`.
+    fn release_lease(&mut self, n: usize) {
+        let a = self.agent(n);
+        let seq = a.seq;
+        a.lease.release(seq);
+        a.lease.confirm(Held::None);
+        self.keeper_hold(n, Held::None);
+    }
+
+    // ----- commands: the real core, steps carried out here ---------------
+
     fn exec_next(&mut self, n: usize) {
         let Some(cmd) = self.agent(n).queue.pop_front() else {
             return;
         };
-        self.agent(n).exec = Some(Exec {
-            cmd,
-            promoting: false,
-            pc: 0,
-            tries: 0,
-            deadline: 0,
-            flag: false,
-            msg: String::new(),
-        });
+        let a = self.agent(n);
+        a.exec = Some(Execution::new(cmd));
+        a.pending = None;
         self.exec_run(n);
     }
 
@@ -418,84 +451,88 @@ impl World {
 
     fn exec_run(&mut self, n: usize) {
         loop {
-            match self.exec_step(n) {
-                Step::Next => continue,
-                Step::Wait(ms) => {
-                    let proc_ = self.agent(n).proc_id;
-                    self.agent_after(n, ms, Ev::Exec { n, proc_ });
-                    return;
-                }
-                Step::Done(result) => {
-                    let Some(e) = self.agent(n).exec.take() else {
+            if let Some(p) = self.agent(n).pending.take() {
+                match self.perform(n, &p.step, p.stage) {
+                    Perf::Wait(ms, stage) => {
+                        self.agent(n).pending = Some(Pending {
+                            step: p.step,
+                            stage,
+                        });
+                        let proc_ = self.agent(n).proc_id;
+                        self.agent_after(n, ms, Ev::Exec { n, proc_ });
                         return;
-                    };
-                    self.refresh(n);
-                    let name = self.nodes[n].name.clone();
-                    let (ok, message) = match result {
-                        Ok(m) => (true, m),
-                        Err(m) => (false, m),
-                    };
-                    self.log(format!(
-                        "{name}: #{} {} {}: {message}",
-                        e.cmd.id,
-                        e.cmd.action.name(),
-                        if ok { "done" } else { "FAILED" }
-                    ));
-                    let a = self.agent(n);
-                    if a.phase != AgentPhase::Fenced {
-                        a.phase = AgentPhase::Idle;
                     }
-                    a.last_command = Some(CommandOutcome {
-                        id: e.cmd.id,
-                        ok,
-                        message,
-                    });
-                    self.report_now(n);
-                    self.exec_next(n);
+                    Perf::Done(outcome) => {
+                        if let Some(e) = self.agent(n).exec.as_mut() {
+                            e.outcome(outcome);
+                        }
+                    }
+                }
+            }
+            let Some(e) = self.agent(n).exec.as_mut() else {
+                return;
+            };
+            match e.next_step() {
+                Step::Done(result) => {
+                    self.finish(n, result);
                     return;
                 }
+                step => self.agent(n).pending = Some(Pending { step, stage: 0 }),
             }
         }
     }
 
-    fn exec_mut(&mut self, n: usize) -> &mut Exec {
-        self.agent(n).exec.as_mut().expect("executing")
-    }
-
-    fn goto(&mut self, n: usize, pc: u32) -> Step {
-        let e = self.exec_mut(n);
-        e.pc = pc;
-        e.tries = 0;
-        Step::Next
-    }
-
-    fn wait_then(&mut self, n: usize, ms: u64, pc: u32) -> Step {
-        let e = self.exec_mut(n);
-        e.pc = pc;
-        e.tries = 0;
-        Step::Wait(ms)
-    }
-
-    /// `executor::await_lease`: up to 40 looks, 50 ms apart.
-    fn await_lease(&mut self, n: usize, next: u32) -> Step {
-        if self.lease_remaining(n) > FENCE_LEAD_MS {
-            return self.goto(n, next);
+    fn finish(&mut self, n: usize, result: Result<String, String>) {
+        let Some(e) = self.agent(n).exec.take() else {
+            return;
+        };
+        self.refresh(n);
+        let name = self.nodes[n].name.clone();
+        let cmd = e.command().clone();
+        let (ok, message) = match result {
+            Ok(m) => (true, m),
+            Err(m) => (false, m),
+        };
+        self.log(format!(
+            "{name}: #{} {} {}: {message}",
+            cmd.id,
+            cmd.action.name(),
+            if ok { "done" } else { "FAILED" }
+        ));
+        let a = self.agent(n);
+        if a.phase != AgentPhase::Fenced {
+            a.phase = AgentPhase::Idle;
         }
-        let e = self.exec_mut(n);
-        if e.tries < 39 {
-            e.tries += 1;
-            return Step::Wait(50);
-        }
-        Step::Done(Err(
-            "no valid lease from the leader: not acting as primary".into()
-        ))
+        a.last_command = Some(CommandOutcome {
+            id: cmd.id,
+            ok,
+            message,
+        });
+        self.report_now(n);
+        self.exec_next(n);
     }
 
-    fn become_primary(&mut self, n: usize, settings: &ManagedSettings) {
-        let p = &mut self.nodes[n].persisted;
-        p.intent = Intent::Primary;
-        p.upstream = None;
-        p.config_version = settings.config_version;
+    fn dur(&mut self, lo: u64, hi: u64) -> u64 {
+        self.rng_range(lo, hi)
+    }
+
+    fn facts(&mut self, n: usize) -> Facts {
+        self.refresh(n);
+        let a = self.nodes[n].agent.as_ref().expect("agent runs");
+        let p = &self.nodes[n].persisted;
+        Facts {
+            epoch: p.epoch,
+            intent: p.intent,
+            upstream: p.upstream.clone(),
+            phase: a.phase,
+            running: self.nodes[n].pg.proc.is_some(),
+            postgres: a.obs_pg.clone(),
+            data: a.obs_data.clone(),
+            // The keeper starts every server here.
+            unsupervised: false,
+            holdoff_ms: 0,
+            settings: a.settings.clone(),
+        }
     }
 
     fn write_config(&mut self, n: usize, settings: &ManagedSettings, upstream: Option<&Upstream>) {
@@ -506,457 +543,274 @@ impl World {
         pg.conf_upstream = up;
     }
 
-    fn release_lease(&mut self, n: usize) {
-        let a = self.agent(n);
-        let seq = a.seq;
-        a.lease.release(seq);
+    fn streams_from(&self, n: usize, up: usize) -> bool {
+        let host = &self.nodes[up].host;
+        self.pg_status(n).is_some_and(|pg| {
+            pg.in_recovery
+                && pg
+                    .wal_receiver
+                    .as_ref()
+                    .is_some_and(|w| w.status == "streaming" && w.sender_host == *host)
+        })
     }
 
-    fn dur(&mut self, lo: u64, hi: u64) -> u64 {
-        self.rng_range(lo, hi)
-    }
-
-    fn exec_step(&mut self, n: usize) -> Step {
-        let e = self.agent(n).exec.clone().expect("executing");
-        if e.pc == 0 {
-            // accept_epoch: refuse older epochs, persist a newer one first.
-            let seen = self.nodes[n].persisted.epoch;
-            if e.cmd.epoch < seen {
-                return Step::Done(Err(format!(
-                    "stale epoch {}: this node has seen epoch {seen}",
-                    e.cmd.epoch
-                )));
-            }
-            if e.cmd.epoch > seen {
-                self.nodes[n].persisted.epoch = e.cmd.epoch;
-            }
-            let first = if matches!(e.cmd.action, Action::Promote { .. }) {
-                self.exec_mut(n).promoting = true;
-                100
-            } else {
-                1
-            };
-            return self.goto(n, first);
-        }
-        if e.promoting {
-            let settings = match &e.cmd.action {
-                Action::Promote { settings } | Action::StartPrimary { settings } => {
-                    settings.clone()
-                }
-                _ => ManagedSettings::default(),
-            };
-            return self.promote_step(n, &e, &settings);
-        }
-        match e.cmd.action.clone() {
-            Action::Bootstrap { settings } => self.bootstrap_step(n, &e, &settings),
-            Action::StartPrimary { settings } => self.start_primary_step(n, &e, &settings),
-            Action::Promote { .. } => Step::Done(Err("internal: promote".into())),
-            Action::Follow {
-                upstream,
-                settings,
-                reclone,
-            } => self.follow_step(n, &e, &upstream, &settings, reclone),
-            Action::Demote => self.demote_step(n, &e),
-            Action::Detach => {
-                if self.nodes[n].persisted.upstream.is_none() {
-                    return Step::Done(Ok("not streaming".into()));
-                }
-                self.nodes[n].persisted.upstream = None;
-                if self.nodes[n].pg.proc.is_some() {
-                    let settings = ManagedSettings {
-                        synchronous_standby_names: String::new(),
-                        ..self.agent(n).settings.clone()
-                    };
-                    self.write_config(n, &settings, None);
-                    if let Err(m) = self.pg_reload(n) {
-                        return Step::Done(Err(m));
-                    }
-                }
-                Step::Done(Ok("detached from the old primary".into()))
-            }
-            Action::Fence { .. } => {
-                self.pg_kill(n, "fenced on the leader's order");
-                self.release_lease(n);
-                self.nodes[n].persisted.intent = Intent::None;
-                self.set_phase(n, AgentPhase::Fenced);
-                Step::Done(Ok("fenced".into()))
-            }
-            Action::Configure { settings } => {
-                let upstream = match self.nodes[n].persisted.intent {
-                    Intent::Replica => self.nodes[n].persisted.upstream.clone(),
-                    _ => None,
-                };
-                self.write_config(n, &settings, upstream.as_ref());
-                if self.nodes[n].pg.proc.is_some() {
-                    if let Err(m) = self.pg_reload(n) {
-                        return Step::Done(Err(m));
-                    }
-                }
-                self.nodes[n].persisted.config_version = settings.config_version;
-                Step::Done(Ok(format!(
-                    "configuration version {} applied",
-                    settings.config_version
-                )))
-            }
-            Action::Restart { action_id, .. } | Action::Reinit { action_id, .. } => {
-                self.nodes[n].persisted.completed_action = Some(action_id);
-                Step::Done(Ok("not modelled".into()))
-            }
+    /// Poll a starting server like the driver polls `postmaster.pid`.
+    fn await_start(&mut self, n: usize, polls: u32) -> Perf {
+        match self.pg_start_done(n) {
+            Ok(true) => Perf::Done(Outcome::Ok),
+            Ok(false) if polls < START_POLLS => Perf::Wait(START_POLL_MS, polls + 1),
+            Ok(false) => Perf::Done(Outcome::Failed(
+                "PostgreSQL did not finish starting in time".into(),
+            )),
+            Err(m) => Perf::Done(Outcome::Failed(m)),
         }
     }
 
-    fn bootstrap_step(&mut self, n: usize, e: &Exec, settings: &ManagedSettings) -> Step {
-        match e.pc {
-            1 => {
-                if self.pg_status(n).is_some_and(|pg| !pg.in_recovery) {
-                    self.become_primary(n, settings);
-                    return Step::Done(Ok("already running as primary".into()));
-                }
-                self.goto(n, 2)
-            }
-            2 => self.await_lease(n, 3),
-            3 => {
-                self.set_phase(n, AgentPhase::Bootstrapping);
-                if self.nodes[n].pg.data.is_none() {
-                    let ms = self.dur(500, 2000);
-                    return self.wait_then(n, ms, 4);
-                }
-                self.exec_mut(n).msg = "adopted the existing data directory".into();
-                self.goto(n, 5)
-            }
-            4 => {
-                if self.nodes[n].pg.data.is_none() {
-                    let sysid = self.rng.gen::<u64>() | 1;
-                    let id = self.fresh_id();
-                    self.nodes[n].pg.data = Some(super::pg::DataDir {
-                        sysid,
-                        wal: vec![super::pg::Rec {
-                            id,
-                            tl: 1,
-                            commit: false,
-                        }],
-                        standby_signal: false,
-                        clean: true,
-                        ckpt_lsn: pgquorum::cluster::Lsn(0),
-                    });
-                }
-                self.exec_mut(n).msg = "initialized a new database".into();
-                self.goto(n, 5)
-            }
-            5 => {
-                self.become_primary(n, settings);
-                self.write_config(n, settings, None);
-                if let Some(d) = self.nodes[n].pg.data.as_mut() {
-                    d.standby_signal = false;
-                }
-                self.set_phase(n, AgentPhase::Starting);
-                self.goto(n, 6)
-            }
-            6 => self.await_lease(n, 7),
-            7 => {
-                if let Err(m) = self.pg_start_begin(n) {
-                    return Step::Done(Err(m));
-                }
-                let ms = self.dur(300, 1200);
-                self.wait_then(n, ms, 8)
-            }
-            _ => {
-                if let Err(m) = self.pg_start_finish(n) {
-                    return Step::Done(Err(m));
-                }
-                // ensure_replication_role writes WAL.
-                self.pg_system_record(n);
-                Step::Done(Ok(e.msg.clone()))
-            }
-        }
-    }
-
-    fn start_primary_step(&mut self, n: usize, e: &Exec, settings: &ManagedSettings) -> Step {
-        match e.pc {
-            1 => {
-                match self.pg_status(n) {
-                    Some(pg) if !pg.in_recovery => {
-                        self.become_primary(n, settings);
-                        return Step::Done(Ok("already running".into()));
-                    }
-                    Some(_) => {
-                        self.exec_mut(n).promoting = true;
-                        return self.goto(n, 100);
-                    }
-                    None => {}
-                }
-                self.goto(n, 2)
-            }
-            2 => self.await_lease(n, 3),
-            3 => {
-                let Some(d) = self.nodes[n].pg.data.as_ref() else {
-                    return Step::Done(Err(
-                        "no usable data directory to start the primary from".into()
-                    ));
-                };
-                let standby = d.standby_signal;
-                self.exec_mut(n).flag = standby;
-                self.become_primary(n, settings);
-                self.write_config(n, settings, None);
-                self.set_phase(n, AgentPhase::Starting);
-                if let Err(m) = self.pg_start_begin(n) {
-                    return Step::Done(Err(m));
-                }
-                let ms = self.dur(300, 1200);
-                self.wait_then(n, ms, 4)
-            }
-            _ => {
-                if let Err(m) = self.pg_start_finish(n) {
-                    return Step::Done(Err(m));
-                }
-                if e.flag {
-                    // A former standby is promoted onto a timeline of its own.
-                    self.exec_mut(n).promoting = true;
-                    return self.goto(n, 100);
-                }
-                Step::Done(Ok("started as primary".into()))
-            }
-        }
-    }
-
-    fn promote_step(&mut self, n: usize, e: &Exec, settings: &ManagedSettings) -> Step {
-        match e.pc {
-            100 => self.await_lease(n, 101),
-            101 => {
-                self.set_phase(n, AgentPhase::Promoting);
-                if self.nodes[n].pg.proc.is_none() {
-                    self.write_config(n, settings, None);
-                    if let Some(d) = self.nodes[n].pg.data.as_mut() {
-                        d.standby_signal = true;
-                    }
-                    if let Err(m) = self.pg_start_begin(n) {
-                        return Step::Done(Err(m));
-                    }
-                    let ms = self.dur(300, 1200);
-                    return self.wait_then(n, ms, 102);
-                }
-                self.goto(n, 103)
-            }
-            102 => {
-                if let Err(m) = self.pg_start_finish(n) {
-                    return Step::Done(Err(m));
-                }
-                self.goto(n, 103)
-            }
-            103 => {
-                if self.pg_status(n).is_some_and(|pg| !pg.in_recovery) {
-                    self.become_primary(n, settings);
-                    return Step::Done(Ok("already primary".into()));
-                }
-                // synchronous_standby_names is in place before the first commit.
-                self.become_primary(n, settings);
-                self.write_config(n, settings, None);
-                if let Err(m) = self.pg_reload(n) {
-                    return Step::Done(Err(m));
-                }
-                self.goto(n, 104)
-            }
-            104 => self.await_lease(n, 105),
-            105 => {
-                if !self.pg_running(n) {
-                    return Step::Done(Err("promote: PostgreSQL is not running".into()));
-                }
-                let ms = self.dur(50, 600);
-                self.wait_then(n, ms, 106)
-            }
-            _ => {
-                if let Err(m) = self.pg_promote_finish(n) {
-                    return Step::Done(Err(m));
-                }
-                // CHECKPOINT after promotion (errors only logged).
-                self.pg_system_record(n);
-                Step::Done(Ok("promoted".into()))
-            }
-        }
-    }
-
-    fn follow_step(
-        &mut self,
-        n: usize,
-        e: &Exec,
-        upstream: &Upstream,
-        settings: &ManagedSettings,
-        reclone: bool,
-    ) -> Step {
-        let Some(up) = self.node_index(&upstream.node) else {
-            return Step::Done(Err("unknown upstream".into()));
+    /// Carry one step out on the model: its outcome, or a pause first.
+    fn perform(&mut self, n: usize, step: &Step, stage: u32) -> Perf {
+        let done = |r: Result<(), String>| {
+            Perf::Done(match r {
+                Ok(()) => Outcome::Ok,
+                Err(m) => Outcome::Failed(m),
+            })
         };
-        match e.pc {
-            1 => {
-                let previous = self.nodes[n].persisted.upstream.clone();
-                self.release_lease(n);
+        let up = |w: &World, u: &Upstream| w.node_index(&u.node);
+        match (step, stage) {
+            (Step::Look, _) => Perf::Done(Outcome::Looked(Box::new(self.facts(n)))),
+            (Step::Persist(change), _) => {
                 let p = &mut self.nodes[n].persisted;
-                p.intent = Intent::Replica;
-                p.upstream = Some(upstream.clone());
-                p.config_version = settings.config_version;
-                if self.agent(n).phase == AgentPhase::Fenced {
-                    self.agent(n).phase = AgentPhase::Idle;
+                match change.clone() {
+                    Change::Epoch(e) => p.epoch = e,
+                    Change::Primary { config_version } => {
+                        p.intent = Intent::Primary;
+                        p.upstream = None;
+                        p.config_version = config_version;
+                    }
+                    Change::Replica {
+                        upstream,
+                        config_version,
+                    } => {
+                        p.intent = Intent::Replica;
+                        p.upstream = Some(upstream);
+                        if let Some(v) = config_version {
+                            p.config_version = v;
+                        }
+                    }
+                    Change::NoRole => p.intent = Intent::None,
+                    Change::NoUpstream => p.upstream = None,
+                    Change::ConfigVersion(v) => p.config_version = v,
+                    Change::CompletedAction(id) => p.completed_action = Some(id),
                 }
-                match self.pg_status(n) {
-                    Some(pg) if !pg.in_recovery => {
-                        self.pg_kill(n, "a former primary told to follow");
-                        self.goto(n, 10)
-                    }
-                    Some(pg) => {
-                        let same = previous.as_ref() == Some(upstream);
-                        if same && streams_from(&pg, &self.nodes[up].host) {
-                            return Step::Done(Ok(format!(
-                                "already streaming from {}",
-                                upstream.node
-                            )));
-                        }
-                        self.write_config(n, settings, Some(upstream));
-                        if !same {
-                            if let Err(m) = self.pg_reload(n) {
-                                return Step::Done(Err(m));
-                            }
-                            let deadline = self.agent_now(n) + 5000;
-                            self.exec_mut(n).deadline = deadline;
-                            return self.goto(n, 2);
-                        }
-                        self.goto(n, 3)
-                    }
-                    None => self.goto(n, 10),
+                Perf::Done(Outcome::Ok)
+            }
+            (Step::ClaimLease, _) => {
+                self.nodes[n].persisted.intent = Intent::Primary;
+                self.report_now(n);
+                Perf::Done(Outcome::Ok)
+            }
+            (Step::AwaitLease, looks) => {
+                if self.lease_remaining(n) > FENCE_LEAD_MS {
+                    Perf::Done(Outcome::Ok)
+                } else if looks < AWAIT_LOOKS {
+                    Perf::Wait(AWAIT_EVERY_MS, looks + 1)
+                } else {
+                    Perf::Done(Outcome::Failed(
+                        "no valid lease from the leader: not acting as primary".into(),
+                    ))
                 }
             }
-            2 => {
-                let streaming = self
-                    .pg_status(n)
-                    .is_some_and(|pg| streams_from(&pg, &self.nodes[up].host));
-                if streaming {
-                    return Step::Done(Ok(format!("re-pointed to {}", upstream.node)));
-                }
-                if self.agent_now(n) < e.deadline {
-                    return Step::Wait(100);
-                }
-                self.goto(n, 3)
+            (Step::ReleaseLease, _) => {
+                self.release_lease(n);
+                Perf::Done(Outcome::Ok)
             }
-            3 => {
-                self.set_phase(n, AgentPhase::Stopping);
+            (Step::Phase(phase), _) => {
+                self.set_phase(n, *phase);
+                Perf::Done(Outcome::Ok)
+            }
+            (Step::Initdb, 0) => {
+                if self.nodes[n].pg.data.is_some() {
+                    return Perf::Done(Outcome::Failed("initdb: not empty".into()));
+                }
+                let ms = self.dur(500, 2000);
+                Perf::Wait(ms, 1)
+            }
+            (Step::Initdb, _) => {
+                let sysid = self.rng.gen::<u64>() | 1;
+                let id = self.fresh_id();
+                self.nodes[n].pg.data = Some(super::pg::DataDir {
+                    sysid,
+                    wal: vec![super::pg::Rec {
+                        id,
+                        tl: 1,
+                        commit: false,
+                    }],
+                    standby_signal: false,
+                    clean: true,
+                    ckpt_lsn: pgquorum::cluster::Lsn(0),
+                });
+                Perf::Done(Outcome::Ok)
+            }
+            (Step::WriteConfig { settings, upstream }, _) => {
+                self.write_config(n, settings, upstream.as_ref());
+                Perf::Done(Outcome::Ok)
+            }
+            (Step::SetStandby(standby), _) => match self.nodes[n].pg.data.as_mut() {
+                Some(d) => {
+                    d.standby_signal = *standby;
+                    Perf::Done(Outcome::Ok)
+                }
+                None => Perf::Done(Outcome::Failed("no data directory".into())),
+            },
+            (Step::Start, 0) => {
+                if self.nodes[n].pg.proc.is_some() {
+                    return Perf::Done(Outcome::Ok);
+                }
+                let now = self.agent_now(n);
+                if !rule::may_start(self.keeper_lease(n), now) {
+                    return Perf::Done(Outcome::Failed(
+                        "the keeper refused: the primary's lease has run out".into(),
+                    ));
+                }
+                if let Err(m) = self.pg_start_begin(n) {
+                    return Perf::Done(Outcome::Failed(m));
+                }
+                Perf::Wait(START_POLL_MS, 1)
+            }
+            (Step::Start, polls) => self.await_start(n, polls),
+            (Step::StopFast, 0) => {
+                if self.nodes[n].pg.proc.is_none() {
+                    return Perf::Done(Outcome::Ok);
+                }
                 self.pg_stop_fast_begin(n);
                 let ms = self.dur(50, 400);
-                self.wait_then(n, ms, 4)
+                Perf::Wait(ms, 1)
             }
-            4 => {
+            (Step::StopFast, _) => done(self.pg_stop_fast_finish(n)),
+            (Step::StopImmediate, _) => {
+                self.pg_kill(n, "immediate stop");
+                Perf::Done(Outcome::Ok)
+            }
+            (Step::Restart, 0) => {
+                self.pg_stop_fast_begin(n);
+                let ms = self.dur(50, 400);
+                Perf::Wait(ms, 1)
+            }
+            (Step::Restart, 1) => {
                 if let Err(m) = self.pg_stop_fast_finish(n) {
-                    return Step::Done(Err(m));
+                    return Perf::Done(Outcome::Failed(m));
                 }
-                self.goto(n, 10)
+                if let Err(m) = self.pg_start_begin(n) {
+                    return Perf::Done(Outcome::Failed(m));
+                }
+                Perf::Wait(START_POLL_MS, 2)
             }
-            // rejoin
-            10 => match &self.nodes[n].pg.data {
-                None => {
-                    self.set_phase(n, AgentPhase::Cloning);
-                    if !self.can_reach_server(n, up) {
-                        return Step::Done(Err(format!("clone: cannot reach {}", upstream.node)));
-                    }
-                    let ms = self.dur(800, 3000);
-                    self.wait_then(n, ms, 11)
+            (Step::Restart, polls) => self.await_start(n, polls - 1),
+            (Step::Reload, _) => done(self.pg_reload(n)),
+            (Step::Promote, 0) => {
+                if !self.pg_running(n) {
+                    return Perf::Done(Outcome::Failed(
+                        "promote: PostgreSQL is not running".into(),
+                    ));
                 }
-                Some(d) => {
-                    let clean = d.clean;
-                    self.set_phase(n, AgentPhase::Rewinding);
-                    if !clean {
-                        let ms = self.dur(100, 800);
-                        return self.wait_then(n, ms, 12);
-                    }
-                    self.goto(n, 13)
-                }
-            },
-            11 => {
-                if let Err(m) = self.pg_basebackup(n, up) {
-                    return Step::Done(Err(m));
-                }
-                self.goto(n, 20)
+                let ms = self.dur(50, 600);
+                Perf::Wait(ms, 1)
             }
-            12 => {
+            (Step::Promote, _) => done(self.pg_promote_finish(n)),
+            (Step::Checkpoint, _) => {
+                if !self.pg_running(n) {
+                    return Perf::Done(Outcome::Failed("checkpoint: not running".into()));
+                }
+                self.pg_system_record(n);
+                Perf::Done(Outcome::Ok)
+            }
+            (Step::Fence, _) => {
+                self.pg_kill(n, "fenced by the agent");
+                Perf::Done(Outcome::Ok)
+            }
+            (Step::CrashRecover, 0) => {
+                if self.nodes[n].pg.proc.is_some() {
+                    return Perf::Done(Outcome::Failed("crash recovery: server running".into()));
+                }
+                if self.nodes[n].pg.data.as_ref().is_none_or(|d| d.clean) {
+                    return Perf::Done(Outcome::Ok);
+                }
+                let ms = self.dur(100, 800);
+                Perf::Wait(ms, 1)
+            }
+            (Step::CrashRecover, _) => {
                 if self.nodes[n].pg.proc.is_none() {
                     if let Some(d) = self.nodes[n].pg.data.as_mut() {
                         d.clean = true;
                     }
                 }
-                self.goto(n, 13)
+                Perf::Done(Outcome::Ok)
             }
-            13 => {
+            (Step::Rewind(_), 0) => {
                 let ms = self.dur(200, 1500);
-                self.wait_then(n, ms, 14)
+                Perf::Wait(ms, 1)
             }
-            14 => match self.pg_rewind(n, up) {
-                Ok(_) => self.goto(n, 20),
-                Err(m) if reclone => {
-                    let name = self.nodes[n].name.clone();
-                    self.log(format!("{name}: {m}; cloning again"));
-                    self.set_phase(n, AgentPhase::Cloning);
-                    self.nodes[n].pg.data = None;
-                    if !self.can_reach_server(n, up) {
-                        return Step::Done(Err(format!(
-                            "re-clone after a failed rewind: cannot reach {}",
-                            upstream.node
-                        )));
-                    }
-                    let ms = self.dur(800, 3000);
-                    self.wait_then(n, ms, 11)
+            (Step::Rewind(u), _) => {
+                let Some(up) = up(self, u) else {
+                    return Perf::Done(Outcome::Failed("unknown upstream".into()));
+                };
+                match self.pg_rewind(n, up) {
+                    Ok(true) => Perf::Done(Outcome::Rewound(RewindOutcome::Rewound)),
+                    Ok(false) => Perf::Done(Outcome::Rewound(RewindOutcome::NotNeeded)),
+                    Err(m) => Perf::Done(Outcome::Failed(m)),
                 }
-                Err(m) => Step::Done(Err(m)),
-            },
-            20 => {
-                self.write_config(n, settings, Some(upstream));
-                if let Some(d) = self.nodes[n].pg.data.as_mut() {
-                    d.standby_signal = true;
-                }
-                self.set_phase(n, AgentPhase::Starting);
-                if let Err(m) = self.pg_start_begin(n) {
-                    return Step::Done(Err(m));
-                }
-                let ms = self.dur(300, 1200);
-                self.wait_then(n, ms, 21)
             }
-            _ => {
-                if let Err(m) = self.pg_start_finish(n) {
-                    return Step::Done(Err(m));
+            (Step::Clone(u), 0) => {
+                let Some(up) = up(self, u) else {
+                    return Perf::Done(Outcome::Failed("unknown upstream".into()));
+                };
+                if !self.can_reach_server(n, up) {
+                    return Perf::Done(Outcome::Failed(format!("clone: cannot reach {}", u.node)));
                 }
-                Step::Done(Ok(format!("following {}", upstream.node)))
+                let ms = self.dur(800, 3000);
+                Perf::Wait(ms, 1)
             }
-        }
-    }
-
-    fn demote_step(&mut self, n: usize, e: &Exec) -> Step {
-        match e.pc {
-            1 => {
-                if self.nodes[n].pg.proc.is_none() {
-                    self.release_lease(n);
-                    self.nodes[n].persisted.intent = Intent::None;
-                    return Step::Done(Ok("already stopped".into()));
+            (Step::Clone(u), _) => {
+                let Some(up) = up(self, u) else {
+                    return Perf::Done(Outcome::Failed("unknown upstream".into()));
+                };
+                done(self.pg_basebackup(n, up))
+            }
+            (Step::Wipe, _) => {
+                if self.nodes[n].pg.proc.is_some() {
+                    return Perf::Done(Outcome::Failed("wipe: server running".into()));
                 }
-                self.set_phase(n, AgentPhase::Stopping);
-                // CHECKPOINT while still taking writes.
+                self.nodes[n].pg.data = None;
+                Perf::Done(Outcome::Ok)
+            }
+            (Step::IsReachable(u), _) => {
+                let reachable = up(self, u).is_some_and(|up| self.can_reach_server(n, up));
+                Perf::Done(if reachable { Outcome::Yes } else { Outcome::No })
+            }
+            (Step::WaitStreaming(u), looks) => {
+                let Some(up) = up(self, u) else {
+                    return Perf::Done(Outcome::No);
+                };
+                if self.streams_from(n, up) {
+                    Perf::Done(Outcome::Yes)
+                } else if looks < 50 {
+                    Perf::Wait(100, looks + 1)
+                } else {
+                    Perf::Done(Outcome::No)
+                }
+            }
+            (Step::EnsureReplicationRole, _) => {
+                // It writes WAL.
                 self.pg_system_record(n);
-                let ms = self.dur(20, 200);
-                self.wait_then(n, ms, 2)
+                Perf::Done(Outcome::Ok)
             }
-            2 => {
-                self.pg_stop_fast_begin(n);
-                let ms = self.dur(50, 400);
-                self.wait_then(n, ms, 3)
-            }
-            _ => {
-                if let Err(m) = self.pg_stop_fast_finish(n) {
-                    return Step::Done(Err(m));
-                }
-                self.release_lease(n);
-                self.nodes[n].persisted.intent = Intent::None;
-                Step::Done(Ok("stopped cleanly for the switchover".into()))
-            }
+            (Step::Callback(..), _) | (Step::Done(_), _) => Perf::Done(Outcome::Ok),
         }
     }
 }
 
-fn streams_from(pg: &PgStatus, host: &str) -> bool {
+/// The report's server streams from `host` (for the leader's view).
+#[allow(dead_code)]
+pub fn streams_from_host(pg: &PgStatus, host: &str) -> bool {
     pg.in_recovery
         && pg.wal_receiver.as_ref().is_some_and(|w| {
             w.status == "streaming" && w.sender_host == host && w.sender_port == 5432

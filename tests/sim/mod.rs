@@ -27,13 +27,18 @@
 //!   and starts with `Soft::new(now)`; a deposed or paused leader may
 //!   still finish the pass it had begun (its round may have been answered
 //!   before the election) and send grants and commands late.
-//! * Agents (`agent.rs`): the lease of `agent/lease.rs` counted from the
-//!   send time of the granted report on the agent's clock, reports every
-//!   heartbeat and on every phase change (observation refreshed every
-//!   200 ms, so possibly stale), the persisted epoch (refusing older
-//!   ones), the executor of `agent/executor.rs` action by action with
-//!   durations (await_lease, start, promote, follow/rewind/clone, demote,
-//!   detach, fence, configure), the 25 ms watchdog fencing at 300 ms left.
+//! * Agents (`agent.rs`): the real agent code decides, the model only
+//!   carries its steps out. The lease book (`agent::lease::Lease`) counts
+//!   from the send time of the granted report on the agent's clock; each
+//!   command runs through the agent core (`agent::core::Execution`), every
+//!   `Step` performed on the PostgreSQL model with a duration; reports go
+//!   out every heartbeat and on every phase change (observation refreshed
+//!   every 200 ms, so possibly stale). Each node has a keeper process that
+//!   outlives the agent: it holds the lease the agent last pushed and
+//!   fences by `keeper::rule::must_fence` on its own ticks, refuses starts
+//!   by `keeper::rule::may_start`, and dies with the host (taking
+//!   PostgreSQL with it). PostgreSQL finishes starting by itself, whatever
+//!   happens to the agent meanwhile.
 //! * PostgreSQL (`pg.rs`): WAL as records with unique ids (LSN = count ×
 //!   128 bytes; divergence is a differing record), timelines, standby.signal,
 //!   clean/unclean shutdown, streaming with variable lag and cascading,
@@ -48,30 +53,39 @@
 //! * Clocks: every agent and manager has its own offset and a rate error
 //!   of up to ±0.1 %.
 //! * Faults: host crashes (agent and PostgreSQL together, reboot later),
-//!   PostgreSQL crashes, freezes of a whole node (SIGSTOP of agent and
-//!   PostgreSQL), a node cut off from the managers (clients and peers
-//!   still reach it) or from everything but clients, the same together
-//!   with a leader change, leader changes, leader pauses, slow
-//!   replication, operator switchovers; node tags nofailover / nosync;
-//!   2–4 nodes; sync off / on / quorum, sync_count 1–2, strict or not.
+//!   PostgreSQL crashes, the agent killed alone (restarted later: it picks
+//!   up the keeper's lease and the running server), the agent frozen
+//!   alone, freezes of a whole node (SIGSTOP of agent and PostgreSQL), a
+//!   node cut off from the managers (clients and peers still reach it) or
+//!   from everything but clients, the same together with a leader change,
+//!   leader changes, leader pauses, slow replication; operator actions:
+//!   switchovers (through the pure `decide::check_switchover`), `failover
+//!   --to` (through `decide::manual_failover`, retried while it says to
+//!   wait; commits it gives up are counted apart), pause and resume; node
+//!   tags nofailover / nosync; 2–4 nodes; sync off / on / quorum,
+//!   sync_count 1–2, strict or not.
 //!
 //! Simplifications (each errs on the side of fewer false alarms or is
 //! stated where it is made):
 //!
 //! * A frozen node executes nothing, PostgreSQL included: it accepts no
-//!   writes while frozen, and on resume the agent's watchdog runs before
-//!   anything else. The real agent races PostgreSQL there: a commit in
-//!   flight could land before the fence.
-//! * The agent process never dies or hangs alone (PostgreSQL would run on
-//!   without a watchdog); the lease file is therefore not modelled (a host
-//!   crash reboots, which invalidates it anyway).
+//!   writes while frozen, and on resume the keeper runs before anything
+//!   else. The real keeper races PostgreSQL there: a commit in flight
+//!   could land before the fence.
+//! * The failsafe (agents promising each other while the managers have no
+//!   quorum) and the hardware watchdog are not modelled: the managers
+//!   here never lose their quorum for longer than an election.
 //! * A sync-commit wait that a client cancels (PostgreSQL then reports
 //!   success) is not modelled.
 //! * received = flushed = replayed on a replica; a walsender lists a
 //!   vanished standby for 10 s (PostgreSQL's default is 60 s); a replica
 //!   notices a dead upstream after 5 s.
-//! * Operator node actions (restart, reinit), pause, configuration changes
-//!   after start and manual failover are not exercised.
+//! * Operator node actions (restart, reinit) and configuration changes
+//!   after start are not exercised.
+//!
+//! No run is excused from a check: every seed must end with one writable
+//! primary that acknowledges writes. The bugs this found are pinned by
+//! unit tests of the rule that was wrong (each names its seed).
 
 mod agent;
 mod leader;
@@ -81,12 +95,13 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 
 use pgquorum::agent::state::Persisted;
+use pgquorum::cluster::decide;
 use pgquorum::cluster::wire::{AgentCommand, LeaseGrant, NodeReport};
 use pgquorum::cluster::{ClusterCommand, ClusterState, SyncMode, Tags};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use agent::Agent;
+use agent::{Agent, Keeper};
 use leader::Mgr;
 use pg::{GenBoolP, Pg};
 
@@ -144,9 +159,10 @@ pub enum Ev {
         proc_: u64,
         gen: u64,
     },
-    Watchdog {
+    /// A tick of node n's keeper (incarnation `gen`).
+    Keeper {
         n: usize,
-        proc_: u64,
+        gen: u64,
     },
     Observe {
         n: usize,
@@ -167,6 +183,11 @@ pub enum Ev {
     },
     // PostgreSQL of node n.
     ReplTick {
+        n: usize,
+        proc_: u64,
+    },
+    /// Server incarnation `proc_` of node n has finished starting.
+    PgStarted {
         n: usize,
         proc_: u64,
     },
@@ -213,19 +234,42 @@ pub enum Ev {
     MgrSessionCheck {
         m: usize,
     },
+    /// A new agent process on node n (its keeper and PostgreSQL ran on).
+    AgentStart {
+        n: usize,
+    },
+    /// Node n's agent (alone) is continued after a SIGSTOP.
+    AgentThaw {
+        n: usize,
+    },
+    /// The operator resumes the cluster.
+    Unpause,
+    /// The operator's `failover --to NODE` (retried while leases run out).
+    ManualFailover {
+        to: usize,
+        tries: u32,
+    },
 }
 
 impl Ev {
+    /// Events of a process on node n (all wait while the host is frozen).
     fn node(&self) -> Option<usize> {
+        match self {
+            Ev::Keeper { n, .. } | Ev::ReplTick { n, .. } | Ev::PgStarted { n, .. } => Some(*n),
+            _ => self.agent_node(),
+        }
+    }
+
+    /// Events of node n's agent process (they also wait while the agent
+    /// alone is frozen).
+    fn agent_node(&self) -> Option<usize> {
         match self {
             Ev::Register { n, .. }
             | Ev::Heartbeat { n, .. }
-            | Ev::Watchdog { n, .. }
             | Ev::Observe { n, .. }
             | Ev::Exec { n, .. }
             | Ev::Connect { n, .. }
-            | Ev::ToAgent { n, .. }
-            | Ev::ReplTick { n, .. } => Some(*n),
+            | Ev::ToAgent { n, .. } => Some(*n),
             _ => None,
         }
     }
@@ -266,6 +310,11 @@ pub struct Node {
     /// The agent's state file: survives crashes.
     pub persisted: Persisted,
     pub agent: Option<Agent>,
+    /// The keeper: outlives the agent, dies with the host.
+    pub keeper: Option<Keeper>,
+    /// The agent alone is frozen (SIGSTOP) until then.
+    pub agent_frozen_until: Option<u64>,
+    agent_deferred: Vec<Ev>,
     pub pg: Pg,
 }
 
@@ -322,13 +371,16 @@ pub struct Stats {
     pub acked_async: u64,
     pub acked_sync: u64,
     pub promotions: u64,
-    pub watchdog_fences: u64,
+    pub keeper_fences: u64,
     pub rewinds: u64,
     pub elections: u64,
     pub faults: u64,
     pub lost_async: u64,
-    /// Ended with the committed primary's data gone (see `run`).
-    pub stranded: bool,
+    pub agent_faults: u64,
+    pub operator_actions: u64,
+    /// Synchronously acknowledged commits an operator's forced failover
+    /// gave up.
+    pub lost_by_operator: u64,
 }
 
 pub struct World {
@@ -392,6 +444,9 @@ impl World {
                 repl_slow_until: 0,
                 persisted: Persisted::default(),
                 agent: None,
+                keeper: None,
+                agent_frozen_until: None,
+                agent_deferred: Vec::new(),
                 pg: Pg::default(),
             })
             .collect();
@@ -726,7 +781,7 @@ impl World {
         let next = self.now + self.rng_range(300, 3500) * MS;
         self.schedule(next, Ev::Fault);
         self.stats.faults += 1;
-        let kind = self.rng.gen_range(0..100);
+        let kind = self.rng.gen_range(0..120);
         let n = self.pick_node(true);
         let name = self.nodes[n].name.clone();
         match kind {
@@ -848,6 +903,53 @@ impl World {
                     ));
                 }
             }
+            95..=100 => {
+                if !self.nodes[n].up || self.frozen(n) || self.nodes[n].agent.is_none() {
+                    return;
+                }
+                let d = self.rng_range(100, 6_000);
+                self.log(format!(
+                    "FAULT the agent of {name} is killed alone; it starts again in {d}ms"
+                ));
+                self.stats.agent_faults += 1;
+                self.agent_kill(n);
+                self.schedule(self.now + d * MS, Ev::AgentStart { n });
+            }
+            101..=105 => {
+                if !self.nodes[n].up
+                    || self.frozen(n)
+                    || self.nodes[n].agent.is_none()
+                    || self.nodes[n].agent_frozen_until.is_some()
+                {
+                    return;
+                }
+                let d = self.rng_range(200, 6_000);
+                self.log(format!(
+                    "FAULT the agent of {name} is frozen alone for {d}ms"
+                ));
+                self.stats.agent_faults += 1;
+                self.nodes[n].agent_frozen_until = Some(self.now + d * MS);
+                self.schedule(self.now + d * MS, Ev::AgentThaw { n });
+                self.schedule(self.now + SESSION_DEATH, Ev::NodeSessionCheck { n });
+            }
+            106..=109 => {
+                if self.raft_leader.is_none()
+                    || self.state.clusters.get(CLUSTER).is_none_or(|c| c.paused)
+                {
+                    return;
+                }
+                let d = self.rng_range(500, 8_000);
+                self.operator_pause(true);
+                self.schedule(self.now + d * MS, Ev::Unpause);
+            }
+            110..=114 => {
+                let Some(p) = self.committed_primary() else {
+                    return;
+                };
+                let others: Vec<usize> = (0..self.nodes.len()).filter(|&x| x != p).collect();
+                let to = others[self.rng.gen_range(0..others.len())];
+                self.operator_failover(to, 0);
+            }
             _ => {
                 if !self.p.switchovers || self.raft_leader.is_none() {
                     return;
@@ -861,6 +963,11 @@ impl World {
                             .clone(),
                     )
                 };
+                if let Err(why) = self.operator_check_switchover(to.as_deref()) {
+                    self.log(format!("OPERATOR switchover to {to:?} refused: {why}"));
+                    return;
+                }
+                self.stats.operator_actions += 1;
                 self.log(format!("OPERATOR switchover to {to:?}"));
                 let _ = self.apply(&ClusterCommand::RequestSwitchover {
                     cluster: CLUSTER.into(),
@@ -873,11 +980,110 @@ impl World {
         }
     }
 
+    // ----- the operator ---------------------------------------------------
+
+    /// The decision core's input as the leader sees it now (`None` without
+    /// a leader with soft state: an operator's call would fail then).
+    fn leader_input<T>(&self, question: impl FnOnce(&decide::Input) -> T) -> Option<T> {
+        let m = self.raft_leader?;
+        let soft = self.mgrs[m].soft.as_ref()?;
+        let cluster = self.state.clusters.get(CLUSTER)?;
+        Some(question(&decide::Input {
+            cluster,
+            soft,
+            now: self.mgr_now(m),
+            wall_ms: self.wall_ms(),
+        }))
+    }
+
+    /// `pgquorum switchover`: the leader's pre-check.
+    fn operator_check_switchover(&self, to: Option<&str>) -> Result<(), String> {
+        self.leader_input(|input| decide::check_switchover(input, to))
+            .ok_or_else(|| "no leader".to_string())?
+            .map_err(|r| r.message)
+    }
+
+    /// `pgquorum pause` / `resume`.
+    fn operator_pause(&mut self, paused: bool) {
+        if self.raft_leader.is_none() {
+            if !paused {
+                // Resume as soon as a leader can take it.
+                self.schedule(self.now + 500 * MS, Ev::Unpause);
+            }
+            return;
+        }
+        self.stats.operator_actions += 1;
+        self.log(format!(
+            "OPERATOR {}",
+            if paused { "pause" } else { "resume" }
+        ));
+        let _ = self.apply(&ClusterCommand::SetPaused {
+            cluster: CLUSTER.into(),
+            paused,
+        });
+    }
+
+    /// `pgquorum failover --to NODE` through the leader
+    /// (`decide::manual_failover`), waiting out leases like the manager.
+    /// The operator vouches that the old primary is stopped only when its
+    /// host really is down.
+    fn operator_failover(&mut self, to: usize, tries: u32) {
+        let name = self.nodes[to].name.clone();
+        let vouched = self.committed_primary().is_some_and(|p| !self.nodes[p].up);
+        let verdict = self.leader_input(|input| decide::manual_failover(input, &name, vouched));
+        match verdict {
+            Some(Err(r)) if tries == 0 => {
+                self.log(format!(
+                    "OPERATOR failover --to {name} refused: {}",
+                    r.message
+                ));
+            }
+            None | Some(Err(_)) => {}
+            Some(Ok(decide::ManualFailover::WaitUntil(_))) if tries < 40 => {
+                self.schedule(
+                    self.now + 100 * MS,
+                    Ev::ManualFailover {
+                        to,
+                        tries: tries + 1,
+                    },
+                );
+            }
+            Some(Ok(decide::ManualFailover::WaitUntil(_))) => {}
+            Some(Ok(decide::ManualFailover::Promote(cmd))) => {
+                self.stats.operator_actions += 1;
+                self.log(format!("OPERATOR failover --to {name}"));
+                // `failover --to` promotes regardless of lag, by design:
+                // commits the target lacks are the operator's to lose
+                // (counted, not failed). Safety — one writer, leases and
+                // promises waited out — is still checked.
+                let held: HashSet<u64> = self.nodes[to]
+                    .pg
+                    .data
+                    .as_ref()
+                    .map(|d| d.wal.iter().map(|r| r.id).collect())
+                    .unwrap_or_default();
+                let before = self.acked_sync.len();
+                self.acked_sync.retain(|(id, ..)| held.contains(id));
+                self.stats.lost_by_operator += (before - self.acked_sync.len()) as u64;
+                if self.apply(&cmd).is_ok() {
+                    if let Some(m) = self.raft_leader {
+                        if let Some(soft) = self.mgrs[m].soft.as_mut() {
+                            soft.epoch_changed();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn crash_host(&mut self, n: usize) {
         self.nodes[n].up = false;
         self.nodes[n].agent = None;
+        self.nodes[n].keeper = None;
         self.nodes[n].frozen_until = None;
+        self.nodes[n].agent_frozen_until = None;
         self.nodes[n].deferred.clear();
+        self.nodes[n].agent_deferred.clear();
         self.pg_kill(n, "host crash");
         self.kill_conns_where(|c| c.n == n);
     }
@@ -922,6 +1128,18 @@ impl World {
             self.nodes[n].repl_slow_until = self.now;
         }
         self.loss_until = 0;
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].agent_frozen_until.is_some() {
+                self.nodes[n].agent_frozen_until = Some(self.now);
+                self.schedule(self.now, Ev::AgentThaw { n });
+            }
+            if self.nodes[n].up && self.nodes[n].agent.is_none() {
+                self.schedule(self.now, Ev::AgentStart { n });
+            }
+        }
+        if self.state.clusters.get(CLUSTER).is_some_and(|c| c.paused) {
+            self.schedule(self.now, Ev::Unpause);
+        }
         if self.raft_leader.is_none() {
             self.schedule(self.now + 500 * MS, Ev::Elect);
         }
@@ -958,6 +1176,12 @@ impl World {
                 return;
             }
         }
+        if let Some(n) = ev.agent_node() {
+            if self.nodes[n].agent_frozen_until.is_some() {
+                self.nodes[n].agent_deferred.push(ev);
+                return;
+            }
+        }
         if let Some(m) = ev.mgr() {
             if self.mgrs[m].paused_until.is_some() {
                 self.mgrs[m].deferred.push(ev);
@@ -967,7 +1191,7 @@ impl World {
         match ev {
             Ev::Register { n, proc_ } => self.agent_register(n, proc_),
             Ev::Heartbeat { n, proc_, gen } => self.agent_heartbeat(n, proc_, gen),
-            Ev::Watchdog { n, proc_ } => self.agent_watchdog(n, proc_),
+            Ev::Keeper { n, gen } => self.keeper_tick(n, gen),
             Ev::Observe { n, proc_ } => self.agent_observe(n, proc_),
             Ev::Exec { n, proc_ } => self.agent_exec(n, proc_),
             Ev::Connect { n, proc_ } => self.agent_connect(n, proc_),
@@ -977,6 +1201,7 @@ impl World {
                 }
             }
             Ev::ReplTick { n, proc_ } => self.repl_tick(n, proc_),
+            Ev::PgStarted { n, proc_ } => self.pg_started(n, proc_),
             Ev::PassTick { m, gen } => self.pass_tick(m, gen),
             Ev::ConfirmDone { m, term, started } => self.confirm_done(m, term, started),
             Ev::CommitDone { m, term, cmd, iter } => self.commit_done(m, term, *cmd, iter),
@@ -987,16 +1212,38 @@ impl World {
             Ev::Reboot { n } => {
                 self.nodes[n].up = true;
                 self.log(format!("{}: host boots", self.nodes[n].name));
-                self.agent_boot(n);
+                self.keeper_boot(n);
+                self.agent_start(n);
             }
+            Ev::AgentStart { n } => {
+                if self.nodes[n].up && self.nodes[n].agent.is_none() && self.dead != Some(n) {
+                    self.log(format!("{}: agent starts again", self.nodes[n].name));
+                    self.agent_start(n);
+                }
+            }
+            Ev::AgentThaw { n } => {
+                if self.nodes[n]
+                    .agent_frozen_until
+                    .is_some_and(|t| t <= self.now)
+                {
+                    self.nodes[n].agent_frozen_until = None;
+                    self.log(format!("{}: agent resumes", self.nodes[n].name));
+                    let deferred = std::mem::take(&mut self.nodes[n].agent_deferred);
+                    for ev in deferred {
+                        self.schedule(self.now, ev);
+                    }
+                }
+            }
+            Ev::Unpause => self.operator_pause(false),
+            Ev::ManualFailover { to, tries } => self.operator_failover(to, tries),
             Ev::Unfreeze { n } => {
                 if self.nodes[n].frozen_until.is_some_and(|t| t <= self.now) {
                     self.nodes[n].frozen_until = None;
                     self.log(format!("{}: resumes", self.nodes[n].name));
-                    // Assumption: on SIGCONT the agent's watchdog runs before
+                    // Assumption: on SIGCONT the keeper looks before
                     // PostgreSQL commits anything (writes are impossible while
                     // frozen).
-                    self.watchdog_check(n);
+                    self.keeper_check(n);
                     let deferred = std::mem::take(&mut self.nodes[n].deferred);
                     for ev in deferred {
                         self.schedule(self.now, ev);
@@ -1125,7 +1372,7 @@ impl World {
                     self.lease_remaining(i),
                     a.conn,
                     a.queue.len(),
-                    a.exec.as_ref().map(|e| (e.cmd.action.name(), e.pc))
+                    a.exec.as_ref().map(|e| e.command().action.name())
                 )
             });
             s.push_str(&format!(
@@ -1218,17 +1465,7 @@ pub fn run(seed: u64, steps: u64) -> Result<Outcome, String> {
     // writes, it is the committed primary, and writes are acknowledged.
     let writable: Vec<usize> = (0..w.nodes.len()).filter(|&n| w.writable(n)).collect();
     let primary = w.committed_primary();
-    // Known gap, not the decision core's to fix alone: the committed
-    // primary lost its data directory (the agent wipes it when a rewind
-    // fails, even when the upstream was merely unreachable, and then cannot
-    // clone) while no other server runs. Stopped replicas are only started
-    // under a healthy primary and `failover --to` wants a running replica:
-    // an operator has to step in. Reported in the summary, not failed.
-    let stranded = primary.is_some_and(|p| w.nodes[p].pg.data.is_none())
-        && (0..w.nodes.len()).all(|n| w.nodes[n].pg.proc.is_none());
-    if stranded {
-        w.stats.stranded = true;
-    } else if writable.len() != 1 || primary != writable.first().copied() {
+    if writable.len() != 1 || primary != writable.first().copied() {
         return Err(w.failure(&format!(
             "LIVENESS: after {}s without faults the writable servers are {:?} and the committed primary is {:?}",
             HEALTHY / MS / 1000,
@@ -1246,7 +1483,7 @@ pub fn run(seed: u64, steps: u64) -> Result<Outcome, String> {
         .count() as u32;
     let writes_blocked_by_config =
         w.p.sync_mode != SyncMode::Off && w.p.sync_strict && sync_capable < w.p.sync_count;
-    if !stranded && !writes_blocked_by_config && w.now.saturating_sub(w.last_ack) > 3_000 * MS {
+    if !writes_blocked_by_config && w.now.saturating_sub(w.last_ack) > 3_000 * MS {
         return Err(w.failure(&format!(
             "LIVENESS: no write acknowledged in the last {:.1}s of a healthy cluster",
             (w.now - w.last_ack) as f64 / 1e6
@@ -1259,7 +1496,7 @@ pub fn run(seed: u64, steps: u64) -> Result<Outcome, String> {
     Ok(Outcome {
         steps: w.steps,
         summary: format!(
-            "seed {seed}: {} nodes{}, sync {} k={} strict={}, ttl {}ms: {} steps, {}s virtual, {} faults, {} elections, {} promotions, {} writers, {} watchdog fences, {} rewinds, commits {} (acked sync {}, async {}, async lost at a failover {})",
+            "seed {seed}: {} nodes{}, sync {} k={} strict={}, ttl {}ms: {} steps, {}s virtual, {} faults, {} elections, {} promotions, {} writers, {} keeper fences, {} agent faults, {} operator actions, {} rewinds, commits {} (acked sync {}, async {}, async lost at a failover {}, given up by a forced failover {})",
             w.p.nodes,
             w.nodes
                 .iter()
@@ -1281,16 +1518,15 @@ pub fn run(seed: u64, steps: u64) -> Result<Outcome, String> {
             s.elections,
             s.promotions,
             w.writers.len(),
-            s.watchdog_fences,
+            s.keeper_fences,
+            s.agent_faults,
+            s.operator_actions,
             s.rewinds,
             s.commits,
             s.acked_sync,
             s.acked_async,
-            s.lost_async
-        ) + if s.stranded {
-            " — STRANDED: the committed primary lost its data directory; liveness not checked"
-        } else {
-            ""
-        },
+            s.lost_async,
+            s.lost_by_operator
+        ),
     })
 }

@@ -211,7 +211,8 @@ impl World {
         }
     }
 
-    /// Begin `pg_ctl start`; the executor finishes it later.
+    /// Start the postmaster (under its keeper): it finishes starting by
+    /// itself a little later, whatever happens to the agent meanwhile.
     pub fn pg_start_begin(&mut self, n: usize) -> Result<(), String> {
         if self.nodes[n].pg.proc.is_some() {
             return Ok(());
@@ -234,15 +235,18 @@ impl World {
             retry_at: 0,
             waiters: Vec::new(),
         });
+        let at = self.now + self.rng_range(300, 1200) * MS;
+        self.schedule(at, Ev::PgStarted { n, proc_: id });
         Ok(())
     }
 
-    pub fn pg_start_finish(&mut self, n: usize) -> Result<(), String> {
+    /// Startup of server incarnation `proc_id` is done: it takes connections.
+    pub fn pg_started(&mut self, n: usize, proc_id: u64) {
         let now = self.now;
         let Some(p) = self.nodes[n].pg.proc.as_mut() else {
-            return Err("PostgreSQL did not start (it died)".into());
+            return;
         };
-        if p.state == PState::Starting {
+        if p.id == proc_id && p.state == PState::Starting {
             p.state = PState::Running;
             p.retry_at = now;
             let id = p.id;
@@ -257,7 +261,15 @@ impl World {
             let at = now + self.rng_range(5, 30) * MS;
             self.schedule(at, Ev::ReplTick { n, proc_: id });
         }
-        Ok(())
+    }
+
+    /// Whether the server has finished starting: `Ok(false)` while it
+    /// still starts up, an error when it died meanwhile.
+    pub fn pg_start_done(&self, n: usize) -> Result<bool, String> {
+        match self.nodes[n].pg.proc.as_ref() {
+            None => Err("PostgreSQL did not start (it died)".into()),
+            Some(p) => Ok(p.state != PState::Starting),
+        }
     }
 
     /// Immediate stop (fence) or a crash of the postmaster: no shutdown
