@@ -125,7 +125,10 @@ pub(super) fn effective_k(cluster: &Cluster) -> u32 {
 /// set and report count, tags — applied to every replica that reports now.
 pub(super) fn failover_possible(input: &Input, old: &Member) -> bool {
     let cluster = input.cluster;
-    if sync_unprotected(cluster) {
+    // Not while the old primary's lease may be held open (paused, then
+    // resumed): starting that primary again, with a bounded grant, is the
+    // way back, and it bounds the lease (see `bound_open_lease`).
+    if sync_unprotected(cluster) || cluster.open_lease {
         return false;
     }
     let all = candidates(input, &old.name, 0);

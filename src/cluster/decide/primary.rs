@@ -169,12 +169,6 @@ pub(super) fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) 
         return false;
     }
     if cluster.open_lease {
-        // Its agent is back (or never lost the primary's lease while paused)
-        // but PostgreSQL is down: a bounded grant is what bounds the lease
-        // again (see `bound_open_lease`), after which failover may proceed.
-        if let Some(o) = obs.filter(|o| o.report.wants_lease) {
-            grant(input, d, &primary.name, o);
-        }
         d.wait(format!(
             "resumed, but {}'s lease was held open while paused and its agent has not bounded it again: \
              no automatic failover (start its agent, or power the host off and run \

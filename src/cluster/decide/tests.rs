@@ -303,6 +303,9 @@ fn resumed_with_the_primary_down_bounds_its_lease_with_a_grant_then_fails_over()
     s.confirmed_at = Some(10_000);
     let d = run(&c, &s, 10_000, 0);
     assert_eq!(promoted(&d), None, "the lease is still open: {d:?}");
+    // Failing over is not possible, so the primary is started again
+    // (timeout 0 or not), with a bounded grant.
+    assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
     let (node, g) = d.grant.expect("a bounding grant to the primary's agent");
     assert_eq!(node, "n1");
     assert!(!g.hold, "{g:?}");
@@ -336,6 +339,47 @@ fn resumed_with_the_primary_down_bounds_its_lease_with_a_grant_then_fails_over()
     s.confirmed_at = Some(60_000);
     let d = run(&c, &s, 60_000, 0);
     assert!(promoted(&d).is_some(), "{d:?}");
+}
+
+#[test]
+fn resumed_with_a_primary_that_never_learned_its_promotion_starts_it() {
+    // Found by the simulation (seed 788): n1's promotion was committed
+    // while its host was down, then the cluster was paused and resumed.
+    // Its agent came back a replica of the previous epoch, asking for no
+    // lease: nothing could bound the open lease, nothing was done.
+    let mut c = three(&[("primary_start_timeout", "0")]);
+    for paused in [true, false] {
+        apply(
+            &mut c,
+            ClusterCommand::SetPaused {
+                cluster: "main".into(),
+                paused,
+            },
+        );
+    }
+    c.epoch = 2;
+    let stale = NodeReport {
+        data: DataDirState::Valid {
+            system_identifier: SYSID,
+            timeline: 1,
+            standby: true,
+            clean_shutdown: true,
+            checkpoint_lsn: Lsn(0),
+        },
+        ..down("n1")
+    };
+    let mut s = soft(
+        &c,
+        vec![
+            (stale, 9_000),
+            (replica("n2", 100, None), 9_500),
+            (replica("n3", 100, None), 9_500),
+        ],
+    );
+    s.confirmed_at = Some(10_000);
+    let d = run(&c, &s, 10_000, 0);
+    assert_eq!(promoted(&d), None, "{d:?}");
+    assert_eq!(commands_to(&d, "n1"), ["start_primary"], "{d:?}");
 }
 
 #[test]
