@@ -5,6 +5,8 @@
 //!      reach it (network namespaces; needs root), async and sync mode,
 //!  (d) the primary's agent killed alone (SIGKILL; PostgreSQL left running),
 //!  (e) the primary's agent frozen alone (SIGSTOP, then SIGCONT),
+//!  (k) the primary's PostgreSQL frozen alone, its agent alive (SIGSTOP of
+//!      every process of the server, then SIGCONT),
 //!  (f) the primary's agent restarted on a healthy cluster (SIGTERM, start),
 //!  (g) the leader manager stopped (SIGTERM), (h) killed (SIGKILL),
 //!  (i) a rolling restart of every manager, (j) two of three managers lost
@@ -501,12 +503,21 @@ fn watch_gone(data_dir: PathBuf) -> std::thread::JoinHandle<Instant> {
     })
 }
 
-/// (d) and (e): the primary's agent alone is killed or frozen.
-async fn agent_fault(runs: usize, freeze: bool) {
-    let label = if freeze {
-        "(e) agent frozen alone"
-    } else {
-        "(d) agent killed alone"
+/// What `node_fault` does to the primary's host.
+#[derive(Clone, Copy, PartialEq)]
+enum NodeFault {
+    AgentKilled,
+    AgentFrozen,
+    PostgresFrozen,
+}
+
+/// (d), (e) and (k): the primary's agent alone is killed or frozen, or its
+/// PostgreSQL alone is frozen.
+async fn node_fault(runs: usize, fault_kind: NodeFault) {
+    let label = match fault_kind {
+        NodeFault::AgentKilled => "(d) agent killed alone",
+        NodeFault::AgentFrozen => "(e) agent frozen alone",
+        NodeFault::PostgresFrozen => "(k) PostgreSQL frozen alone, agent alive",
     };
     let sb = Sandbox::up(false);
     let (mut refused, mut first_new, mut late_acks, mut rejoin) =
@@ -522,14 +533,15 @@ async fn agent_fault(runs: usize, freeze: bool) {
         let direct = vec![("127.0.0.1".to_string(), old_port)];
         let w = Writers::start(&sb.dsn, &direct, EVERY).await;
         wait_for("writes", LONG, || async { (w.count() > 20).then_some(()) }).await;
+        let server = pgquorum::process::postgres_processes(&data);
         let gone = watch_gone(data);
         let fault = Instant::now();
-        let signal = if freeze {
-            nix::sys::signal::Signal::SIGSTOP
-        } else {
-            nix::sys::signal::Signal::SIGKILL
+        let (victims, signal) = match fault_kind {
+            NodeFault::AgentKilled => (vec![agent], nix::sys::signal::Signal::SIGKILL),
+            NodeFault::AgentFrozen => (vec![agent], nix::sys::signal::Signal::SIGSTOP),
+            NodeFault::PostgresFrozen => (server, nix::sys::signal::Signal::SIGSTOP),
         };
-        pgquorum::process::signal_all(&[agent], signal);
+        pgquorum::process::signal_all(&victims, signal);
         let (new, port, _) = wait_for("a new primary", LONG, || async {
             sb.primary().filter(|p| p.0 != old)
         })
@@ -546,10 +558,11 @@ async fn agent_fault(runs: usize, freeze: bool) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let stopped = gone.join().expect("watcher");
         let healed = Instant::now();
-        if freeze {
-            pgquorum::process::signal_all(&[agent], nix::sys::signal::Signal::SIGCONT);
-        } else {
-            sb.start_node(&old);
+        match fault_kind {
+            NodeFault::AgentKilled => sb.start_node(&old),
+            // The server's processes were killed by the fence: nothing
+            // left to wake there, but no harm either.
+            _ => pgquorum::process::signal_all(&victims, nix::sys::signal::Signal::SIGCONT),
         }
         wait_for("the old primary streaming", LONG, || async {
             sb.primary().filter(|p| p.2).map(|_| ())
@@ -809,10 +822,13 @@ async fn main() {
         crash_and_switchover(runs).await;
     }
     if wanted("d") {
-        agent_fault(runs, false).await;
+        node_fault(runs, NodeFault::AgentKilled).await;
     }
     if wanted("e") {
-        agent_fault(runs, true).await;
+        node_fault(runs, NodeFault::AgentFrozen).await;
+    }
+    if wanted("k") {
+        node_fault(runs, NodeFault::PostgresFrozen).await;
     }
     if wanted("f") {
         agent_restart(runs).await;

@@ -1,7 +1,8 @@
 //! The primary's lease survives the agent: its keeper stops PostgreSQL at
 //! the deadline whether the agent was killed, frozen or stalled, and takes
 //! PostgreSQL with it when it dies itself; an agent restarted in time
-//! changes nothing. Real managers, agents, keepers and PostgreSQL 15
+//! changes nothing. A PostgreSQL that freezes under a live agent loses its
+//! lease the same way, and a merely busy one does not. Real managers, agents, keepers and PostgreSQL 15
 //! servers, each "host" on a loopback address of its own, clients writing
 //! through the multi-host connection string and straight to every node.
 
@@ -99,21 +100,27 @@ async fn writing(d: &Deployment) -> (Writers, Host, u64) {
     (w, old, before.epoch)
 }
 
-/// Wait until no PostgreSQL process of `host` runs; how long it took.
-async fn postgres_gone(d: &Deployment, host: &Host, since: Instant) -> Duration {
-    let data = d.host_dir(host).join("data");
+/// The processes of `host`'s PostgreSQL server as it runs now.
+fn server_of(d: &Deployment, host: &Host) -> Vec<i32> {
+    let server = common::deploy::postgres_pids(&d.host_dir(host).join("data"));
+    assert!(!server.is_empty(), "no PostgreSQL process on {}", host.name);
+    server
+}
+
+/// Wait until none of `server`'s processes runs any more (a later server
+/// in the same data directory, the node rejoining, is another); how long
+/// it took.
+async fn postgres_gone(server: &[i32], since: Instant) -> Duration {
     wait_for("the old primary's PostgreSQL to stop", LONG, || async {
-        common::deploy::postgres_pids(&data)
-            .is_empty()
-            .then(|| since.elapsed())
+        (!server.iter().any(|p| pgquorum::process::alive(*p))).then(|| since.elapsed())
     })
     .await
 }
 
-/// The agent of the primary alone is hurt (`hurt` does it); its keeper
-/// must stop PostgreSQL before another node is promoted, with or without
-/// cancelled commits in sync mode. `heal` undoes the fault; the old
-/// primary must then rejoin as a replica by itself.
+/// The primary's agent alone, or its PostgreSQL alone, is hurt (`hurt`
+/// does it); its keeper must stop PostgreSQL before another node is
+/// promoted, with or without cancelled commits in sync mode. `heal` undoes
+/// the fault; the old primary must then rejoin as a replica by itself.
 async fn primary_agent_fault(
     sync: bool,
     hurt: impl FnOnce(&mut Deployment, &Host),
@@ -123,6 +130,7 @@ async fn primary_agent_fault(
     let (w, old, epoch) = writing(&d).await;
     let keeper = d.keeper_pid(&old).expect("the primary's keeper");
     let canceller = sync.then(|| cancel_sync_waits(&old));
+    let server = server_of(&d, &old);
     let t0 = Instant::now();
     hurt(&mut d, &old);
     let new = d.new_primary(&old, epoch).await;
@@ -134,7 +142,7 @@ async fn primary_agent_fault(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let so_far = w.acks.lock().expect("acks").clone();
     assert_no_overlap(&so_far, &old, &new);
-    let fenced = postgres_gone(&d, &old, t0).await;
+    let fenced = postgres_gone(&server, t0).await;
     eprintln!("old primary's PostgreSQL gone {fenced:?} after the fault (at the latest)");
     // The keeper enforced it and lives on (a later agent attaches to it).
     assert!(
@@ -185,6 +193,102 @@ fn thaw_agent(d: &mut Deployment, _: &Network, host: &Host) {
         .signal(Signal::SIGCONT);
 }
 
+/// SIGSTOP of every process of the primary's server (a hung disk, a stuck
+/// kernel call), its agent alive.
+fn freeze_postgres(d: &mut Deployment, host: &Host) {
+    pgquorum::process::signal_all(&server_of(d, host), Signal::SIGSTOP);
+}
+
+fn thaw_postgres(d: &mut Deployment, _: &Network, host: &Host) {
+    let server = common::deploy::postgres_pids(&d.host_dir(host).join("data"));
+    pgquorum::process::signal_all(&server, Signal::SIGCONT);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_frozen_under_a_live_agent_loses_its_lease_and_is_replaced() {
+    primary_agent_fault(false, freeze_postgres, thaw_postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_frozen_under_a_live_agent_in_sync_mode_loses_nothing() {
+    primary_agent_fault(true, freeze_postgres, thaw_postgres).await;
+}
+
+/// A primary saturated by pgbench (more clients than cores), with a long
+/// query and checkpoints on top, answers slowly but answers: it keeps its
+/// lease, nobody is promoted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_primary_is_not_failed_over() {
+    let (_net, d) = start(false, &[]).await;
+    let before = d.status().await.expect("status");
+    let primary = d.host_of_node(&before.primary);
+    let pgbench = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench");
+        cmd.args([
+            "-h",
+            &primary.address,
+            "-p",
+            &PG_PORT.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(args)
+        .arg("postgres")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let init = pgbench(&["-i", "-s", "10", "-q"])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let mut load = pgbench(&["-c", "16", "-j", "2", "-T", "25"])
+        .spawn()
+        .expect("pgbench");
+    let dsn = format!(
+        "host={} port={PG_PORT} user=postgres dbname=postgres connect_timeout=5",
+        primary.address
+    );
+    let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let long = tokio::spawn(async move {
+        let _ = c.simple_query("SELECT pg_sleep(20)").await;
+        for _ in 0..5 {
+            let _ = c.simple_query("CHECKPOINT").await;
+        }
+    });
+    // Poll the whole time pgbench runs: the same primary, the same epoch.
+    let mut looks = 0;
+    while load.try_wait().expect("pgbench").is_none() {
+        if let Some(s) = d.status().await {
+            looks += 1;
+            assert_eq!(
+                (s.primary.as_str(), s.epoch),
+                (before.primary.as_str(), before.epoch),
+                "a busy primary was failed over"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let out = load.wait_with_output().expect("pgbench");
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    long.await.expect("long query");
+    assert!(looks >= 20, "status answered only {looks} times under load");
+    let after = d.status().await.expect("status");
+    assert_eq!((after.primary, after.epoch), (before.primary, before.epoch));
+    d.stop_and_check_nothing_left();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_killed_alone_the_old_primary_takes_no_write_after_the_promotion() {
     primary_agent_fault(false, kill_agent, restart_agent).await;
@@ -213,9 +317,10 @@ async fn stalled_agent_runtime_does_not_delay_the_fence() {
     // Every runtime worker of the primary's agent blocks for 8 s: it sends
     // no report and renews nothing, while its process and its connection
     // to the keeper stay open.
+    let server = server_of(&d, &old);
     let t0 = Instant::now();
     std::fs::write(d.host_dir(&old).join("agent").join("stall"), "8000").expect("stall");
-    let fenced = postgres_gone(&d, &old, t0).await;
+    let fenced = postgres_gone(&server, t0).await;
     let new = d.new_primary(&old, epoch).await;
     eprintln!("stalled agent: PostgreSQL fenced after {fenced:?}");
     assert!(

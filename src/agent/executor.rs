@@ -29,7 +29,10 @@ const CLONE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Look at PostgreSQL now and remember what was seen.
 pub async fn refresh(node: &Node) -> Observation {
-    let postgres = node.pg.status().await;
+    node.look_started();
+    let look = node.pg.look().await;
+    node.look_ended(&look);
+    let postgres = look.status();
     let data = match &postgres {
         Some(pg) => DataDirState::Valid {
             system_identifier: pg.system_identifier,

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use super::config::{AgentConfig, WatchdogMode};
 use super::lease::Lease;
-use super::postgres::Postgres;
+use super::postgres::{Look, Postgres};
 use super::state::{Intent, Persisted, StateError, StateFile};
 use crate::cluster::wire::{
     AgentPhase, CommandOutcome, DataDirState, LeaseGrant, ManagedSettings, NodeReport, PgStatus,
@@ -49,6 +49,9 @@ pub struct Node {
     observation: Mutex<Observation>,
     /// Boot-clock ms of the last observation.
     observed_at: AtomicU64,
+    /// Boot-clock start of the oldest look at PostgreSQL still without an
+    /// answer (0: the last look got one). See [`Node::unresponsive_ms`].
+    silent_since: AtomicU64,
     /// The managed settings last written to PostgreSQL's configuration.
     settings: Mutex<ManagedSettings>,
     /// The primary's latest write LSN, as the leader last told us.
@@ -123,6 +126,7 @@ impl Node {
             last_command: Mutex::new(None),
             observation: Mutex::new(Observation::default()),
             observed_at: AtomicU64::new(0),
+            silent_since: AtomicU64::new(0),
             settings: Mutex::new(ManagedSettings::default()),
             primary_lsn: AtomicU64::new(0),
             report_now: Notify::new(),
@@ -453,6 +457,34 @@ impl Node {
             .store(crate::boottime::boot_ms(), Ordering::Relaxed);
     }
 
+    /// A look at PostgreSQL begins.
+    pub fn look_started(&self) {
+        let now = crate::boottime::boot_ms().max(1);
+        let _ = self
+            .silent_since
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// A look ended: anything but silence means the server (or its
+    /// absence) answers.
+    pub fn look_ended(&self, look: &Look) {
+        if *look != Look::Silent {
+            self.silent_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How long a look at PostgreSQL has gone without any answer, not even
+    /// a refusal (a look cut short counts: the reporter gives up after a
+    /// moment and reports the last picture, which a frozen server keeps
+    /// looking healthy in). The leader stops renewing a primary's lease
+    /// past `primary_unresponsive_timeout`.
+    pub fn unresponsive_ms(&self) -> u64 {
+        match self.silent_since.load(Ordering::Relaxed) {
+            0 => 0,
+            since => crate::boottime::boot_ms().saturating_sub(since),
+        }
+    }
+
     /// Milliseconds since PostgreSQL was last looked at.
     pub fn observation_age_ms(&self) -> u64 {
         crate::boottime::boot_ms().saturating_sub(self.observed_at.load(Ordering::Relaxed))
@@ -514,6 +546,7 @@ impl Node {
             lease_open: matches!(self.lease.held(), rule::Lease::Open { .. }),
             lease_seq: self.lease.held_seq(),
             promise_ms: self.holdoff_ms(),
+            unresponsive_ms: self.unresponsive_ms(),
         };
         self.lease.sent(seq);
         report

@@ -230,8 +230,12 @@ async fn session(
         let up = up_tx.clone();
         let (interval_tx, mut interval_rx) = tokio::sync::watch::channel(interval);
         let handle = tokio::spawn(async move {
+            // The look before each report counts against the interval: a
+            // server that answers nothing (each look cut short) must not
+            // stretch the heartbeat past the leader-silence limit.
+            let mut spent = Duration::ZERO;
             loop {
-                let wait = *interval_rx.borrow();
+                let wait = interval_rx.borrow().saturating_sub(spent);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = node.report_now.notified() => {}
@@ -240,11 +244,13 @@ async fn session(
                 // A report carries what PostgreSQL looks like now, not a
                 // look up to one observer period old (bounded: a hung server
                 // must not hold the heartbeat back for long).
+                let look = std::time::Instant::now();
                 let _ = tokio::time::timeout(
                     Duration::from_millis(300),
                     super::executor::refresh(&node),
                 )
                 .await;
+                spent = look.elapsed();
                 let report: NodeReport = node.next_report();
                 let Ok(envelope) = encode(&report) else {
                     continue;

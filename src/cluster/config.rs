@@ -76,6 +76,11 @@ pub struct DynamicConfig {
     /// How long a crashed primary whose agent still answers may take to come
     /// back before a replica is promoted instead, in milliseconds.
     pub primary_start_timeout_ms: u64,
+    /// A primary whose PostgreSQL runs but has not answered its agent for
+    /// this long (frozen, a hung disk) has its lease no longer renewed, in
+    /// milliseconds: it is fenced when the lease runs out and a replica
+    /// is promoted.
+    pub primary_unresponsive_timeout_ms: u64,
     /// Re-clone a node whose pg_rewind failed instead of leaving it down.
     pub reclone_on_rewind_failure: bool,
     /// While no manager quorum can be reached, the primary keeps its lease
@@ -97,6 +102,7 @@ impl Default for DynamicConfig {
             sync_strict: false,
             maximum_lag_on_failover: 1024 * 1024,
             primary_start_timeout_ms: 10_000,
+            primary_unresponsive_timeout_ms: 1_500,
             reclone_on_rewind_failure: true,
             failsafe: true,
             parameters: BTreeMap::new(),
@@ -233,6 +239,14 @@ const KEYS: &[Key] = &[
         get: |c| fmt_ms(c.primary_start_timeout_ms),
         set: |c, v| {
             c.primary_start_timeout_ms = duration_ms(v, 0, 3_600_000)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "primary_unresponsive_timeout",
+        get: |c| fmt_ms(c.primary_unresponsive_timeout_ms),
+        set: |c, v| {
+            c.primary_unresponsive_timeout_ms = duration_ms(v, 500, 3_600_000)?;
             Ok(())
         },
     },

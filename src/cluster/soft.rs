@@ -54,6 +54,11 @@ pub struct Soft {
     pub pending: BTreeMap<String, Pending>,
     /// Since when the primary's PostgreSQL has been seen down.
     pub primary_down_since: Option<u64>,
+    /// The primary's PostgreSQL ran but stopped answering (see
+    /// `decide::unresponsive`) and has not answered since: once it is down
+    /// (its keeper fenced it) it is not restarted but replaced — a hung
+    /// disk would hang the restarted server too.
+    pub primary_went_silent: bool,
     /// Since when a sync set member has not been streaming from the primary.
     pub sync_absent_since: BTreeMap<String, u64>,
     /// Since when a replica of the primary has not been streaming.
@@ -88,6 +93,7 @@ impl Soft {
             lease: None,
             pending: BTreeMap::new(),
             primary_down_since: None,
+            primary_went_silent: false,
             sync_absent_since: BTreeMap::new(),
             not_streaming_since: BTreeMap::new(),
             last_primary_lsn: None,
@@ -102,7 +108,15 @@ impl Soft {
     pub fn observe(&mut self, cluster: &Cluster, report: NodeReport, now: u64) {
         let node = report.node.clone();
         if cluster.is_primary(&node) {
+            let silent = report.unresponsive_ms >= cluster.config.primary_unresponsive_timeout_ms;
+            if silent {
+                self.primary_went_silent = true;
+            } else if report.unresponsive_ms == 0 && report.postgres.is_some() {
+                self.primary_went_silent = false;
+            }
             match &report.postgres {
+                // Its last picture, not what it is now.
+                Some(_) if silent => {}
                 Some(pg) if !pg.in_recovery => {
                     self.primary_down_since = None;
                     self.last_primary_lsn = Some((pg.lsn, pg.timeline));
@@ -173,6 +187,7 @@ impl Soft {
     /// Forget what belonged to the previous epoch after a promotion.
     pub fn epoch_changed(&mut self) {
         self.primary_down_since = None;
+        self.primary_went_silent = false;
         self.not_streaming_since.clear();
         self.sync_absent_since.clear();
         self.sync_names_since = None;

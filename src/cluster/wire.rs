@@ -183,6 +183,12 @@ pub struct NodeReport {
     /// just started that cannot know whether it promised one.
     #[serde(default)]
     pub promise_ms: u64,
+    /// How long PostgreSQL has not answered the agent at all (a running
+    /// server that says nothing: frozen, or stuck in the kernel); 0 while
+    /// it answers or is plainly down. `postgres` may then be the last
+    /// picture, which a frozen server keeps looking healthy in.
+    #[serde(default)]
+    pub unresponsive_ms: u64,
 }
 
 /// How a command ended.

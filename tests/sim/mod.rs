@@ -75,6 +75,9 @@
 //! * The failsafe (agents promising each other while the managers have no
 //!   quorum) and the hardware watchdog are not modelled: the managers
 //!   here never lose their quorum for longer than an election.
+//! * PostgreSQL never freezes without its agent (the agent's
+//!   `unresponsive_ms` is always 0): the leader's rule for a silent
+//!   primary is covered by unit tests and `tests/fencing.rs` instead.
 //! * A sync-commit wait that a client cancels (PostgreSQL then reports
 //!   success) is not modelled.
 //! * received = flushed = replayed on a replica; a walsender lists a

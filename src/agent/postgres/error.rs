@@ -141,3 +141,28 @@ pub(crate) fn tail_of(text: &str, max_lines: usize) -> Tail {
     }
     Tail(out)
 }
+
+impl PgError {
+    /// The server never answered in time: it was not refused, and it said
+    /// nothing, not even an error. A frozen postmaster looks like this (the
+    /// kernel still accepts connections on its socket); a server that is
+    /// down refuses at once, and one starting up or overloaded says so.
+    pub fn is_silence(&self) -> bool {
+        match self {
+            PgError::SqlTimeout { .. } => true,
+            PgError::Sql { source, .. } => {
+                let mut cause = std::error::Error::source(source);
+                while let Some(c) = cause {
+                    if c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                    {
+                        return true;
+                    }
+                    cause = c.source();
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+}

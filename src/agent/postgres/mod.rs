@@ -40,6 +40,7 @@ pub use crate::cluster::wire::{
 };
 pub use error::{PgError, Tail};
 pub use process::OsUser;
+pub use sql::Look;
 
 use process::{run, Cmd};
 

@@ -158,6 +158,26 @@ fn parse_status(sets: &[Vec<tokio_postgres::SimpleQueryRow>]) -> Result<PgStatus
     })
 }
 
+/// What one look at the local server found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Look {
+    Answered(PgStatus),
+    /// Down, starting, shutting down, refusing: it said so, or nobody
+    /// listens.
+    Unavailable,
+    /// Nothing came back in time (frozen, or a hung kernel call).
+    Silent,
+}
+
+impl Look {
+    pub fn status(self) -> Option<PgStatus> {
+        match self {
+            Look::Answered(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 impl Postgres {
     fn target_name(&self, target: Target<'_>) -> String {
         match target {
@@ -251,11 +271,21 @@ impl Postgres {
     /// The running server's state, or `None` when it does not answer within
     /// about 2 s (down, starting, frozen). See [`Postgres::try_status`].
     pub async fn status(&self) -> Option<PgStatus> {
+        self.look().await.status()
+    }
+
+    /// Look at the local server: its state, or why there is none — and
+    /// whether that is silence (see [`PgError::is_silence`]).
+    pub async fn look(&self) -> Look {
         match self.try_status().await {
-            Ok(s) => Some(s),
+            Ok(s) => Look::Answered(s),
             Err(e) => {
                 tracing::debug!(error = %e, "PostgreSQL status unavailable");
-                None
+                if e.is_silence() {
+                    Look::Silent
+                } else {
+                    Look::Unavailable
+                }
             }
         }
     }

@@ -32,6 +32,12 @@ pub(super) fn candidate<'a>(
             (o.received_at + o.report.promise_ms).saturating_sub(input.now)
         ));
     }
+    if unresponsive(input, o) {
+        return Err(format!(
+            "its PostgreSQL has not answered for {} ms",
+            o.report.unresponsive_ms
+        ));
+    }
     let pg = o
         .report
         .postgres

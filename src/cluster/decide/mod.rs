@@ -44,7 +44,7 @@ pub use switchover::check_switchover;
 use failover::{
     candidate, candidates, effective_k, failover, failover_possible, holds_promise, sync_protected,
 };
-use primary::primary_duties;
+use primary::{primary_duties, unresponsive};
 use replicas::replicas;
 use switchover::{demote_step, switchover};
 use sync_set::manage_sync_set;

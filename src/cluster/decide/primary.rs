@@ -42,7 +42,16 @@ pub(super) fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) 
         return false;
     }
 
-    if let Some(o) = obs {
+    let silent = obs.filter(|o| !demoting && unresponsive(input, o));
+    if let Some(o) = silent {
+        // Not a restart (it runs) and no grant (it cannot have done its
+        // part): its lease runs out, its keeper fences it, a replica is
+        // promoted — unless it answers again first.
+        d.wait(format!(
+            "primary {} runs but has not answered its agent for {}ms: its lease is not renewed",
+            primary.name, o.report.unresponsive_ms
+        ));
+    } else if let Some(o) = obs {
         let r = &o.report;
         let data_gone = match &r.data {
             DataDirState::Empty => cluster.system_identifier.is_some(),
@@ -108,13 +117,16 @@ pub(super) fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) 
                 let down_for = input
                     .now
                     .saturating_sub(input.soft.primary_down_since.unwrap_or(input.now));
-                // Past the timeout a replica is promoted instead; but when
+                // Past the timeout — or at once when it went down after it
+                // had stopped answering (fenced: a hung disk would hang it
+                // again) — a replica is promoted instead; but when
                 // no replica could be (a new cluster whose replicas are not
                 // cloned yet — with a timeout of 0 it would never even
                 // bootstrap — or every replica down, too far behind, or
                 // not in the sync set), starting the primary again is the
                 // only way back to a writable cluster.
-                let may_restart = (down_for < c.primary_start_timeout_ms
+                let may_restart = ((down_for < c.primary_start_timeout_ms
+                    && !input.soft.primary_went_silent)
                     || !failover_possible(input, primary))
                     && !cluster.paused
                     && !busy(input, &primary.name);
@@ -210,6 +222,14 @@ pub(super) fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) 
     }
     failover(input, primary, d);
     false
+}
+
+/// The node's PostgreSQL runs but has not answered its agent for
+/// `primary_unresponsive_timeout`: its report's picture is stale (a frozen
+/// server keeps looking healthy in it), and nothing it reports can be
+/// relied on.
+pub(super) fn unresponsive(input: &Input, o: &Observation) -> bool {
+    o.report.unresponsive_ms >= input.cluster.config.primary_unresponsive_timeout_ms
 }
 
 /// After a resume: once the primary's agent reports that its keeper holds

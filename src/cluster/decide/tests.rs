@@ -383,6 +383,81 @@ fn resumed_with_a_primary_that_never_learned_its_promotion_starts_it() {
 }
 
 #[test]
+fn a_primary_that_stops_answering_loses_its_lease_and_is_replaced() {
+    // PostgreSQL frozen with its agent alive: the agent's reports went on
+    // showing the last (healthy) picture, the lease was renewed, and the
+    // failover came only after primary_start_timeout (16.8 s measured).
+    let c = three(&[]);
+    let silent = |ms: u64| NodeReport {
+        unresponsive_ms: ms,
+        seq: 7,
+        ..primary("n1", 1_000)
+    };
+    // A moment without an answer (a busy server): renewed as usual.
+    let mut s = soft(
+        &c,
+        vec![
+            (silent(1_000), 9_900),
+            (replica("n2", 1_000, Some("n1")), 9_900),
+            (replica("n3", 1_000, Some("n1")), 9_900),
+        ],
+    );
+    s.confirmed_at = Some(10_000);
+    let d = run(&c, &s, 10_000, 0);
+    assert!(d.grant.is_some(), "{d:?}");
+    // Past primary_unresponsive_timeout (1.5 s): no grant, no restart.
+    s.observe(&c, silent(1_500), 10_000);
+    let d = run(&c, &s, 10_000, 0);
+    assert_eq!(d.grant, None, "{d:?}");
+    assert!(d.commands.is_empty(), "{d:?}");
+    assert!(
+        d.waiting.iter().any(|w| w.contains("has not answered")),
+        "{d:?}"
+    );
+    // Once its lease is over a replica is promoted — not one that is
+    // silent itself.
+    let mut s = soft(
+        &c,
+        vec![
+            (primary("n1", 1_000), 8_000),
+            (silent(3_000), 9_900),
+            (
+                NodeReport {
+                    unresponsive_ms: 2_000,
+                    ..replica("n2", 1_000, None)
+                },
+                9_900,
+            ),
+            (replica("n3", 1_000, None), 9_900),
+        ],
+    );
+    s.confirmed_at = Some(10_000);
+    let d = run(&c, &s, 10_000, 0);
+    assert_eq!(promoted(&d), Some(("n3".into(), set(&[]))), "{d:?}");
+    // Fenced by its keeper, it is down: not restarted (a hung disk would
+    // hang it again, round after round), replaced.
+    let mut s = soft(
+        &c,
+        vec![
+            (silent(2_000), 8_000),
+            (down("n1"), 9_900),
+            (replica("n2", 1_000, None), 9_900),
+            (replica("n3", 1_000, None), 9_900),
+        ],
+    );
+    assert!(s.primary_went_silent);
+    s.confirmed_at = Some(10_000);
+    let d = run(&c, &s, 10_000, 0);
+    assert!(commands_to(&d, "n1").is_empty(), "{d:?}");
+    assert!(promoted(&d).is_some(), "{d:?}");
+    // Answering again before that: renewed, nothing else happens.
+    let mut s = soft(&c, vec![(primary("n1", 1_000), 9_900)]);
+    s.confirmed_at = Some(10_000);
+    let d = run(&c, &s, 10_000, 0);
+    assert!(d.grant.is_some() && d.commit.is_none(), "{d:?}");
+}
+
+#[test]
 fn restarts_the_primary_when_no_replica_could_take_over() {
     // primary_start_timeout 0: fail over at once rather than restart.
     // But with no replica that could be promoted, restarting the
