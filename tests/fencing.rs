@@ -223,7 +223,7 @@ async fn a_busy_primary_is_not_failed_over() {
     let before = d.status().await.expect("status");
     let primary = d.host_of_node(&before.primary);
     let pgbench = |args: &[&str]| {
-        let mut cmd = std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench");
+        let mut cmd = std::process::Command::new(format!("{}/pgbench", common::sandbox::PG_BIN));
         cmd.args([
             "-h",
             &primary.address,
