@@ -283,7 +283,7 @@ async fn a_busy_primary_is_not_failed_over() {
         String::from_utf8_lossy(&out.stderr)
     );
     long.await.expect("long query");
-    assert!(looks >= 20, "status answered only {looks} times under load");
+    assert!(looks >= 5, "status answered only {looks} times under load");
     let after = d.status().await.expect("status");
     assert_eq!((after.primary, after.epoch), (before.primary, before.epoch));
     d.stop_and_check_nothing_left();
