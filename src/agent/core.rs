@@ -24,7 +24,7 @@
 
 use super::callbacks::Event;
 use super::postgres::RewindOutcome;
-use super::state::Intent;
+use super::state::{Intent, Persisted};
 use crate::cluster::wire::{
     Action, AgentCommand, AgentPhase, DataDirState, ManagedSettings, PgStatus, Upstream,
 };
@@ -79,6 +79,34 @@ pub enum Change {
     NoUpstream,
     ConfigVersion(u64),
     CompletedAction(u64),
+}
+
+impl Change {
+    /// Apply the change to the persisted state (the shell then writes it).
+    pub fn apply(self, p: &mut Persisted) {
+        match self {
+            Change::Epoch(epoch) => p.epoch = epoch,
+            Change::Primary { config_version } => {
+                p.intent = Intent::Primary;
+                p.upstream = None;
+                p.config_version = config_version;
+            }
+            Change::Replica {
+                upstream,
+                config_version,
+            } => {
+                p.intent = Intent::Replica;
+                p.upstream = Some(upstream);
+                if let Some(v) = config_version {
+                    p.config_version = v;
+                }
+            }
+            Change::NoRole => p.intent = Intent::None,
+            Change::NoUpstream => p.upstream = None,
+            Change::ConfigVersion(v) => p.config_version = v,
+            Change::CompletedAction(id) => p.completed_action = Some(id),
+        }
+    }
 }
 
 /// One thing for the shell to do.

@@ -152,30 +152,11 @@ async fn perform(node: &Node, step: &Step) -> Outcome {
     match step {
         Step::Look => Outcome::Looked(Box::new(look(node).await)),
         Step::Persist(change) => done(
-            node.update(|p| match change.clone() {
-                Change::Epoch(epoch) => {
+            node.update(|p| {
+                if let Change::Epoch(epoch) = change {
                     tracing::info!(epoch, "new epoch");
-                    p.epoch = epoch;
                 }
-                Change::Primary { config_version } => {
-                    p.intent = Intent::Primary;
-                    p.upstream = None;
-                    p.config_version = config_version;
-                }
-                Change::Replica {
-                    upstream,
-                    config_version,
-                } => {
-                    p.intent = Intent::Replica;
-                    p.upstream = Some(upstream);
-                    if let Some(v) = config_version {
-                        p.config_version = v;
-                    }
-                }
-                Change::NoRole => p.intent = Intent::None,
-                Change::NoUpstream => p.upstream = None,
-                Change::ConfigVersion(v) => p.config_version = v,
-                Change::CompletedAction(id) => p.completed_action = Some(id),
+                change.clone().apply(p);
             })
             .map_err(Into::into),
         ),

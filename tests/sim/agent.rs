@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use pgquorum::agent::core::{Change, Execution, Facts, Outcome, Step};
+use pgquorum::agent::core::{Execution, Facts, Outcome, Step};
 use pgquorum::agent::lease::Lease;
 use pgquorum::agent::postgres::RewindOutcome;
 use pgquorum::agent::state::Intent;
@@ -580,29 +580,7 @@ impl World {
         match (step, stage) {
             (Step::Look, _) => Perf::Done(Outcome::Looked(Box::new(self.facts(n)))),
             (Step::Persist(change), _) => {
-                let p = &mut self.nodes[n].persisted;
-                match change.clone() {
-                    Change::Epoch(e) => p.epoch = e,
-                    Change::Primary { config_version } => {
-                        p.intent = Intent::Primary;
-                        p.upstream = None;
-                        p.config_version = config_version;
-                    }
-                    Change::Replica {
-                        upstream,
-                        config_version,
-                    } => {
-                        p.intent = Intent::Replica;
-                        p.upstream = Some(upstream);
-                        if let Some(v) = config_version {
-                            p.config_version = v;
-                        }
-                    }
-                    Change::NoRole => p.intent = Intent::None,
-                    Change::NoUpstream => p.upstream = None,
-                    Change::ConfigVersion(v) => p.config_version = v,
-                    Change::CompletedAction(id) => p.completed_action = Some(id),
-                }
+                change.clone().apply(&mut self.nodes[n].persisted);
                 Perf::Done(Outcome::Ok)
             }
             (Step::ClaimLease, _) => {

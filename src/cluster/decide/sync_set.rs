@@ -60,12 +60,7 @@ pub(super) fn manage_sync_set(
         // current names took effect (every synchronously acknowledged
         // commit lies before it). Streaming alone is not enough: a
         // walsender goes on listing a standby that is far behind, or gone.
-        let since = input
-            .soft
-            .sync_names_since
-            .as_ref()
-            .filter(|(names, _)| *names == pg.synchronous_standby_names)
-            .map(|(_, lsn)| *lsn);
+        let since = names_took_effect_at(input, pg);
         desired.retain(|name| {
             since.is_some_and(|lsn| {
                 pg.replicas
@@ -115,12 +110,7 @@ pub(super) fn manage_sync_set(
         // enough members that stay flushed past the point where
         // PostgreSQL's names changed. (An empty set needs nothing: then
         // nobody but the primary may be promoted.)
-        let since = input
-            .soft
-            .sync_names_since
-            .as_ref()
-            .filter(|(names, _)| *names == pg.synchronous_standby_names)
-            .map(|(_, lsn)| *lsn);
+        let since = names_took_effect_at(input, pg);
         let confirmed = pg
             .replicas
             .iter()
@@ -137,4 +127,16 @@ pub(super) fn manage_sync_set(
         d.wait("sync set: the remaining standbys confirm the last commits before it shrinks");
     }
     None
+}
+
+/// The primary's write LSN when its current synchronous_standby_names were
+/// first seen (`Soft::sync_names_since`): every commit acknowledged under
+/// earlier names lies before it. `None` while not known for these names.
+fn names_took_effect_at(input: &Input, pg: &crate::cluster::wire::PgStatus) -> Option<Lsn> {
+    input
+        .soft
+        .sync_names_since
+        .as_ref()
+        .filter(|(names, _)| *names == pg.synchronous_standby_names)
+        .map(|(_, lsn)| *lsn)
 }
