@@ -83,6 +83,14 @@ pub struct Soft {
     pub next_command: u64,
 }
 
+/// The node's PostgreSQL runs but has not answered its agent for
+/// `primary_unresponsive_timeout`: its report's picture is stale (a frozen
+/// server keeps looking healthy in it), and nothing it reports of its
+/// server can be relied on.
+pub fn silent(report: &NodeReport, cluster: &Cluster) -> bool {
+    report.unresponsive_ms >= cluster.config.primary_unresponsive_timeout_ms
+}
+
 impl Soft {
     /// The soft state of a leader elected at `now`.
     pub fn new(now: u64) -> Self {
@@ -108,7 +116,7 @@ impl Soft {
     pub fn observe(&mut self, cluster: &Cluster, report: NodeReport, now: u64) {
         let node = report.node.clone();
         if cluster.is_primary(&node) {
-            let silent = report.unresponsive_ms >= cluster.config.primary_unresponsive_timeout_ms;
+            let silent = silent(&report, cluster);
             if silent {
                 self.primary_went_silent = true;
             } else if report.unresponsive_ms == 0 && report.postgres.is_some() {

@@ -224,12 +224,9 @@ pub(super) fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) 
     false
 }
 
-/// The node's PostgreSQL runs but has not answered its agent for
-/// `primary_unresponsive_timeout`: its report's picture is stale (a frozen
-/// server keeps looking healthy in it), and nothing it reports can be
-/// relied on.
+/// See [`crate::cluster::soft::silent`].
 pub(super) fn unresponsive(input: &Input, o: &Observation) -> bool {
-    o.report.unresponsive_ms >= input.cluster.config.primary_unresponsive_timeout_ms
+    crate::cluster::soft::silent(&o.report, input.cluster)
 }
 
 /// After a resume: once the primary's agent reports that its keeper holds
