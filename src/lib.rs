@@ -5,12 +5,14 @@
 //! * [`manager`] — a Raft member: storage, network, API, control loop.
 //! * [`agent`] — drives one PostgreSQL server.
 //! * [`cli`] — the `pgquorum` command line.
+//! * [`drill`] — randomized faults against a real cluster, and their checker.
 
 pub mod agent;
 pub mod boottime;
 pub mod channel;
 pub mod cli;
 pub mod cluster;
+pub mod drill;
 pub mod durable;
 pub mod keeper;
 pub mod lock;

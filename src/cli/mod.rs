@@ -2,6 +2,7 @@
 //! (manager, agent) and for the people operating them.
 
 mod client;
+mod drill;
 mod managers;
 mod ops;
 mod output;
@@ -189,6 +190,9 @@ pub enum Command {
     /// A whole cluster on this machine, for a first look, demos and tests.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Randomized faults against a real cluster on this machine, checked:
+    /// how an operator proves a configuration before trusting it.
+    Drill(Box<drill::DrillArgs>),
     /// TLS helpers: certificates and a token for a test deployment.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -340,6 +344,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Failover(w) => ops::failover(&merge(&global, &w.conn), w.args).await,
         Command::Node(g) => ops::node(&merge(&global, &g.conn), g.command).await,
         Command::Sandbox(cmd) => sandbox::run(&global, cmd).await,
+        Command::Drill(args) => drill::run(&global, *args).await,
         Command::Tls(cmd) => tls::run(&global, cmd),
         Command::Completions { shell } => {
             use clap::CommandFactory;

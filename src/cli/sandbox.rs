@@ -202,7 +202,7 @@ fn spawn_detached(binary: &Path, args: &[String], log: &Path) -> Result<i32, Fai
 }
 
 /// As root, PostgreSQL runs as `postgres`, which must be able to reach DIR.
-fn check_reachable_by_postgres(dir: &Path) -> Result<(), Failure> {
+pub(super) fn check_reachable_by_postgres(dir: &Path) -> Result<(), Failure> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }

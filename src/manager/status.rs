@@ -183,5 +183,6 @@ pub fn history_event(e: &Event) -> HistoryEvent {
         epoch: e.epoch,
         timeline: e.timeline,
         lsn: e.lsn.to_string(),
+        at_unix_ms: e.at_unix_ms,
     }
 }

@@ -1,0 +1,605 @@
+//! The drill's judge: a pure function of what was written down
+//! ([`super::record::Log`]) to a verdict. Every check is sound — it flags
+//! only what certainly happened — because a drill that cries wolf is
+//! ignored:
+//!
+//! * **lost writes**: an acknowledged write missing from the final primary.
+//!   None may be lost in synchronous mode. In asynchronous mode a write may
+//!   be lost only when the node that acknowledged it was hit by a fault
+//!   (isolated, frozen, crashed, its agent gone) within one lease of the
+//!   acknowledgement: its last WAL may not have reached the replicas.
+//! * **overlapping acknowledgements**: every row records the timeline it
+//!   was written on, and a node's timeline only grows with promotions. A
+//!   write on an older timeline *sent after* a write on a newer timeline was
+//!   acknowledged proves two primaries took writes at the same time.
+//! * **writes after a newer epoch**: once the managers committed a new
+//!   epoch naming another primary (the history's decision time, which comes
+//!   after the old primary's lease ran out), a write sent later and
+//!   acknowledged by the old primary is a lease that did not hold.
+//! * **liveness**: after every heal the cluster was whole again — a healthy
+//!   primary, every node streaming, writes flowing — within the bound.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::record::{Attempt, Event, Log, Setup, Stamped};
+
+/// Writers below this id go through the multi-host connection string;
+/// their gaps are the outage an application sees.
+pub const DIRECT_WRITER_BASE: u32 = 1000;
+
+/// At most this many examples per failed check.
+const EXAMPLES: usize = 10;
+
+/// One check and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub passed: bool,
+    pub summary: String,
+    /// The first offending writes or events, when it failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<String>,
+}
+
+/// One fault, as the report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultSummary {
+    pub id: u32,
+    pub kind: String,
+    pub hosts: Vec<String>,
+    pub primary: String,
+    /// Milliseconds after the drill started.
+    pub at_ms: u64,
+    pub held_ms: Option<u64>,
+    /// The longest time no client write was acknowledged, from the fault
+    /// until the cluster was whole again.
+    pub outage_ms: u64,
+    pub converged_ms: Option<u64>,
+    /// Acknowledged writes lost because of this fault (asynchronous mode).
+    pub lost: u64,
+}
+
+/// Figures per fault kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindStats {
+    pub kind: String,
+    pub count: u64,
+    pub outage_median_ms: u64,
+    pub outage_max_ms: u64,
+    pub converged_median_ms: u64,
+    pub converged_max_ms: u64,
+    pub lost: u64,
+}
+
+/// Totals of the workload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteStats {
+    pub attempts: u64,
+    pub acked: u64,
+    pub acked_direct: u64,
+    pub lost: u64,
+    pub final_rows: u64,
+}
+
+/// The verdict on one drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub passed: bool,
+    pub setup: Option<Setup>,
+    pub duration_ms: u64,
+    pub checks: Vec<CheckResult>,
+    pub writes: WriteStats,
+    pub kinds: Vec<KindStats>,
+    pub faults: Vec<FaultSummary>,
+    /// Faults, heals, operations and epochs in order: (ms after the start,
+    /// what).
+    pub timeline: Vec<(u64, String)>,
+}
+
+/// A fault with what followed it.
+struct FaultSpan<'a> {
+    id: u32,
+    kind: &'a str,
+    hosts: &'a [String],
+    primary: &'a str,
+    at: u64,
+    healed: Option<u64>,
+    converged: Option<u64>,
+    not_converged: bool,
+}
+
+fn spans(events: &[Stamped]) -> Vec<FaultSpan<'_>> {
+    let mut out: Vec<FaultSpan> = Vec::new();
+    for e in events {
+        match &e.event {
+            Event::Fault {
+                id,
+                kind,
+                hosts,
+                primary,
+                ..
+            } => out.push(FaultSpan {
+                id: *id,
+                kind,
+                hosts,
+                primary,
+                at: e.at_ms,
+                healed: None,
+                converged: None,
+                not_converged: false,
+            }),
+            Event::Healed { id } => {
+                if let Some(f) = out.iter_mut().find(|f| f.id == *id) {
+                    f.healed = Some(e.at_ms);
+                }
+            }
+            Event::Converged { id, .. } => {
+                if let Some(f) = out.iter_mut().find(|f| f.id == *id) {
+                    f.converged = Some(e.at_ms);
+                }
+            }
+            Event::NotConverged { id, .. } => {
+                if let Some(f) = out.iter_mut().find(|f| f.id == *id) {
+                    f.not_converged = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Judge a drill.
+pub fn check(log: &Log) -> Verdict {
+    let setup = log.setup().cloned();
+    let ttl = setup.as_ref().map_or(2000, |s| s.ttl_ms);
+    let sync = setup.as_ref().is_some_and(|s| s.sync);
+    let start = log
+        .events
+        .first()
+        .map(|e| e.at_ms)
+        .or_else(|| log.attempts.iter().map(|a| a.start_ms).min())
+        .unwrap_or(0);
+    let end = log
+        .attempts
+        .iter()
+        .map(|a| a.end_ms)
+        .chain(log.events.iter().map(|e| e.at_ms))
+        .max()
+        .unwrap_or(start);
+    let faults = spans(&log.events);
+
+    let acked: Vec<&Attempt> = log.attempts.iter().filter(|a| a.acked().is_some()).collect();
+    let mut checks = Vec::new();
+
+    // Lost writes.
+    let (lost_check, lost_by_fault, lost_total) = lost_writes(log, &acked, &faults, sync, ttl);
+    checks.push(lost_check);
+    checks.push(overlapping_acks(&acked));
+    checks.push(acks_after_newer_epoch(&log.events, &acked));
+    checks.push(liveness(&log.events, &faults));
+    if let Some(why) = log.events.iter().find_map(|e| match &e.event {
+        Event::Interrupted { why } => Some(why.clone()),
+        _ => None,
+    }) {
+        checks.push(CheckResult {
+            name: "completed".into(),
+            passed: false,
+            summary: format!("the drill did not run to its end: {why}"),
+            examples: Vec::new(),
+        });
+    }
+
+    // Client acknowledgements in time order, for outages.
+    let mut client_acks: Vec<u64> = acked
+        .iter()
+        .filter(|a| a.client < DIRECT_WRITER_BASE)
+        .map(|a| a.end_ms)
+        .collect();
+    client_acks.sort_unstable();
+
+    let summaries: Vec<FaultSummary> = faults
+        .iter()
+        .map(|f| {
+            let until = f.converged.or(f.healed).unwrap_or(end).max(f.at);
+            FaultSummary {
+                id: f.id,
+                kind: f.kind.to_string(),
+                hosts: f.hosts.to_vec(),
+                primary: f.primary.to_string(),
+                at_ms: f.at.saturating_sub(start),
+                held_ms: f.healed.map(|h| h.saturating_sub(f.at)),
+                outage_ms: longest_gap(&client_acks, f.at, until, end),
+                converged_ms: f
+                    .converged
+                    .map(|c| c.saturating_sub(f.healed.unwrap_or(f.at))),
+                lost: lost_by_fault.get(&f.id).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+
+    let mut by_kind: BTreeMap<&str, Vec<&FaultSummary>> = BTreeMap::new();
+    for f in &summaries {
+        by_kind.entry(&f.kind).or_default().push(f);
+    }
+    let kinds = by_kind
+        .into_iter()
+        .map(|(kind, list)| {
+            let outages: Vec<u64> = list.iter().map(|f| f.outage_ms).collect();
+            let converged: Vec<u64> = list.iter().filter_map(|f| f.converged_ms).collect();
+            KindStats {
+                kind: kind.to_string(),
+                count: list.len() as u64,
+                outage_median_ms: median(&outages),
+                outage_max_ms: outages.iter().copied().max().unwrap_or(0),
+                converged_median_ms: median(&converged),
+                converged_max_ms: converged.iter().copied().max().unwrap_or(0),
+                lost: list.iter().map(|f| f.lost).sum(),
+            }
+        })
+        .collect();
+
+    let writes = WriteStats {
+        attempts: log.attempts.len() as u64,
+        acked: acked.len() as u64,
+        acked_direct: acked
+            .iter()
+            .filter(|a| a.client >= DIRECT_WRITER_BASE)
+            .count() as u64,
+        lost: lost_total,
+        final_rows: log.final_rows.as_ref().map_or(0, |f| f.rows.len() as u64),
+    };
+
+    Verdict {
+        passed: checks.iter().all(|c| c.passed),
+        setup,
+        duration_ms: end.saturating_sub(start),
+        checks,
+        writes,
+        kinds,
+        faults: summaries,
+        timeline: timeline(&log.events, start),
+    }
+}
+
+fn median(values: &[u64]) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// The longest stretch without an acknowledgement that touches
+/// `[from, until]`, measured between acknowledgements (or to `end` when
+/// none came after).
+fn longest_gap(acks: &[u64], from: u64, until: u64, end: u64) -> u64 {
+    // The last acknowledgement before `from`, then every one up to the
+    // first after `until`.
+    let first = acks.partition_point(|&t| t < from);
+    let mut prev = if first > 0 { acks[first - 1] } else { from };
+    let mut longest = 0;
+    for &t in &acks[first..] {
+        longest = longest.max(t - prev);
+        prev = t;
+        if t > until {
+            return longest;
+        }
+    }
+    longest.max(end.saturating_sub(prev))
+}
+
+/// Faults that can take a primary away without a clean demotion: its last
+/// acknowledged commits may not have reached a replica.
+fn may_lose_unreplicated(kind: &str) -> bool {
+    !matches!(kind, "switchover" | "manager-kill" | "managers-restart")
+}
+
+fn lost_writes(
+    log: &Log,
+    acked: &[&Attempt],
+    faults: &[FaultSpan],
+    sync: bool,
+    ttl: u64,
+) -> (CheckResult, BTreeMap<u32, u64>, u64) {
+    let name = "lost writes".to_string();
+    let Some(final_rows) = &log.final_rows else {
+        return (
+            CheckResult {
+                name,
+                passed: false,
+                summary: "the final primary was never read: nothing can be said about lost writes"
+                    .into(),
+                examples: Vec::new(),
+            },
+            BTreeMap::new(),
+            0,
+        );
+    };
+    let present: HashSet<(u32, u64)> = final_rows.rows.iter().copied().collect();
+    let mut by_fault: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut unexcused = Vec::new();
+    let mut total = 0;
+    for a in acked {
+        if present.contains(&(a.client, a.seq)) {
+            continue;
+        }
+        total += 1;
+        let Some((server, timeline)) = a.acked() else {
+            continue;
+        };
+        // One lease either side of the fault: before it, the commits the
+        // replicas had not received yet; after it, what an isolated or
+        // agentless primary acknowledged until its lease ran out.
+        let excuse = faults.iter().find(|f| {
+            may_lose_unreplicated(f.kind)
+                && f.hosts.iter().any(|h| h == server)
+                && a.end_ms + ttl >= f.at
+                && a.start_ms <= f.at + ttl
+        });
+        match excuse {
+            Some(f) if !sync => *by_fault.entry(f.id).or_default() += 1,
+            _ => unexcused.push(format!(
+                "client {} seq {} acknowledged by {server} (timeline {timeline}) at +{} ms{}",
+                a.client,
+                a.seq,
+                a.end_ms.saturating_sub(log.events.first().map_or(0, |e| e.at_ms)),
+                excuse.map_or(String::new(), |f| format!(
+                    ", during fault {} ({})",
+                    f.id, f.kind
+                ))
+            )),
+        }
+    }
+    let excused: u64 = by_fault.values().sum();
+    let passed = unexcused.is_empty();
+    let summary = if sync {
+        format!(
+            "{total} of {} acknowledged writes missing from the final primary {} (synchronous mode: must be 0)",
+            acked.len(),
+            final_rows.primary
+        )
+    } else {
+        format!(
+            "{total} of {} acknowledged writes missing from the final primary {}; {excused} of them acknowledged within one lease of a fault on the node that took them (asynchronous mode allows that), {} not",
+            acked.len(),
+            final_rows.primary,
+            unexcused.len()
+        )
+    };
+    (
+        CheckResult {
+            name,
+            passed,
+            summary,
+            examples: unexcused.into_iter().take(EXAMPLES).collect(),
+        },
+        by_fault,
+        total,
+    )
+}
+
+fn overlapping_acks(acked: &[&Attempt]) -> CheckResult {
+    // Per timeline: who acknowledged on it, the latest send and the
+    // earliest acknowledgement.
+    struct Span<'a> {
+        servers: BTreeSet<&'a str>,
+        last_sent: &'a Attempt,
+        first_acked: &'a Attempt,
+    }
+    let mut by_timeline: BTreeMap<u32, Span> = BTreeMap::new();
+    for a in acked {
+        let Some((server, timeline)) = a.acked() else {
+            continue;
+        };
+        let s = by_timeline.entry(timeline).or_insert(Span {
+            servers: BTreeSet::new(),
+            last_sent: a,
+            first_acked: a,
+        });
+        s.servers.insert(server);
+        if a.start_ms > s.last_sent.start_ms {
+            s.last_sent = a;
+        }
+        if a.end_ms < s.first_acked.end_ms {
+            s.first_acked = a;
+        }
+    }
+    let mut examples = Vec::new();
+    for (timeline, s) in &by_timeline {
+        if s.servers.len() > 1 {
+            examples.push(format!(
+                "timeline {timeline} was written on by {}",
+                s.servers.iter().copied().collect::<Vec<_>>().join(" and ")
+            ));
+        }
+    }
+    let timelines: Vec<(&u32, &Span)> = by_timeline.iter().collect();
+    for (i, (old_tl, old)) in timelines.iter().enumerate() {
+        for (new_tl, new) in &timelines[i + 1..] {
+            if old.last_sent.start_ms > new.first_acked.end_ms {
+                examples.push(format!(
+                    "client {} seq {} was sent at {} ms to {} on timeline {old_tl}, after client {} seq {} was acknowledged at {} ms by {} on timeline {new_tl}",
+                    old.last_sent.client,
+                    old.last_sent.seq,
+                    old.last_sent.start_ms,
+                    old.servers.iter().copied().collect::<Vec<_>>().join("/"),
+                    new.first_acked.client,
+                    new.first_acked.seq,
+                    new.first_acked.end_ms,
+                    new.servers.iter().copied().collect::<Vec<_>>().join("/"),
+                ));
+            }
+        }
+    }
+    CheckResult {
+        name: "overlapping acknowledgements".into(),
+        passed: examples.is_empty(),
+        summary: format!(
+            "{} pairs of nodes acknowledging writes at the same time, over {} timelines",
+            examples.len(),
+            by_timeline.len()
+        ),
+        examples: examples.into_iter().take(EXAMPLES).collect(),
+    }
+}
+
+fn acks_after_newer_epoch(events: &[Stamped], acked: &[&Attempt]) -> CheckResult {
+    let mut epochs: Vec<(u64, u64, &str)> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Epoch { epoch, primary, .. } if !primary.is_empty() => {
+                Some((e.at_ms, *epoch, primary.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    epochs.sort_unstable();
+    let mut bad = Vec::new();
+    for a in acked {
+        let Some((server, _)) = a.acked() else {
+            continue;
+        };
+        // The newest epoch decided before this write was sent.
+        let i = epochs.partition_point(|(at, _, _)| *at < a.start_ms);
+        if i == 0 {
+            continue;
+        }
+        let (at, epoch, primary) = epochs[i - 1];
+        if primary != server {
+            bad.push(format!(
+                "client {} seq {} sent at {} ms was acknowledged by {server}, but epoch {epoch} made {primary} the primary at {at} ms",
+                a.client, a.seq, a.start_ms
+            ));
+        }
+    }
+    CheckResult {
+        name: "writes after a newer epoch".into(),
+        passed: bad.is_empty(),
+        summary: format!(
+            "{} writes acknowledged by a node after an epoch naming another primary ({} epochs)",
+            bad.len(),
+            epochs.len()
+        ),
+        examples: bad.into_iter().take(EXAMPLES).collect(),
+    }
+}
+
+fn liveness(events: &[Stamped], faults: &[FaultSpan]) -> CheckResult {
+    let mut bad = Vec::new();
+    let mut times = Vec::new();
+    for e in events {
+        match &e.event {
+            Event::Converged { took_ms, .. } => times.push(*took_ms),
+            Event::NotConverged {
+                id,
+                waited_ms,
+                state,
+            } => bad.push(format!(
+                "{} not whole {} s after it was healed: {state}",
+                if *id == 0 {
+                    "at the end, the cluster was".to_string()
+                } else {
+                    format!("after fault {id}, the cluster was")
+                },
+                waited_ms / 1000
+            )),
+            _ => {}
+        }
+    }
+    let unhealed: Vec<u32> = faults
+        .iter()
+        .filter(|f| f.converged.is_none() && !f.not_converged)
+        .map(|f| f.id)
+        .collect();
+    let final_converged = events
+        .iter()
+        .any(|e| matches!(e.event, Event::Converged { id: 0, .. }));
+    if !final_converged && !bad.iter().any(|b| b.starts_with("at the end")) {
+        bad.push("the cluster was never seen whole after the last heal".into());
+    }
+    CheckResult {
+        name: "liveness".into(),
+        passed: bad.is_empty(),
+        summary: format!(
+            "whole again after {} of {} heals (median {} ms, max {} ms){}",
+            times.len(),
+            times.len() + bad.len(),
+            median(&times),
+            times.iter().copied().max().unwrap_or(0),
+            if unhealed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} faults overlapped the next and were judged with it",
+                    unhealed.len()
+                )
+            }
+        ),
+        examples: bad.into_iter().take(EXAMPLES).collect(),
+    }
+}
+
+fn timeline(events: &[Stamped], start: u64) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let what = match &e.event {
+                Event::Started { setup } => format!(
+                    "started: {} nodes, {} managers, {} mode, seed {}",
+                    setup.nodes.len(),
+                    setup.managers,
+                    if setup.sync { "sync" } else { "async" },
+                    setup.seed
+                ),
+                Event::Fault {
+                    id,
+                    kind,
+                    hosts,
+                    detail,
+                    ..
+                } => format!("fault {id}: {kind} on {} ({detail})", hosts.join(",")),
+                Event::Healed { id } => format!("fault {id} healed"),
+                Event::Converged { id: 0, took_ms } => {
+                    format!("whole again at the end after {took_ms} ms")
+                }
+                Event::Converged { id, took_ms } => {
+                    format!("fault {id}: whole again after {took_ms} ms")
+                }
+                Event::NotConverged { id, state, .. } => {
+                    format!("fault {id}: NOT whole again: {state}")
+                }
+                Event::Epoch {
+                    epoch,
+                    kind,
+                    primary,
+                    old_primary,
+                    ..
+                } => {
+                    if old_primary.is_empty() {
+                        format!("epoch {epoch}: {kind}, primary {primary}")
+                    } else {
+                        format!("epoch {epoch}: {kind} {old_primary} -> {primary}")
+                    }
+                }
+                Event::Operation {
+                    id,
+                    command,
+                    accepted,
+                    answer,
+                } => format!(
+                    "fault {id}: `{command}` {}: {answer}",
+                    if *accepted { "accepted" } else { "refused" }
+                ),
+                Event::Interrupted { why } => format!("interrupted: {why}"),
+            };
+            Some((e.at_ms.saturating_sub(start), what))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,525 @@
+//! The faults a drill injects, each with its heal. Which fault comes next,
+//! whom it hits and how long it lasts are drawn from a seeded generator, the
+//! same three draws per fault, so that a seed replays the same sequence of
+//! choices (the cluster's own timing still varies from run to run).
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::cluster::Cluster;
+use crate::proto::api::ClusterStatus;
+
+/// Every kind of fault, by the name `--faults` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// Agent, keeper, PostgreSQL (and a manager on the host) SIGKILLed;
+    /// restarted at the heal.
+    HostCrash,
+    /// The agent alone SIGKILLed; restarted at the heal.
+    AgentKill,
+    /// The agent alone SIGSTOPped; SIGCONT at the heal.
+    AgentFreeze,
+    /// Everything on the host SIGSTOPped; SIGCONT at the heal.
+    HostFreeze,
+    /// The postmaster and its children SIGSTOPped, the agent alive.
+    PostgresFreeze,
+    /// The primary's host cut off from every other host.
+    PrimaryIsolate,
+    /// A replica's host cut off from every other host.
+    ReplicaIsolate,
+    /// The managers split into a majority and a minority.
+    ManagerSplit,
+    /// The Raft leader's host cut off from every other host.
+    LeaderIsolate,
+    /// The primary hears nobody (everything sent to it vanishes).
+    PrimaryDeaf,
+    /// Nobody hears the primary (everything it sends vanishes).
+    PrimaryMute,
+    /// A manager SIGKILLed; restarted at the heal.
+    ManagerKill,
+    /// Every manager stopped (SIGTERM or SIGKILL) and restarted at the heal.
+    ManagersRestart,
+    /// `switchover --to` a replica.
+    Switchover,
+    /// The primary's host crashes and the operator runs `failover --to` a
+    /// replica of their choice.
+    FailoverTo,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 15] = [
+        Kind::HostCrash,
+        Kind::AgentKill,
+        Kind::AgentFreeze,
+        Kind::HostFreeze,
+        Kind::PostgresFreeze,
+        Kind::PrimaryIsolate,
+        Kind::ReplicaIsolate,
+        Kind::ManagerSplit,
+        Kind::LeaderIsolate,
+        Kind::PrimaryDeaf,
+        Kind::PrimaryMute,
+        Kind::ManagerKill,
+        Kind::ManagersRestart,
+        Kind::Switchover,
+        Kind::FailoverTo,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::HostCrash => "host-crash",
+            Kind::AgentKill => "agent-kill",
+            Kind::AgentFreeze => "agent-freeze",
+            Kind::HostFreeze => "host-freeze",
+            Kind::PostgresFreeze => "postgres-freeze",
+            Kind::PrimaryIsolate => "primary-isolate",
+            Kind::ReplicaIsolate => "replica-isolate",
+            Kind::ManagerSplit => "manager-split",
+            Kind::LeaderIsolate => "leader-isolate",
+            Kind::PrimaryDeaf => "primary-deaf",
+            Kind::PrimaryMute => "primary-mute",
+            Kind::ManagerKill => "manager-kill",
+            Kind::ManagersRestart => "managers-restart",
+            Kind::Switchover => "switchover",
+            Kind::FailoverTo => "failover-to",
+        }
+    }
+
+    /// Needs hosts whose links can be cut (network namespaces, root).
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            Kind::PrimaryIsolate
+                | Kind::ReplicaIsolate
+                | Kind::ManagerSplit
+                | Kind::LeaderIsolate
+                | Kind::PrimaryDeaf
+                | Kind::PrimaryMute
+        )
+    }
+
+    /// `--faults` names, comma-separated; `all` is every kind.
+    pub fn parse_list(list: &str) -> Result<Vec<Kind>, String> {
+        let mut kinds = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if name == "all" {
+                kinds.extend(Kind::ALL);
+                continue;
+            }
+            match Kind::ALL.iter().find(|k| k.name() == name) {
+                Some(k) => kinds.push(*k),
+                None => {
+                    return Err(format!(
+                        "unknown fault `{name}`; the faults are: all, {}",
+                        Kind::ALL.map(Kind::name).join(", ")
+                    ))
+                }
+            }
+        }
+        kinds.sort();
+        kinds.dedup();
+        if kinds.is_empty() {
+            return Err("--faults names no fault".into());
+        }
+        Ok(kinds)
+    }
+}
+
+/// The seeded sequence of choices.
+pub struct Plan {
+    rng: StdRng,
+    kinds: Vec<Kind>,
+    /// Holds are drawn from [min_hold, max_hold].
+    min_hold: Duration,
+    max_hold: Duration,
+}
+
+/// One fault to inject: what, a number to pick its target with, and how
+/// long to hold it.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice {
+    pub kind: Kind,
+    pub pick: u32,
+    pub hold: Duration,
+}
+
+impl Plan {
+    /// Holds from half a second to two leases and a second: some faults end
+    /// before the lease does, some well after.
+    pub fn new(seed: u64, kinds: Vec<Kind>, ttl: Duration) -> Plan {
+        Plan {
+            rng: StdRng::seed_from_u64(seed),
+            kinds,
+            min_hold: Duration::from_millis(500),
+            max_hold: ttl * 2 + Duration::from_secs(1),
+        }
+    }
+
+    pub fn next(&mut self) -> Choice {
+        let kind = self.kinds[self.rng.gen_range(0..self.kinds.len())];
+        let pick = self.rng.gen::<u32>();
+        let hold = Duration::from_millis(
+            self.rng
+                .gen_range(self.min_hold.as_millis() as u64..=self.max_hold.as_millis() as u64),
+        );
+        Choice { kind, pick, hold }
+    }
+}
+
+/// How to undo an injected fault.
+#[derive(Debug, Clone)]
+pub enum Heal {
+    Nothing,
+    RestartHost(String),
+    RestartAgent(String),
+    Thaw(Vec<i32>),
+    Links(Vec<(String, String)>),
+    RestartManagers(Vec<u64>),
+}
+
+/// An injected fault.
+#[derive(Debug, Clone)]
+pub struct Injected {
+    pub hosts: Vec<String>,
+    pub detail: String,
+    pub heal: Heal,
+    /// An operator command issued as part of the fault: the command line
+    /// and whether the managers accepted it, with their answer.
+    pub operation: Option<(String, bool, String)>,
+}
+
+/// Roles as the managers last reported them.
+pub struct Roles {
+    pub primary: String,
+    pub replicas: Vec<String>,
+    pub leader: Option<u64>,
+}
+
+impl Roles {
+    pub fn of(status: &ClusterStatus) -> Roles {
+        Roles {
+            primary: status.primary.clone(),
+            replicas: status
+                .nodes
+                .iter()
+                .filter(|n| n.name != status.primary)
+                .map(|n| n.name.clone())
+                .collect(),
+            leader: status
+                .managers
+                .iter()
+                .find(|m| m.role == "leader")
+                .map(|m| m.id),
+        }
+    }
+}
+
+fn pick<T: Clone>(list: &[T], n: u32) -> Option<T> {
+    (!list.is_empty()).then(|| list[n as usize % list.len()].clone())
+}
+
+/// The node a node fault hits: the primary two times in three, otherwise a
+/// replica.
+fn node_target(roles: &Roles, n: u32) -> String {
+    if n % 3 != 0 || roles.replicas.is_empty() {
+        roles.primary.clone()
+    } else {
+        pick(&roles.replicas, n / 3).unwrap_or_else(|| roles.primary.clone())
+    }
+}
+
+/// Inject `choice` into `cluster`, whose roles are `roles`.
+pub async fn inject(
+    cluster: &mut Cluster,
+    choice: Choice,
+    roles: &Roles,
+) -> Result<Injected, String> {
+    let n = choice.pick;
+    let one = |host: String, detail: String, heal: Heal| Injected {
+        hosts: vec![host],
+        detail,
+        heal,
+        operation: None,
+    };
+    let cut = |cluster: &Cluster, links: &[(String, String)]| -> Result<(), String> {
+        for (from, to) in links {
+            let (a, b) = (cluster.host_of(from), cluster.host_of(to));
+            cluster.net.cut(&a, &b).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    let all_hosts: Vec<String> = cluster.net.hosts.iter().map(|h| h.name.clone()).collect();
+    Ok(match choice.kind {
+        Kind::HostCrash => {
+            let node = node_target(roles, n);
+            cluster.crash_host(&node);
+            one(node, "SIGKILL of everything on the host".into(), Heal::RestartHost(String::new()))
+        }
+        Kind::AgentKill => {
+            let node = node_target(roles, n);
+            cluster.kill_agent(&node);
+            one(node.clone(), "SIGKILL of the agent".into(), Heal::RestartAgent(node))
+        }
+        Kind::AgentFreeze => {
+            let node = node_target(roles, n);
+            let pids: Vec<i32> = cluster.agent_pid(&node).into_iter().collect();
+            crate::process::signal_all(&pids, Signal::SIGSTOP);
+            one(node, "SIGSTOP of the agent".into(), Heal::Thaw(pids))
+        }
+        Kind::HostFreeze => {
+            let node = node_target(roles, n);
+            let pids = cluster.host_pids(&node);
+            crate::process::signal_all(&pids, Signal::SIGSTOP);
+            one(
+                node,
+                format!("SIGSTOP of {} processes", pids.len()),
+                Heal::Thaw(pids),
+            )
+        }
+        Kind::PostgresFreeze => {
+            let node = node_target(roles, n);
+            let pids = cluster.postgres_pids(&node);
+            crate::process::signal_all(&pids, Signal::SIGSTOP);
+            one(
+                node,
+                format!("SIGSTOP of {} PostgreSQL processes", pids.len()),
+                Heal::Thaw(pids),
+            )
+        }
+        Kind::PrimaryIsolate | Kind::ReplicaIsolate | Kind::LeaderIsolate => {
+            let host = match choice.kind {
+                Kind::PrimaryIsolate => roles.primary.clone(),
+                Kind::ReplicaIsolate => {
+                    pick(&roles.replicas, n).ok_or("there is no replica to isolate")?
+                }
+                _ => {
+                    let leader = roles.leader.ok_or("there is no Raft leader to isolate")?;
+                    cluster
+                        .managers
+                        .iter()
+                        .find(|m| m.id == leader)
+                        .map(|m| m.host.name.clone())
+                        .ok_or("the leader is not one of the drill's managers")?
+                }
+            };
+            let links: Vec<(String, String)> = all_hosts
+                .iter()
+                .filter(|h| **h != host)
+                .flat_map(|h| [(host.clone(), h.clone()), (h.clone(), host.clone())])
+                .collect();
+            cut(cluster, &links)?;
+            one(host, "cut off from every other host".into(), Heal::Links(links))
+        }
+        Kind::PrimaryDeaf | Kind::PrimaryMute => {
+            let p = roles.primary.clone();
+            let deaf = choice.kind == Kind::PrimaryDeaf;
+            let links: Vec<(String, String)> = all_hosts
+                .iter()
+                .filter(|h| **h != p)
+                .map(|h| {
+                    if deaf {
+                        (h.clone(), p.clone())
+                    } else {
+                        (p.clone(), h.clone())
+                    }
+                })
+                .collect();
+            cut(cluster, &links)?;
+            one(
+                p,
+                if deaf {
+                    "nothing sent to it arrives"
+                } else {
+                    "nothing it sends arrives"
+                }
+                .into(),
+                Heal::Links(links),
+            )
+        }
+        Kind::ManagerSplit => {
+            let hosts: Vec<String> = cluster.managers.iter().map(|m| m.host.name.clone()).collect();
+            let minority_size = (hosts.len() - 1) / 2;
+            let first = n as usize % hosts.len();
+            let minority: Vec<String> = (0..minority_size.max(1))
+                .map(|i| hosts[(first + i) % hosts.len()].clone())
+                .collect();
+            let majority: Vec<String> = hosts.iter().filter(|h| !minority.contains(h)).cloned().collect();
+            let links: Vec<(String, String)> = minority
+                .iter()
+                .flat_map(|a| majority.iter().flat_map(move |b| [(a.clone(), b.clone()), (b.clone(), a.clone())]))
+                .collect();
+            cut(cluster, &links)?;
+            Injected {
+                hosts: minority
+                    .iter()
+                    .chain(&majority)
+                    .filter(|h| cluster.nodes.contains(h))
+                    .cloned()
+                    .collect(),
+                detail: format!("managers on {} cut from those on {}", minority.join(","), majority.join(",")),
+                heal: Heal::Links(links),
+                operation: None,
+            }
+        }
+        Kind::ManagerKill => {
+            let ids: Vec<u64> = cluster.managers.iter().map(|m| m.id).collect();
+            let id = pick(&ids, n).ok_or("no manager")?;
+            let host = cluster
+                .managers
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.host.name.clone())
+                .unwrap_or_default();
+            cluster.kill_manager(id);
+            Injected {
+                hosts: vec![host],
+                detail: format!(
+                    "SIGKILL of manager {id}{}",
+                    if roles.leader == Some(id) { " (the leader)" } else { "" }
+                ),
+                heal: Heal::RestartManagers(vec![id]),
+                operation: None,
+            }
+        }
+        Kind::ManagersRestart => {
+            let ids: Vec<u64> = cluster.managers.iter().map(|m| m.id).collect();
+            let kill = n % 2 == 0;
+            for id in &ids {
+                if kill {
+                    cluster.kill_manager(*id);
+                } else {
+                    cluster.stop_manager(*id);
+                }
+            }
+            Injected {
+                hosts: Vec::new(),
+                detail: format!(
+                    "every manager stopped with {}",
+                    if kill { "SIGKILL" } else { "SIGTERM" }
+                ),
+                heal: Heal::RestartManagers(ids),
+                operation: None,
+            }
+        }
+        Kind::Switchover => {
+            let to = pick(&roles.replicas, n).ok_or("there is no replica to switch over to")?;
+            let (accepted, answer) = cluster.switchover(&to).await;
+            Injected {
+                hosts: vec![roles.primary.clone()],
+                detail: format!("to {to}"),
+                heal: Heal::Nothing,
+                operation: Some((format!("switchover --to {to}"), accepted, answer)),
+            }
+        }
+        Kind::FailoverTo => {
+            let to = pick(&roles.replicas, n).ok_or("there is no replica to fail over to")?;
+            let old = roles.primary.clone();
+            cluster.crash_host(&old);
+            // The operator retries until the managers take it, or until
+            // automatic failover has made someone else primary.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            let (mut accepted, mut answer) = cluster.failover(&to).await;
+            while !accepted && tokio::time::Instant::now() < deadline {
+                if let Some(s) = cluster.status().await {
+                    if !s.primary.is_empty() && s.primary != old {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                (accepted, answer) = cluster.failover(&to).await;
+            }
+            Injected {
+                hosts: vec![old.clone()],
+                detail: format!("{old} crashed, then failover --to {to}"),
+                heal: Heal::RestartHost(old),
+                operation: Some((format!("failover --to {to}"), accepted, answer)),
+            }
+        }
+    })
+    .map(|mut i| {
+        // A crashed host restarts as itself.
+        if let Heal::RestartHost(h) = &mut i.heal {
+            if h.is_empty() {
+                *h = i.hosts[0].clone();
+            }
+        }
+        i
+    })
+}
+
+/// Undo a fault.
+pub fn heal(cluster: &mut Cluster, heal: &Heal) -> Result<(), String> {
+    match heal {
+        Heal::Nothing => {}
+        Heal::RestartHost(host) => cluster.restart_host(host).map_err(|e| e.to_string())?,
+        Heal::RestartAgent(node) => cluster.start_agent(node).map_err(|e| e.to_string())?,
+        Heal::Thaw(pids) => crate::process::signal_all(pids, Signal::SIGCONT),
+        Heal::Links(links) => {
+            for (from, to) in links {
+                let (a, b) = (cluster.host_of(from), cluster.host_of(to));
+                cluster.net.heal(&a, &b);
+            }
+        }
+        Heal::RestartManagers(ids) => {
+            for id in ids {
+                cluster.start_manager(*id).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_names_parse_and_unknown_ones_are_named() {
+        assert_eq!(
+            Kind::parse_list("host-crash, switchover").unwrap(),
+            vec![Kind::HostCrash, Kind::Switchover]
+        );
+        assert_eq!(Kind::parse_list("all").unwrap().len(), Kind::ALL.len());
+        let e = Kind::parse_list("host-crash,disk-full").unwrap_err();
+        assert!(e.contains("unknown fault `disk-full`") && e.contains("agent-kill"), "{e}");
+        assert!(Kind::parse_list(" , ").is_err());
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_choices() {
+        let kinds = Kind::ALL.to_vec();
+        let ttl = Duration::from_secs(2);
+        let a: Vec<_> = {
+            let mut p = Plan::new(7, kinds.clone(), ttl);
+            (0..50).map(|_| p.next()).map(|c| (c.kind, c.pick, c.hold)).collect()
+        };
+        let b: Vec<_> = {
+            let mut p = Plan::new(7, kinds.clone(), ttl);
+            (0..50).map(|_| p.next()).map(|c| (c.kind, c.pick, c.hold)).collect()
+        };
+        assert_eq!(a, b);
+        let c: Vec<_> = {
+            let mut p = Plan::new(8, kinds, ttl);
+            (0..50).map(|_| p.next()).map(|c| (c.kind, c.pick, c.hold)).collect()
+        };
+        assert_ne!(a, c);
+        assert!(a
+            .iter()
+            .all(|(_, _, h)| *h >= Duration::from_millis(500) && *h <= Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn node_faults_hit_the_primary_mostly_and_replicas_too() {
+        let roles = Roles {
+            primary: "n1".into(),
+            replicas: vec!["n2".into(), "n3".into()],
+            leader: Some(1),
+        };
+        let targets: Vec<String> = (0..30).map(|n| node_target(&roles, n)).collect();
+        assert_eq!(targets.iter().filter(|t| *t == "n1").count(), 20);
+        assert!(targets.contains(&"n2".to_string()) && targets.contains(&"n3".to_string()));
+    }
+}

@@ -1,0 +1,259 @@
+//! Hosts for a drill (and for the partition tests): network namespaces
+//! joined by a bridge, so that links between them can be cut.
+//!
+//! Each host gets its own address in a private /24 and a veth pair to the
+//! bridge; the drill itself (the root namespace) reaches every host through
+//! the bridge's address, like a client outside the cluster. A link FROM→TO
+//! is cut silently with a permanent neighbour entry in FROM's namespace that
+//! maps TO's address to an unused MAC: packets leave and vanish, so
+//! connections time out as in a real partition. Everything is torn down on
+//! drop, also when the drill fails.
+//!
+//! Without root there are no namespaces: hosts are loopback addresses of
+//! their own (127.x.y.11, …), which cannot be cut.
+
+use std::path::Path;
+use std::process::Command;
+
+const BLACKHOLE_MAC: &str = "02:00:00:00:00:01";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("`ip {args}` failed: {why}")]
+    Ip { args: String, why: String },
+    #[error("no free private /24 for the drill's hosts among 10.213.40.0–10.213.239.0; remove stale bridges (`ip -br addr`)")]
+    NoFreeSubnet,
+    #[error("hosts on loopback cannot be cut from each other (network faults need root)")]
+    Loopback,
+}
+
+fn ip(args: &[&str]) -> Result<(), NetError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NetError::Ip {
+            args: args.join(" "),
+            why: e.to_string(),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Ip {
+            args: args.join(" "),
+            why: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Can this process make network namespaces (root, iproute2 present)?
+pub fn namespaces_available() -> bool {
+    nix::unistd::geteuid().is_root()
+        && Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// One host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    /// Its namespace; empty on loopback.
+    pub ns: String,
+    pub address: String,
+}
+
+/// A set of hosts on one bridge, or on loopback.
+pub struct Network {
+    tag: String,
+    bridge: String,
+    namespaces: bool,
+    /// The /24's first three octets.
+    pub subnet: String,
+    pub hosts: Vec<Host>,
+}
+
+/// Is any address of this machine already in `prefix`.0/24?
+fn subnet_in_use(prefix: &str) -> bool {
+    let Ok(out) = Command::new("ip").args(["-o", "addr", "show"]).output() else {
+        return true;
+    };
+    String::from_utf8_lossy(&out.stdout).contains(&format!(" {prefix}."))
+}
+
+impl Network {
+    /// Hosts named `names` in namespaces, on `subnet`.0/24 (addresses .11,
+    /// .12, …; the bridge is .1), or on the first free 10.213.x.0/24 when
+    /// `subnet` is None.
+    pub fn create(names: &[String], subnet: Option<&str>) -> Result<Network, NetError> {
+        let subnet = match subnet {
+            Some(s) => s.to_string(),
+            None => (40..240)
+                .map(|x| format!("10.213.{x}"))
+                .find(|s| !subnet_in_use(s))
+                .ok_or(NetError::NoFreeSubnet)?,
+        };
+        // Short, and unique per process and network: interface names are
+        // limited to 15 characters.
+        static NETWORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NETWORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
+        let tag = format!("{:x}{n:x}", std::process::id() % 0xffff);
+        let bridge = format!("pqb{tag}");
+        let mut net = Network {
+            tag: tag.clone(),
+            bridge: bridge.clone(),
+            namespaces: true,
+            subnet: subnet.clone(),
+            hosts: Vec::new(),
+        };
+        // Left by a crashed run with this very process id.
+        let _ = ip(&["link", "del", &bridge]);
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("{subnet}.1/24"), "dev", &bridge])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        for (i, name) in names.iter().enumerate() {
+            let ns = format!("pqt{tag}h{}", i + 1);
+            let outer = format!("pqv{tag}h{}", i + 1);
+            let address = format!("{subnet}.{}", 11 + i);
+            let _ = ip(&["netns", "del", &ns]);
+            ip(&["netns", "add", &ns])?;
+            net.hosts.push(Host {
+                name: name.clone(),
+                ns: ns.clone(),
+                address: address.clone(),
+            });
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
+            ip(&["link", "set", &outer, "master", &bridge])?;
+            ip(&["link", "set", &outer, "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{address}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    /// Hosts named `names` on loopback addresses of their own (a random
+    /// 127.x.y.0/24, so that several can run side by side).
+    pub fn loopback(names: &[String]) -> Network {
+        let (a, b) = (
+            1 + rand::random::<u8>() % 250,
+            1 + rand::random::<u8>() % 250,
+        );
+        let subnet = format!("127.{a}.{b}");
+        Network {
+            tag: String::new(),
+            bridge: String::new(),
+            namespaces: false,
+            hosts: names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| Host {
+                    name: name.clone(),
+                    ns: String::new(),
+                    address: format!("{subnet}.{}", 11 + i),
+                })
+                .collect(),
+            subnet,
+        }
+    }
+
+    pub fn namespaces(&self) -> bool {
+        self.namespaces
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// A command that runs `program` inside `host`'s namespace (the pid of
+    /// the spawned child is the program's own: `ip netns exec` execs it).
+    pub fn command(&self, host: &Host, program: &Path) -> Command {
+        if !self.namespaces {
+            return Command::new(program);
+        }
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &host.ns]).arg(program);
+        c
+    }
+
+    /// Cut traffic from `from` to `to` (one direction).
+    pub fn cut(&self, from: &Host, to: &Host) -> Result<(), NetError> {
+        if !self.namespaces {
+            return Err(NetError::Loopback);
+        }
+        ip(&[
+            "-n",
+            &from.ns,
+            "neigh",
+            "replace",
+            &to.address,
+            "lladdr",
+            BLACKHOLE_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+    }
+
+    /// Restore traffic from `from` to `to`.
+    pub fn heal(&self, from: &Host, to: &Host) {
+        if self.namespaces {
+            let _ = ip(&["-n", &from.ns, "neigh", "del", &to.address, "dev", "eth0"]);
+        }
+    }
+
+    /// Cut `host` off from every other host, both ways (the root
+    /// namespace, where clients run, can still reach it).
+    pub fn isolate(&self, host: &Host) -> Result<(), NetError> {
+        for other in self.hosts.iter().filter(|h| h.name != host.name) {
+            self.cut(host, other)?;
+            self.cut(other, host)?;
+        }
+        Ok(())
+    }
+
+    /// Undo `isolate`.
+    pub fn rejoin(&self, host: &Host) {
+        for other in self.hosts.iter().filter(|h| h.name != host.name) {
+            self.heal(host, other);
+            self.heal(other, host);
+        }
+    }
+
+    /// Undo every cut.
+    pub fn heal_all(&self) {
+        for a in &self.hosts {
+            for b in &self.hosts {
+                if a.name != b.name {
+                    self.heal(a, b);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if !self.namespaces {
+            return;
+        }
+        for h in &self.hosts {
+            let _ = ip(&["netns", "del", &h.ns]);
+        }
+        for i in 1..=self.hosts.len() {
+            let _ = ip(&["link", "del", &format!("pqv{}h{i}", self.tag)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
