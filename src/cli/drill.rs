@@ -32,6 +32,9 @@ pub struct DrillArgs {
     /// How long to inject faults.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub duration: Duration,
+    /// Stop after N faults, even before --duration is over.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u32>,
     /// A new fault every DURATION (later when the cluster takes longer to
     /// be whole again).
     #[arg(long, default_value = "8s", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -65,7 +68,7 @@ pub struct DrillArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Judge the logs of an earlier drill in DIR instead of running one.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["dir", "nodes", "managers", "sync", "duration", "every", "faults", "seed", "clients", "keep", "colocated", "overlap", "set"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["dir", "nodes", "managers", "sync", "duration", "count", "every", "faults", "seed", "clients", "keep", "colocated", "overlap", "set"])]
     pub check: Option<PathBuf>,
 }
 
@@ -119,6 +122,12 @@ impl DrillArgs {
             .dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/tmp/pgquorum-drill-{seed}")));
+        if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(Failure::usage(format!(
+                "--dir {}: not empty (an earlier drill?); give another directory, or remove it first",
+                dir.display()
+            )));
+        }
         super::sandbox::check_reachable_by_postgres(&dir)?;
         let mut command = format!(
             "pgquorum drill --seed {seed} --nodes {} --managers {} --duration {} --every {} --clients {}",
@@ -128,6 +137,9 @@ impl DrillArgs {
             humantime::format_duration(self.every),
             self.clients
         );
+        if let Some(n) = self.count {
+            command.push_str(&format!(" --count {n}"));
+        }
         if let Some(f) = &self.faults {
             command.push_str(&format!(" --faults {f}"));
         }
@@ -150,6 +162,7 @@ impl DrillArgs {
             managers: self.managers,
             sync: self.sync,
             duration: self.duration,
+            count: self.count,
             every: self.every,
             kinds,
             kinds_named,

@@ -48,6 +48,9 @@ pub struct CheckResult {
 pub struct FaultSummary {
     pub id: u32,
     pub kind: String,
+    /// "primary" or "replica" for a fault that hit one node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
     pub hosts: Vec<String>,
     pub primary: String,
     /// Milliseconds after the drill started.
@@ -102,6 +105,7 @@ pub struct Verdict {
 struct FaultSpan<'a> {
     id: u32,
     kind: &'a str,
+    target: &'a str,
     hosts: &'a [String],
     primary: &'a str,
     at: u64,
@@ -119,10 +123,12 @@ fn spans(events: &[Stamped]) -> Vec<FaultSpan<'_>> {
                 kind,
                 hosts,
                 primary,
+                target,
                 ..
             } => out.push(FaultSpan {
                 id: *id,
                 kind,
+                target,
                 hosts,
                 primary,
                 at: e.at_ms,
@@ -153,11 +159,14 @@ fn spans(events: &[Stamped]) -> Vec<FaultSpan<'_>> {
 
 /// Judge a drill.
 pub fn check(log: &Log) -> Verdict {
+    // Epochs are written down with their decision time, which can come
+    // before events recorded earlier: judge in time order.
+    let mut events = log.events.clone();
+    events.sort_by_key(|e| e.at_ms);
     let setup = log.setup().cloned();
     let ttl = setup.as_ref().map_or(2000, |s| s.ttl_ms);
     let sync = setup.as_ref().is_some_and(|s| s.sync);
-    let start = log
-        .events
+    let start = events
         .first()
         .map(|e| e.at_ms)
         .or_else(|| log.attempts.iter().map(|a| a.start_ms).min())
@@ -166,21 +175,22 @@ pub fn check(log: &Log) -> Verdict {
         .attempts
         .iter()
         .map(|a| a.end_ms)
-        .chain(log.events.iter().map(|e| e.at_ms))
+        .chain(events.iter().map(|e| e.at_ms))
         .max()
         .unwrap_or(start);
-    let faults = spans(&log.events);
+    let faults = spans(&events);
 
     let acked: Vec<&Attempt> = log.attempts.iter().filter(|a| a.acked().is_some()).collect();
     let mut checks = Vec::new();
 
     // Lost writes.
-    let (lost_check, lost_by_fault, lost_total) = lost_writes(log, &acked, &faults, sync, ttl);
+    let (lost_check, lost_by_fault, lost_total) =
+        lost_writes(log, start, &acked, &faults, sync, ttl);
     checks.push(lost_check);
     checks.push(overlapping_acks(&acked));
-    checks.push(acks_after_newer_epoch(&log.events, &acked));
-    checks.push(liveness(&log.events, &faults));
-    if let Some(why) = log.events.iter().find_map(|e| match &e.event {
+    checks.push(acks_after_newer_epoch(&events, &acked));
+    checks.push(liveness(&events, &faults));
+    if let Some(why) = events.iter().find_map(|e| match &e.event {
         Event::Interrupted { why } => Some(why.clone()),
         _ => None,
     }) {
@@ -207,6 +217,7 @@ pub fn check(log: &Log) -> Verdict {
             FaultSummary {
                 id: f.id,
                 kind: f.kind.to_string(),
+                target: f.target.to_string(),
                 hosts: f.hosts.to_vec(),
                 primary: f.primary.to_string(),
                 at_ms: f.at.saturating_sub(start),
@@ -220,9 +231,16 @@ pub fn check(log: &Log) -> Verdict {
         })
         .collect();
 
-    let mut by_kind: BTreeMap<&str, Vec<&FaultSummary>> = BTreeMap::new();
+    // A fault on the primary and the same fault on a replica are different
+    // stories: figures per kind and target.
+    let mut by_kind: BTreeMap<String, Vec<&FaultSummary>> = BTreeMap::new();
     for f in &summaries {
-        by_kind.entry(&f.kind).or_default().push(f);
+        let label = if f.target.is_empty() {
+            f.kind.clone()
+        } else {
+            format!("{}/{}", f.kind, f.target)
+        };
+        by_kind.entry(label).or_default().push(f);
     }
     let kinds = by_kind
         .into_iter()
@@ -230,7 +248,7 @@ pub fn check(log: &Log) -> Verdict {
             let outages: Vec<u64> = list.iter().map(|f| f.outage_ms).collect();
             let converged: Vec<u64> = list.iter().filter_map(|f| f.converged_ms).collect();
             KindStats {
-                kind: kind.to_string(),
+                kind,
                 count: list.len() as u64,
                 outage_median_ms: median(&outages),
                 outage_max_ms: outages.iter().copied().max().unwrap_or(0),
@@ -260,7 +278,7 @@ pub fn check(log: &Log) -> Verdict {
         writes,
         kinds,
         faults: summaries,
-        timeline: timeline(&log.events, start),
+        timeline: timeline(&events, start),
     }
 }
 
@@ -300,6 +318,7 @@ fn may_lose_unreplicated(kind: &str) -> bool {
 
 fn lost_writes(
     log: &Log,
+    start: u64,
     acked: &[&Attempt],
     faults: &[FaultSpan],
     sync: bool,
@@ -346,7 +365,7 @@ fn lost_writes(
                 "client {} seq {} acknowledged by {server} (timeline {timeline}) at +{} ms{}",
                 a.client,
                 a.seq,
-                a.end_ms.saturating_sub(log.events.first().map_or(0, |e| e.at_ms)),
+                a.end_ms.saturating_sub(start),
                 excuse.map_or(String::new(), |f| format!(
                     ", during fault {} ({})",
                     f.id, f.kind

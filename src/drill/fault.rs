@@ -88,6 +88,19 @@ impl Kind {
         }
     }
 
+    /// Hits one node (the primary or a replica), as opposed to the network,
+    /// the managers or the cluster as a whole.
+    pub fn hits_node(self) -> bool {
+        matches!(
+            self,
+            Kind::HostCrash
+                | Kind::AgentKill
+                | Kind::AgentFreeze
+                | Kind::HostFreeze
+                | Kind::PostgresFreeze
+        )
+    }
+
     /// Needs hosts whose links can be cut (network namespaces, root).
     pub fn needs_network(self) -> bool {
         matches!(
@@ -128,10 +141,13 @@ impl Kind {
     }
 }
 
-/// The seeded sequence of choices.
+/// The seeded sequence of choices. Kinds come out of a shuffled bag —
+/// every kind once, then every kind again in a new order — so that even a
+/// short drill runs every kind.
 pub struct Plan {
     rng: StdRng,
     kinds: Vec<Kind>,
+    bag: Vec<Kind>,
     /// Holds are drawn from [min_hold, max_hold].
     min_hold: Duration,
     max_hold: Duration,
@@ -153,13 +169,19 @@ impl Plan {
         Plan {
             rng: StdRng::seed_from_u64(seed),
             kinds,
+            bag: Vec::new(),
             min_hold: Duration::from_millis(500),
             max_hold: ttl * 2 + Duration::from_secs(1),
         }
     }
 
     pub fn next(&mut self) -> Choice {
-        let kind = self.kinds[self.rng.gen_range(0..self.kinds.len())];
+        if self.bag.is_empty() {
+            use rand::seq::SliceRandom;
+            self.bag = self.kinds.clone();
+            self.bag.shuffle(&mut self.rng);
+        }
+        let kind = self.bag.pop().unwrap_or(Kind::Switchover);
         let pick = self.rng.gen::<u32>();
         let hold = Duration::from_millis(
             self.rng
@@ -406,7 +428,26 @@ pub async fn inject(
         }
         Kind::Switchover => {
             let to = pick(&roles.replicas, n).ok_or("there is no replica to switch over to")?;
-            let (accepted, answer) = cluster.switchover(&to).await;
+            // Refused for now (the target still catching up, a failsafe
+            // promise running out)? The operator tries again for a while.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let (mut accepted, mut answer) = cluster.switchover(&to).await;
+            while !accepted && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                (accepted, answer) = cluster.switchover(&to).await;
+            }
+            if accepted {
+                // A switchover is a fault of its own kind: it is over when
+                // the new primary is in charge (or the managers gave up).
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while tokio::time::Instant::now() < deadline {
+                    let s = cluster.status().await;
+                    if s.is_some_and(|s| !s.primary.is_empty() && s.primary != roles.primary) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
             Injected {
                 hosts: vec![roles.primary.clone()],
                 detail: format!("to {to}"),
@@ -428,7 +469,7 @@ pub async fn inject(
                         break;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 (accepted, answer) = cluster.failover(&to).await;
             }
             Injected {
@@ -509,6 +550,10 @@ mod tests {
         assert!(a
             .iter()
             .all(|(_, _, h)| *h >= Duration::from_millis(500) && *h <= Duration::from_secs(5)));
+        // Every kind comes once before any comes twice.
+        let first: std::collections::BTreeSet<Kind> =
+            a.iter().take(Kind::ALL.len()).map(|(k, _, _)| *k).collect();
+        assert_eq!(first.len(), Kind::ALL.len());
     }
 
     #[test]

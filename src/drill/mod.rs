@@ -49,6 +49,8 @@ pub struct Options {
     pub managers: usize,
     pub sync: bool,
     pub duration: Duration,
+    /// Stop after this many faults, even before `duration`.
+    pub count: Option<u32>,
     pub every: Duration,
     pub kinds: Vec<Kind>,
     /// The kinds were named with `--faults` (not the default set).
@@ -440,7 +442,7 @@ async fn inject_and_heal(
     load: &workload::Workload,
 ) -> Result<(), String> {
     let mut plan = Plan::new(opts.seed, kinds.to_vec(), ttl);
-    let end = Instant::now() + opts.duration;
+    let mut end = Instant::now() + opts.duration;
     let mut next_start = Instant::now() + Duration::from_secs(1);
     let mut active: Vec<Active> = Vec::new();
     let mut last_healed: Option<(u32, u64)> = None;
@@ -502,26 +504,42 @@ async fn inject_and_heal(
             // the managers as a whole at a time.
             let clash = active.iter().any(|a| clashes(a, choice, &roles));
             if !clash && !roles.primary.is_empty() {
-                id += 1;
+                let at = now_ms();
                 match fault::inject(c, choice, &roles).await {
                     Ok(injected) => {
+                        id += 1;
+                        let target = if !choice.kind.hits_node() {
+                            ""
+                        } else if injected.hosts.contains(&roles.primary) {
+                            "primary"
+                        } else {
+                            "replica"
+                        };
                         say(
                             opts,
                             format!(
                                 "fault {id}: {} on {} ({}), held {:.1} s",
                                 choice.kind.name(),
-                                injected.hosts.join(","),
+                                if injected.hosts.is_empty() {
+                                    "the managers".to_string()
+                                } else {
+                                    injected.hosts.join(",")
+                                },
                                 injected.detail,
                                 choice.hold.as_secs_f64()
                             ),
                         );
-                        events.record(Event::Fault {
-                            id,
-                            kind: choice.kind.name().into(),
-                            hosts: injected.hosts.clone(),
-                            primary: roles.primary.clone(),
-                            detail: injected.detail.clone(),
-                        });
+                        events.record_at(
+                            at,
+                            Event::Fault {
+                                id,
+                                kind: choice.kind.name().into(),
+                                hosts: injected.hosts.clone(),
+                                primary: roles.primary.clone(),
+                                target: target.into(),
+                                detail: injected.detail.clone(),
+                            },
+                        );
                         if let Some((command, accepted, answer)) = &injected.operation {
                             events.record(Event::Operation {
                                 id,
@@ -541,9 +559,11 @@ async fn inject_and_heal(
                             injected,
                             heal_at: Instant::now() + hold,
                         });
+                        if opts.count.is_some_and(|n| id >= n) {
+                            end = Instant::now();
+                        }
                     }
                     Err(why) => {
-                        id -= 1;
                         tracing::debug!(fault = choice.kind.name(), %why, "fault skipped");
                     }
                 }

@@ -73,12 +73,14 @@ pub struct Network {
     pub hosts: Vec<Host>,
 }
 
-/// Is any address of this machine already in `prefix`.0/24?
-fn subnet_in_use(prefix: &str) -> bool {
+/// Does an interface other than `except` hold an address in `prefix`.0/24?
+fn subnet_in_use(prefix: &str, except: &str) -> bool {
     let Ok(out) = Command::new("ip").args(["-o", "addr", "show"]).output() else {
         return true;
     };
-    String::from_utf8_lossy(&out.stdout).contains(&format!(" {prefix}."))
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        l.contains(&format!(" {prefix}.")) && l.split_whitespace().nth(1) != Some(except)
+    })
 }
 
 impl Network {
@@ -86,13 +88,6 @@ impl Network {
     /// .12, …; the bridge is .1), or on the first free 10.213.x.0/24 when
     /// `subnet` is None.
     pub fn create(names: &[String], subnet: Option<&str>) -> Result<Network, NetError> {
-        let subnet = match subnet {
-            Some(s) => s.to_string(),
-            None => (40..240)
-                .map(|x| format!("10.213.{x}"))
-                .find(|s| !subnet_in_use(s))
-                .ok_or(NetError::NoFreeSubnet)?,
-        };
         // Short, and unique per process and network: interface names are
         // limited to 15 characters.
         static NETWORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -103,13 +98,40 @@ impl Network {
             tag: tag.clone(),
             bridge: bridge.clone(),
             namespaces: true,
-            subnet: subnet.clone(),
+            subnet: String::new(),
             hosts: Vec::new(),
         };
         // Left by a crashed run with this very process id.
         let _ = ip(&["link", "del", &bridge]);
         ip(&["link", "add", &bridge, "type", "bridge"])?;
-        ip(&["addr", "add", &format!("{subnet}.1/24"), "dev", &bridge])?;
+        // Claim a /24: take its first address, then make sure nobody else
+        // (another drill starting at the same moment) holds one in it too.
+        let candidates: Vec<String> = match subnet {
+            Some(s) => vec![s.to_string()],
+            None => {
+                let first = rand::random::<usize>() % 200;
+                (0..200)
+                    .map(|i| format!("10.213.{}", 40 + (first + i) % 200))
+                    .collect()
+            }
+        };
+        for prefix in candidates {
+            if subnet_in_use(&prefix, &bridge) {
+                continue;
+            }
+            let address = format!("{prefix}.1/24");
+            ip(&["addr", "add", &address, "dev", &bridge])?;
+            if subnet_in_use(&prefix, &bridge) {
+                let _ = ip(&["addr", "del", &address, "dev", &bridge]);
+                continue;
+            }
+            net.subnet = prefix;
+            break;
+        }
+        if net.subnet.is_empty() {
+            return Err(NetError::NoFreeSubnet);
+        }
+        let subnet = net.subnet.clone();
         ip(&["link", "set", &bridge, "up"])?;
         for (i, name) in names.iter().enumerate() {
             let ns = format!("pqt{tag}h{}", i + 1);

@@ -87,12 +87,15 @@ pub enum Event {
     /// The cluster is up and the workload runs.
     Started { setup: Setup },
     /// A fault was injected. `hosts` are the hosts it hit; `primary` the
-    /// primary at the time.
+    /// primary at the time; `target` the role of the node a node fault
+    /// hit ("primary" or "replica"; empty for the others).
     Fault {
         id: u32,
         kind: String,
         hosts: Vec<String>,
         primary: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        target: String,
         detail: String,
     },
     /// The fault was undone.

@@ -26,6 +26,8 @@ pub const METRICS_PORT: u16 = 9187;
 pub struct Deployment {
     pub dir: tempfile::TempDir,
     pub hosts: Vec<Host>,
+    /// The hosts' /24 (first three octets), trusted by PostgreSQL.
+    pub subnet: String,
     pub managers: BTreeMap<String, Proc>,
     pub agents: BTreeMap<String, Proc>,
     pub peers: String,
@@ -76,6 +78,7 @@ impl Deployment {
         let mut d = Deployment {
             dir,
             hosts: net.hosts.clone(),
+            subnet: net.subnet.clone(),
             managers: BTreeMap::new(),
             agents: BTreeMap::new(),
             peers,
@@ -153,7 +156,7 @@ impl Deployment {
         let text = format!(
             "{}\n{}\n{}",
             self.agent_top.replace("{host}", &host.name),
-            agent_config(&dir, host, &self.manager_addresses()),
+            agent_config(&dir, host, &self.subnet, &self.manager_addresses()),
             self.agent_tables
         );
         std::fs::write(&config, text).expect("agent config");
@@ -307,8 +310,7 @@ pub async fn http_get(address: &str, path: &str) -> Option<u16> {
         .flatten()
 }
 
-fn agent_config(dir: &Path, host: &Host, managers: &[String]) -> String {
-    let subnet = super::netns::SUBNET;
+fn agent_config(dir: &Path, host: &Host, subnet: &str, managers: &[String]) -> String {
     format!(
         "name = \"{name}\"\ncluster = \"main\"\nmanagers = [{managers}]\nhttp_listen = \"{addr}:{HTTP_PORT}\"\n\
          state_dir = \"{state}\"\nregister_timeout = \"60s\"\n\n[postgresql]\ndata_dir = \"{data}\"\n\
