@@ -101,10 +101,16 @@ fn short_drill(sync: bool, seed: &str, extra: &[&str]) -> tempfile::TempDir {
         .iter()
         .filter(|e| e[1].as_str().is_some_and(|s| s.starts_with("epoch ")))
         .count();
-    assert!(epochs >= 3, "fewer than two failovers in 15 faults: {report}");
+    assert!(
+        epochs >= 3,
+        "fewer than two failovers in 15 faults: {report}"
+    );
     let w = &v["writes"];
     assert!(w["acked"].as_u64().expect("acked") > 1000, "{report}");
-    assert!(w["acked_direct"].as_u64().expect("direct") > 100, "{report}");
+    assert!(
+        w["acked_direct"].as_u64().expect("direct") > 100,
+        "{report}"
+    );
     if sync {
         assert_eq!(w["lost"], 0, "{report}");
     }
@@ -113,7 +119,10 @@ fn short_drill(sync: bool, seed: &str, extra: &[&str]) -> tempfile::TempDir {
     for f in ["events.jsonl", "writes.jsonl", "final.json", "report.json"] {
         assert!(run.join(f).exists(), "{f} missing");
     }
-    assert!(!run.join("n1").join("data").exists(), "data kept without --keep");
+    assert!(
+        !run.join("n1").join("data").exists(),
+        "data kept without --keep"
+    );
     assert!(
         pgquorum::process::processes_under(&run).is_empty(),
         "processes left behind"
@@ -132,7 +141,9 @@ fn async_drill_with_every_fault_passes_its_checks() {
 
 #[test]
 fn sync_drill_with_every_fault_passes_and_its_checker_catches_a_lost_write() {
-    if !common::netns::usable("sync_drill_with_every_fault_passes_and_its_checker_catches_a_lost_write") {
+    if !common::netns::usable(
+        "sync_drill_with_every_fault_passes_and_its_checker_catches_a_lost_write",
+    ) {
         return;
     }
     // Managers on the nodes' hosts, as in a small real deployment.
@@ -156,11 +167,16 @@ fn sync_drill_with_every_fault_passes_and_its_checker_catches_a_lost_write() {
         .find(|a| a["outcome"]["result"] == "acked")
         .expect("an acknowledged write");
     let mut fin: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("final.json")).expect("final")).expect("json");
+        serde_json::from_slice(&std::fs::read(run.join("final.json")).expect("final"))
+            .expect("json");
     let rows = fin["rows"].as_array_mut().expect("rows");
     let before = rows.len();
     rows.retain(|r| !(r[0] == acked["client"] && r[1] == acked["seq"]));
-    assert_eq!(rows.len(), before - 1, "the acknowledged row is on the final primary");
+    assert_eq!(
+        rows.len(),
+        before - 1,
+        "the acknowledged row is on the final primary"
+    );
     std::fs::write(run.join("final.json"), fin.to_string()).expect("write final");
     let doctored = Command::new(bin())
         .args(["drill", "--check"])
@@ -186,7 +202,11 @@ fn bad_drill_flags_are_refused_and_change_nothing() {
         .output()
         .expect("drill");
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown fault `disk-full`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown fault `disk-full`"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!run.exists(), "a refused drill created its directory");
 
     // A directory that holds something else is never used (nor emptied).
@@ -199,12 +219,18 @@ fn bad_drill_flags_are_refused_and_change_nothing() {
         .expect("drill");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(run.join("precious")).expect("kept"), "data");
+    assert_eq!(
+        std::fs::read_to_string(run.join("precious")).expect("kept"),
+        "data"
+    );
 
     for (flags, says) in [
         (&["--managers", "2"][..], "give 1, 3 or 5 managers"),
         (&["--nodes", "1"][..], "2 to 9 nodes"),
-        (&["--colocated", "--nodes", "2"][..], "need at least 3 nodes"),
+        (
+            &["--colocated", "--nodes", "2"][..],
+            "need at least 3 nodes",
+        ),
         (&["--set", "ttl"][..], "give KEY=VALUE"),
     ] {
         let out = Command::new(bin())
@@ -221,5 +247,9 @@ fn bad_drill_flags_are_refused_and_change_nothing() {
         .output()
         .expect("drill --check");
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("is this the directory of a drill"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is this the directory of a drill"),
+        "{}",
+        stderr(&out)
+    );
 }

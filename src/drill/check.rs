@@ -8,10 +8,13 @@
 //!   be lost only when the node that acknowledged it was hit by a fault
 //!   (isolated, frozen, crashed, its agent gone) within one lease of the
 //!   acknowledgement: its last WAL may not have reached the replicas.
-//! * **overlapping acknowledgements**: every row records the timeline it
-//!   was written on, and a node's timeline only grows with promotions. A
-//!   write on an older timeline *sent after* a write on a newer timeline was
-//!   acknowledged proves two primaries took writes at the same time.
+//! * **overlapping acknowledgements**: every row records the node and the
+//!   timeline it was written on; a node writable on a timeline is a term (a
+//!   promotion always starts a new timeline). When a term sent a write
+//!   after another term's write was acknowledged, *and* the other way
+//!   round, both were writable at the same time. (Which term came first
+//!   is the epoch check's business: timelines alone cannot order nodes
+//!   whose histories diverged.)
 //! * **writes after a newer epoch**: once the managers committed a new
 //!   epoch naming another primary (the history's decision time, which comes
 //!   after the old primary's lease ran out), a write sent later and
@@ -19,7 +22,7 @@
 //! * **liveness**: after every heal the cluster was whole again — a healthy
 //!   primary, every node streaming, writes flowing — within the bound.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -110,7 +113,8 @@ struct FaultSpan<'a> {
     primary: &'a str,
     at: u64,
     healed: Option<u64>,
-    converged: Option<u64>,
+    /// When it was whole again, and how long that took after the heal.
+    converged: Option<(u64, u64)>,
     not_converged: bool,
 }
 
@@ -141,9 +145,9 @@ fn spans(events: &[Stamped]) -> Vec<FaultSpan<'_>> {
                     f.healed = Some(e.at_ms);
                 }
             }
-            Event::Converged { id, .. } => {
+            Event::Converged { id, took_ms } => {
                 if let Some(f) = out.iter_mut().find(|f| f.id == *id) {
-                    f.converged = Some(e.at_ms);
+                    f.converged = Some((e.at_ms, *took_ms));
                 }
             }
             Event::NotConverged { id, .. } => {
@@ -180,7 +184,11 @@ pub fn check(log: &Log) -> Verdict {
         .unwrap_or(start);
     let faults = spans(&events);
 
-    let acked: Vec<&Attempt> = log.attempts.iter().filter(|a| a.acked().is_some()).collect();
+    let acked: Vec<&Attempt> = log
+        .attempts
+        .iter()
+        .filter(|a| a.acked().is_some())
+        .collect();
     let mut checks = Vec::new();
 
     // Lost writes.
@@ -213,7 +221,12 @@ pub fn check(log: &Log) -> Verdict {
     let summaries: Vec<FaultSummary> = faults
         .iter()
         .map(|f| {
-            let until = f.converged.or(f.healed).unwrap_or(end).max(f.at);
+            let until = f
+                .converged
+                .map(|(at, _)| at)
+                .or(f.healed)
+                .unwrap_or(end)
+                .max(f.at);
             FaultSummary {
                 id: f.id,
                 kind: f.kind.to_string(),
@@ -223,9 +236,7 @@ pub fn check(log: &Log) -> Verdict {
                 at_ms: f.at.saturating_sub(start),
                 held_ms: f.healed.map(|h| h.saturating_sub(f.at)),
                 outage_ms: longest_gap(&client_acks, f.at, until, end),
-                converged_ms: f
-                    .converged
-                    .map(|c| c.saturating_sub(f.healed.unwrap_or(f.at))),
+                converged_ms: f.converged.map(|(_, took)| took),
                 lost: lost_by_fault.get(&f.id).copied().unwrap_or(0),
             }
         })
@@ -288,7 +299,12 @@ fn median(values: &[u64]) -> u64 {
     }
     let mut v = values.to_vec();
     v.sort_unstable();
-    v[v.len() / 2]
+    let mid = v.len() / 2;
+    if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2
+    } else {
+        v[mid]
+    }
 }
 
 /// The longest stretch without an acknowledgement that touches
@@ -353,12 +369,15 @@ fn lost_writes(
         // One lease either side of the fault: before it, the commits the
         // replicas had not received yet; after it, what an isolated or
         // agentless primary acknowledged until its lease ran out.
-        let excuse = faults.iter().find(|f| {
-            may_lose_unreplicated(f.kind)
-                && f.hosts.iter().any(|h| h == server)
-                && a.end_ms + ttl >= f.at
-                && a.start_ms <= f.at + ttl
-        });
+        let excuse = faults
+            .iter()
+            .filter(|f| {
+                may_lose_unreplicated(f.kind)
+                    && f.hosts.iter().any(|h| h == server)
+                    && a.end_ms + ttl >= f.at
+                    && a.start_ms <= f.at + ttl
+            })
+            .min_by_key(|f| f.at.abs_diff(a.end_ms));
         match excuse {
             Some(f) if !sync => *by_fault.entry(f.id).or_default() += 1,
             _ => unexcused.push(format!(
@@ -402,54 +421,51 @@ fn lost_writes(
 }
 
 fn overlapping_acks(acked: &[&Attempt]) -> CheckResult {
-    // Per timeline: who acknowledged on it, the latest send and the
-    // earliest acknowledgement.
-    struct Span<'a> {
-        servers: BTreeSet<&'a str>,
-        last_sent: &'a Attempt,
+    // A term: one node writable on one timeline (a promotion always starts
+    // a new timeline; a restart in place continues the term). Per term, its
+    // earliest acknowledgement and its latest send.
+    struct Term<'a> {
         first_acked: &'a Attempt,
+        last_sent: &'a Attempt,
     }
-    let mut by_timeline: BTreeMap<u32, Span> = BTreeMap::new();
+    let mut terms: BTreeMap<(&str, u32), Term> = BTreeMap::new();
     for a in acked {
         let Some((server, timeline)) = a.acked() else {
             continue;
         };
-        let s = by_timeline.entry(timeline).or_insert(Span {
-            servers: BTreeSet::new(),
-            last_sent: a,
+        let t = terms.entry((server, timeline)).or_insert(Term {
             first_acked: a,
+            last_sent: a,
         });
-        s.servers.insert(server);
-        if a.start_ms > s.last_sent.start_ms {
-            s.last_sent = a;
+        if a.start_ms > t.last_sent.start_ms {
+            t.last_sent = a;
         }
-        if a.end_ms < s.first_acked.end_ms {
-            s.first_acked = a;
+        if a.end_ms < t.first_acked.end_ms {
+            t.first_acked = a;
         }
     }
+    // X wrote after Y had written and Y wrote after X had written: the two
+    // terms interleave, whatever their order was meant to be.
+    let after = |x: &Term, y: &Term| x.last_sent.start_ms > y.first_acked.end_ms;
+    let list: Vec<(&(&str, u32), &Term)> = terms.iter().collect();
     let mut examples = Vec::new();
-    for (timeline, s) in &by_timeline {
-        if s.servers.len() > 1 {
-            examples.push(format!(
-                "timeline {timeline} was written on by {}",
-                s.servers.iter().copied().collect::<Vec<_>>().join(" and ")
-            ));
-        }
-    }
-    let timelines: Vec<(&u32, &Span)> = by_timeline.iter().collect();
-    for (i, (old_tl, old)) in timelines.iter().enumerate() {
-        for (new_tl, new) in &timelines[i + 1..] {
-            if old.last_sent.start_ms > new.first_acked.end_ms {
+    for (i, ((xs, xt), x)) in list.iter().enumerate() {
+        for ((ys, yt), y) in &list[i + 1..] {
+            if xs != ys && after(x, y) && after(y, x) {
                 examples.push(format!(
-                    "client {} seq {} was sent at {} ms to {} on timeline {old_tl}, after client {} seq {} was acknowledged at {} ms by {} on timeline {new_tl}",
-                    old.last_sent.client,
-                    old.last_sent.seq,
-                    old.last_sent.start_ms,
-                    old.servers.iter().copied().collect::<Vec<_>>().join("/"),
-                    new.first_acked.client,
-                    new.first_acked.seq,
-                    new.first_acked.end_ms,
-                    new.servers.iter().copied().collect::<Vec<_>>().join("/"),
+                    "{xs} (timeline {xt}) took client {} seq {} sent at {} ms, after {ys} (timeline {yt}) had acknowledged client {} seq {} at {} ms; and {ys} took client {} seq {} sent at {} ms, after {xs} had acknowledged client {} seq {} at {} ms",
+                    x.last_sent.client,
+                    x.last_sent.seq,
+                    x.last_sent.start_ms,
+                    y.first_acked.client,
+                    y.first_acked.seq,
+                    y.first_acked.end_ms,
+                    y.last_sent.client,
+                    y.last_sent.seq,
+                    y.last_sent.start_ms,
+                    x.first_acked.client,
+                    x.first_acked.seq,
+                    x.first_acked.end_ms,
                 ));
             }
         }
@@ -458,9 +474,9 @@ fn overlapping_acks(acked: &[&Attempt]) -> CheckResult {
         name: "overlapping acknowledgements".into(),
         passed: examples.is_empty(),
         summary: format!(
-            "{} pairs of nodes acknowledging writes at the same time, over {} timelines",
+            "{} pairs of nodes acknowledging writes at the same time, over {} terms (a node on a timeline)",
             examples.len(),
-            by_timeline.len()
+            terms.len()
         ),
         examples: examples.into_iter().take(EXAMPLES).collect(),
     }
@@ -509,53 +525,64 @@ fn acks_after_newer_epoch(events: &[Stamped], acked: &[&Attempt]) -> CheckResult
 
 fn liveness(events: &[Stamped], faults: &[FaultSpan]) -> CheckResult {
     let mut bad = Vec::new();
+    // After each fault's heal (those that overlapped the next fault are
+    // judged with it), and at the end.
     let mut times = Vec::new();
+    let mut heals = 0;
+    let mut at_end = None;
     for e in events {
         match &e.event {
-            Event::Converged { took_ms, .. } => times.push(*took_ms),
+            Event::Converged { id: 0, took_ms } => at_end = Some(*took_ms),
+            Event::Converged { took_ms, .. } => {
+                heals += 1;
+                times.push(*took_ms);
+            }
             Event::NotConverged {
                 id,
                 waited_ms,
                 state,
-            } => bad.push(format!(
-                "{} not whole {} s after it was healed: {state}",
+            } => {
                 if *id == 0 {
-                    "at the end, the cluster was".to_string()
+                    bad.push(format!(
+                        "at the end, the cluster was not whole {} s after the final heal: {state}",
+                        waited_ms / 1000
+                    ));
                 } else {
-                    format!("after fault {id}, the cluster was")
-                },
-                waited_ms / 1000
-            )),
+                    heals += 1;
+                    bad.push(format!(
+                        "after fault {id}, the cluster was not whole {} s after it was healed: {state}",
+                        waited_ms / 1000
+                    ));
+                }
+            }
             _ => {}
         }
     }
-    let unhealed: Vec<u32> = faults
+    let overlapped = faults
         .iter()
         .filter(|f| f.converged.is_none() && !f.not_converged)
-        .map(|f| f.id)
-        .collect();
-    let final_converged = events
-        .iter()
-        .any(|e| matches!(e.event, Event::Converged { id: 0, .. }));
-    if !final_converged && !bad.iter().any(|b| b.starts_with("at the end")) {
-        bad.push("the cluster was never seen whole after the last heal".into());
-    }
+        .count();
+    let end = match at_end {
+        Some(ms) => format!("; at the end after {ms} ms"),
+        None => {
+            if !bad.iter().any(|b| b.starts_with("at the end")) {
+                bad.push("the cluster was never seen whole after the final heal".into());
+            }
+            String::new()
+        }
+    };
     CheckResult {
         name: "liveness".into(),
         passed: bad.is_empty(),
         summary: format!(
-            "whole again after {} of {} heals (median {} ms, max {} ms){}",
+            "whole again after {} of {heals} heals (median {} ms, max {} ms){end}{}",
             times.len(),
-            times.len() + bad.len(),
             median(&times),
             times.iter().copied().max().unwrap_or(0),
-            if unhealed.is_empty() {
+            if overlapped == 0 {
                 String::new()
             } else {
-                format!(
-                    "; {} faults overlapped the next and were judged with it",
-                    unhealed.len()
-                )
+                format!("; {overlapped} faults overlapped the next and were judged with it")
             }
         ),
         examples: bad.into_iter().take(EXAMPLES).collect(),
@@ -565,7 +592,7 @@ fn liveness(events: &[Stamped], faults: &[FaultSpan]) -> CheckResult {
 fn timeline(events: &[Stamped], start: u64) -> Vec<(u64, String)> {
     events
         .iter()
-        .filter_map(|e| {
+        .map(|e| {
             let what = match &e.event {
                 Event::Started { setup } => format!(
                     "started: {} nodes, {} managers, {} mode, seed {}",
@@ -615,7 +642,7 @@ fn timeline(events: &[Stamped], start: u64) -> Vec<(u64, String)> {
                 ),
                 Event::Interrupted { why } => format!("interrupted: {why}"),
             };
-            Some((e.at_ms.saturating_sub(start), what))
+            (e.at_ms.saturating_sub(start), what)
         })
         .collect()
 }

@@ -239,9 +239,7 @@ impl Cluster {
     }
 
     pub fn manager_running(&self, id: u64) -> bool {
-        self.managers
-            .iter()
-            .any(|m| m.id == id && m.proc.is_some())
+        self.managers.iter().any(|m| m.id == id && m.proc.is_some())
     }
 
     /// SIGKILL a manager.

@@ -175,7 +175,7 @@ impl Plan {
         }
     }
 
-    pub fn next(&mut self) -> Choice {
+    pub fn draw(&mut self) -> Choice {
         if self.bag.is_empty() {
             use rand::seq::SliceRandom;
             self.bag = self.kinds.clone();
@@ -278,12 +278,20 @@ pub async fn inject(
         Kind::HostCrash => {
             let node = node_target(roles, n);
             cluster.crash_host(&node);
-            one(node, "SIGKILL of everything on the host".into(), Heal::RestartHost(String::new()))
+            one(
+                node,
+                "SIGKILL of everything on the host".into(),
+                Heal::RestartHost(String::new()),
+            )
         }
         Kind::AgentKill => {
             let node = node_target(roles, n);
             cluster.kill_agent(&node);
-            one(node.clone(), "SIGKILL of the agent".into(), Heal::RestartAgent(node))
+            one(
+                node.clone(),
+                "SIGKILL of the agent".into(),
+                Heal::RestartAgent(node),
+            )
         }
         Kind::AgentFreeze => {
             let node = node_target(roles, n);
@@ -333,7 +341,11 @@ pub async fn inject(
                 .flat_map(|h| [(host.clone(), h.clone()), (h.clone(), host.clone())])
                 .collect();
             cut(cluster, &links)?;
-            one(host, "cut off from every other host".into(), Heal::Links(links))
+            one(
+                host,
+                "cut off from every other host".into(),
+                Heal::Links(links),
+            )
         }
         Kind::PrimaryDeaf | Kind::PrimaryMute => {
             let p = roles.primary.clone();
@@ -362,26 +374,43 @@ pub async fn inject(
             )
         }
         Kind::ManagerSplit => {
-            let hosts: Vec<String> = cluster.managers.iter().map(|m| m.host.name.clone()).collect();
+            let hosts: Vec<String> = cluster
+                .managers
+                .iter()
+                .map(|m| m.host.name.clone())
+                .collect();
             let minority_size = (hosts.len() - 1) / 2;
             let first = n as usize % hosts.len();
             let minority: Vec<String> = (0..minority_size.max(1))
                 .map(|i| hosts[(first + i) % hosts.len()].clone())
                 .collect();
-            let majority: Vec<String> = hosts.iter().filter(|h| !minority.contains(h)).cloned().collect();
+            let majority: Vec<String> = hosts
+                .iter()
+                .filter(|h| !minority.contains(h))
+                .cloned()
+                .collect();
             let links: Vec<(String, String)> = minority
                 .iter()
-                .flat_map(|a| majority.iter().flat_map(move |b| [(a.clone(), b.clone()), (b.clone(), a.clone())]))
+                .flat_map(|a| {
+                    majority
+                        .iter()
+                        .flat_map(move |b| [(a.clone(), b.clone()), (b.clone(), a.clone())])
+                })
                 .collect();
             cut(cluster, &links)?;
             Injected {
+                // The nodes that lose: those cut off with the minority
+                // (colocated managers share their hosts).
                 hosts: minority
                     .iter()
-                    .chain(&majority)
                     .filter(|h| cluster.nodes.contains(h))
                     .cloned()
                     .collect(),
-                detail: format!("managers on {} cut from those on {}", minority.join(","), majority.join(",")),
+                detail: format!(
+                    "managers on {} cut from those on {}",
+                    minority.join(","),
+                    majority.join(",")
+                ),
                 heal: Heal::Links(links),
                 operation: None,
             }
@@ -400,7 +429,11 @@ pub async fn inject(
                 hosts: vec![host],
                 detail: format!(
                     "SIGKILL of manager {id}{}",
-                    if roles.leader == Some(id) { " (the leader)" } else { "" }
+                    if roles.leader == Some(id) {
+                        " (the leader)"
+                    } else {
+                        ""
+                    }
                 ),
                 heal: Heal::RestartManagers(vec![id]),
                 operation: None,
@@ -525,7 +558,10 @@ mod tests {
         );
         assert_eq!(Kind::parse_list("all").unwrap().len(), Kind::ALL.len());
         let e = Kind::parse_list("host-crash,disk-full").unwrap_err();
-        assert!(e.contains("unknown fault `disk-full`") && e.contains("agent-kill"), "{e}");
+        assert!(
+            e.contains("unknown fault `disk-full`") && e.contains("agent-kill"),
+            "{e}"
+        );
         assert!(Kind::parse_list(" , ").is_err());
     }
 
@@ -535,16 +571,25 @@ mod tests {
         let ttl = Duration::from_secs(2);
         let a: Vec<_> = {
             let mut p = Plan::new(7, kinds.clone(), ttl);
-            (0..50).map(|_| p.next()).map(|c| (c.kind, c.pick, c.hold)).collect()
+            (0..50)
+                .map(|_| p.draw())
+                .map(|c| (c.kind, c.pick, c.hold))
+                .collect()
         };
         let b: Vec<_> = {
             let mut p = Plan::new(7, kinds.clone(), ttl);
-            (0..50).map(|_| p.next()).map(|c| (c.kind, c.pick, c.hold)).collect()
+            (0..50)
+                .map(|_| p.draw())
+                .map(|c| (c.kind, c.pick, c.hold))
+                .collect()
         };
         assert_eq!(a, b);
         let c: Vec<_> = {
             let mut p = Plan::new(8, kinds, ttl);
-            (0..50).map(|_| p.next()).map(|c| (c.kind, c.pick, c.hold)).collect()
+            (0..50)
+                .map(|_| p.draw())
+                .map(|c| (c.kind, c.pick, c.hold))
+                .collect()
         };
         assert_ne!(a, c);
         assert!(a

@@ -77,10 +77,7 @@ pub enum DrillError {
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
     #[error("cannot write the drill's logs in {dir}: {source}")]
-    Logs {
-        dir: String,
-        source: std::io::Error,
-    },
+    Logs { dir: String, source: std::io::Error },
 }
 
 /// The events written down so far.
@@ -96,7 +93,9 @@ impl EventLog {
     fn record_at(&self, at_ms: u64, event: Event) {
         let stamped = Stamped { at_ms, event };
         if let Ok(mut e) = self.0.lock() {
-            if let Err(err) = e.file.append(&stamped) {
+            // Flushed line by line: the timeline can be followed live, and
+            // survives the drill itself being killed.
+            if let Err(err) = e.file.append(&stamped).and_then(|()| e.file.flush()) {
                 tracing::warn!(error = %err, "cannot write the drill's event log");
             }
             e.all.push(stamped);
@@ -246,9 +245,8 @@ fn prepare_dir(dir: &Path) -> Result<(), DrillError> {
             )));
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| {
-        DrillError::Setup(format!("cannot create {}: {e}", dir.display()))
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DrillError::Setup(format!("cannot create {}: {e}", dir.display())))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| DrillError::Setup(format!("cannot open up {}: {e}", dir.display())))
@@ -335,7 +333,8 @@ async fn drive(
         .iter()
         .map(|n| (c.host_of(n).address, n.clone()))
         .collect();
-    let direct: Vec<(String, String)> = c.nodes.iter().map(|n| (n.clone(), c.node_dsn(n))).collect();
+    let direct: Vec<(String, String)> =
+        c.nodes.iter().map(|n| (n.clone(), c.node_dsn(n))).collect();
     let writes = JsonLines::create(&opts.dir.join(record::WRITES)).map_err(|e| e.to_string())?;
     let load = workload::Workload::start(
         &c.dsn(),
@@ -363,7 +362,10 @@ async fn drive(
         say(opts, "final heal: waiting for the cluster to be whole");
         let r = wait_whole(c, opts, Some(&load), healed_at, CONVERGE_LIMIT).await;
         match &r {
-            Ok(took) => events.record(Event::Converged { id: 0, took_ms: *took }),
+            Ok(took) => events.record(Event::Converged {
+                id: 0,
+                took_ms: *took,
+            }),
             Err(state) => events.record(Event::NotConverged {
                 id: 0,
                 waited_ms: CONVERGE_LIMIT.as_millis() as u64,
@@ -392,10 +394,14 @@ async fn drive(
                         rows,
                     };
                     let text = serde_json::to_vec(&f).map_err(|e| e.to_string())?;
-                    std::fs::write(opts.dir.join(record::FINAL), text).map_err(|e| e.to_string())?;
+                    std::fs::write(opts.dir.join(record::FINAL), text)
+                        .map_err(|e| e.to_string())?;
                     final_rows = Some(f);
                 }
-                Err(e) => say(opts, format!("cannot read the final primary {}: {e}", s.primary)),
+                Err(e) => say(
+                    opts,
+                    format!("cannot read the final primary {}: {e}", s.primary),
+                ),
             }
         }
     }
@@ -472,7 +478,10 @@ async fn inject_and_heal(
                             id: healed,
                             took_ms: took,
                         });
-                        say(opts, format!("  whole again after {:.1} s", took as f64 / 1000.0));
+                        say(
+                            opts,
+                            format!("  whole again after {:.1} s", took as f64 / 1000.0),
+                        );
                     }
                     Err(state) => {
                         events.record(Event::NotConverged {
@@ -480,7 +489,13 @@ async fn inject_and_heal(
                             waited_ms: CONVERGE_LIMIT.as_millis() as u64,
                             state: state.clone(),
                         });
-                        say(opts, format!("  NOT whole again within {} s: {state}", CONVERGE_LIMIT.as_secs()));
+                        say(
+                            opts,
+                            format!(
+                                "  NOT whole again within {} s: {state}",
+                                CONVERGE_LIMIT.as_secs()
+                            ),
+                        );
                         // Another fault on a broken cluster proves nothing.
                         return Ok(());
                     }
@@ -499,7 +514,7 @@ async fn inject_and_heal(
             if let Some(s) = c.status().await {
                 roles = Roles::of(&s);
             }
-            let choice = plan.next();
+            let choice = plan.draw();
             // Overlapping faults hit different hosts, and only one touches
             // the managers as a whole at a time.
             let clash = active.iter().any(|a| clashes(a, choice, &roles));
@@ -638,7 +653,11 @@ async fn wait_whole(
                     }
                 }
                 if s.nodes.len() != opts.nodes {
-                    wrong.push(format!("{} of {} nodes registered", s.nodes.len(), opts.nodes));
+                    wrong.push(format!(
+                        "{} of {} nodes registered",
+                        s.nodes.len(),
+                        opts.nodes
+                    ));
                 }
                 let voters = s
                     .managers

@@ -78,9 +78,9 @@ fn subnet_in_use(prefix: &str, except: &str) -> bool {
     let Ok(out) = Command::new("ip").args(["-o", "addr", "show"]).output() else {
         return true;
     };
-    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
-        l.contains(&format!(" {prefix}.")) && l.split_whitespace().nth(1) != Some(except)
-    })
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.contains(&format!(" {prefix}.")) && l.split_whitespace().nth(1) != Some(except))
 }
 
 impl Network {

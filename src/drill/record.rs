@@ -104,7 +104,11 @@ pub enum Event {
     /// primary, every other node streaming, and writes acknowledged.
     Converged { id: u32, took_ms: u64 },
     /// ... or was not, within the bound.
-    NotConverged { id: u32, waited_ms: u64, state: String },
+    NotConverged {
+        id: u32,
+        waited_ms: u64,
+        state: String,
+    },
     /// A decision in the managers' history (bootstrap, failover,
     /// switchover…): from `at_ms` on, `primary` is the only node that may
     /// acknowledge writes.
@@ -216,13 +220,15 @@ impl Log {
         let attempts = read_lines(&dir.join(WRITES))?;
         let final_path = dir.join(FINAL);
         let final_rows = match std::fs::read(&final_path) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|source| {
-                ReadError::Parse {
-                    path: final_path.display().to_string(),
-                    line: 1,
-                    source,
-                }
-            })?),
+            Ok(bytes) => {
+                Some(
+                    serde_json::from_slice(&bytes).map_err(|source| ReadError::Parse {
+                        path: final_path.display().to_string(),
+                        line: 1,
+                        source,
+                    })?,
+                )
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(ReadError::Io {

@@ -26,7 +26,11 @@ pub fn render(v: &Verdict) -> String {
             } else {
                 "loopback (process faults only)"
             },
-            if s.overlap { ", overlapping faults" } else { "" },
+            if s.overlap {
+                ", overlapping faults"
+            } else {
+                ""
+            },
             v.duration_ms / 1000,
             v.faults.len()
         );
@@ -44,7 +48,13 @@ pub fn render(v: &Verdict) -> String {
         let _ = writeln!(
             out,
             "\n{:<18} {:>5} {:>15} {:>11} {:>18} {:>11} {:>6}",
-            "FAULT", "COUNT", "OUTAGE MEDIAN s", "OUTAGE MAX", "WHOLE AGAIN MEDIAN", "WHOLE MAX", "LOST"
+            "FAULT",
+            "COUNT",
+            "OUTAGE MEDIAN s",
+            "OUTAGE MAX",
+            "WHOLE AGAIN MEDIAN",
+            "WHOLE MAX",
+            "LOST"
         );
         for k in &v.kinds {
             let _ = writeln!(

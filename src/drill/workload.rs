@@ -217,7 +217,10 @@ pub async fn rows_on(dsn: &str) -> Result<Vec<(u32, u64)>, tokio_postgres::Error
     let (c, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let rows = c
-        .query("SELECT client, seq FROM drill_writes ORDER BY client, seq", &[])
+        .query(
+            "SELECT client, seq FROM drill_writes ORDER BY client, seq",
+            &[],
+        )
         .await?;
     Ok(rows
         .iter()

@@ -277,7 +277,7 @@ fn clean_run_passes_with_exact_figures() {
     );
     assert_eq!(
         named(&v, LIVENESS).summary,
-        "whole again after 2 of 2 heals (median 1500 ms, max 1500 ms)"
+        "whole again after 1 of 1 heals (median 1500 ms, max 1500 ms); at the end after 500 ms"
     );
     assert_eq!(
         named(&v, EPOCH).summary,
@@ -285,7 +285,7 @@ fn clean_run_passes_with_exact_figures() {
     );
     assert_eq!(
         named(&v, OVERLAP).summary,
-        "0 pairs of nodes acknowledging writes at the same time, over 2 timelines"
+        "0 pairs of nodes acknowledging writes at the same time, over 2 terms (a node on a timeline)"
     );
 
     let times: Vec<u64> = v.timeline.iter().map(|(t, _)| *t).collect();
@@ -538,11 +538,11 @@ fn old_timeline_write_sent_after_newer_ack_fails() {
     let c = named(&v, OVERLAP);
     assert_eq!(
         c.examples,
-        ["client 2 seq 1 was sent at 4500 ms to n1 on timeline 1, after client 1 seq 2 was acknowledged at 4010 ms by n2 on timeline 2"]
+        ["n1 (timeline 1) took client 2 seq 1 sent at 4500 ms, after n2 (timeline 2) had acknowledged client 1 seq 2 at 4010 ms; and n2 took client 1 seq 2 sent at 4000 ms, after n1 had acknowledged client 1 seq 1 at 2010 ms"]
     );
     assert_eq!(
         c.summary,
-        "1 pairs of nodes acknowledging writes at the same time, over 2 timelines"
+        "1 pairs of nodes acknowledging writes at the same time, over 2 terms (a node on a timeline)"
     );
 }
 
@@ -579,23 +579,31 @@ fn sequential_and_touching_timelines_pass() {
     assert!(!named(&v, OVERLAP).passed);
 }
 
-/// Two servers acknowledging on the same timeline, even at different
-/// times, fail.
+/// Two nodes may write on the same timeline number in turn: a replica
+/// that never saw timeline 2 picks 2 again when it is promoted after the
+/// first timeline-2 primary died. Only interleaving is proof.
 #[test]
-fn two_servers_on_one_timeline_fail() {
+fn two_servers_on_one_timeline_in_turn_pass_interleaved_fail() {
     let v = overlap_verdict(vec![
-        ack(1, 1, "n1", 1, 1_000, 1_010),
-        ack(1, 2, "n2", 1, 2_000, 2_010),
+        ack(1, 1, "n1", 2, 1_000, 1_010),
+        ack(1, 2, "n2", 2, 2_000, 2_010),
     ]);
-
-    assert_eq!(failing(&v), [OVERLAP]);
-    assert_eq!(
-        named(&v, OVERLAP).examples,
-        ["timeline 1 was written on by n1 and n2"]
-    );
+    assert!(named(&v, OVERLAP).passed, "{:#?}", v.checks);
     assert_eq!(
         named(&v, OVERLAP).summary,
-        "1 pairs of nodes acknowledging writes at the same time, over 1 timelines"
+        "0 pairs of nodes acknowledging writes at the same time, over 2 terms (a node on a timeline)"
+    );
+
+    let v = overlap_verdict(vec![
+        ack(1, 1, "n1", 2, 1_000, 1_010),
+        ack(1, 2, "n2", 2, 2_000, 2_010),
+        ack(1, 3, "n1", 2, 3_000, 3_010),
+    ]);
+    assert_eq!(failing(&v), [OVERLAP]);
+    assert!(
+        named(&v, OVERLAP).examples[0].starts_with("n1 (timeline 2) took client 1 seq 3"),
+        "{:#?}",
+        named(&v, OVERLAP).examples
     );
 }
 
@@ -612,12 +620,12 @@ fn old_timeline_write_after_a_much_newer_ack_fails() {
     assert!(!c.passed);
     assert_eq!(c.examples.len(), 2, "{:#?}", c.examples);
     assert!(
-        c.examples[0].ends_with("by n2 on timeline 2"),
+        c.examples[0].contains("after n2 (timeline 2) had acknowledged"),
         "{}",
         c.examples[0]
     );
     assert!(
-        c.examples[1].ends_with("by n3 on timeline 3"),
+        c.examples[1].contains("after n3 (timeline 3) had acknowledged"),
         "{}",
         c.examples[1]
     );
@@ -744,7 +752,7 @@ fn missing_final_convergence_fails_liveness() {
     assert_eq!(failing(&v), [LIVENESS]);
     assert_eq!(
         named(&v, LIVENESS).examples,
-        ["the cluster was never seen whole after the last heal"]
+        ["the cluster was never seen whole after the final heal"]
     );
 }
 
@@ -759,7 +767,7 @@ fn final_not_converged_is_reported_once() {
     assert_eq!(failing(&v), [LIVENESS]);
     assert_eq!(
         named(&v, LIVENESS).examples,
-        ["at the end, the cluster was not whole 30 s after it was healed: no primary"]
+        ["at the end, the cluster was not whole 30 s after the final heal: no primary"]
     );
 }
 
@@ -888,7 +896,7 @@ fn failed_attempts_are_never_counted() {
 
 /// Two postgres freezes of the primary make one `KindStats` (count 2, the
 /// larger outage as max); the same fault on a replica is its own line.
-/// (The median of two values is the upper one.)
+/// (The median of two values is their mean.)
 #[test]
 fn kind_stats_group_faults_by_kind_and_target() {
     let events = vec![
@@ -925,9 +933,9 @@ fn kind_stats_group_faults_by_kind_and_target() {
             KindStats {
                 kind: "postgres-freeze/primary".into(),
                 count: 2,
-                outage_median_ms: 2_600,
+                outage_median_ms: 2_000,
                 outage_max_ms: 2_600,
-                converged_median_ms: 1_000,
+                converged_median_ms: 750,
                 converged_max_ms: 1_000,
                 lost: 0,
             },
