@@ -212,6 +212,36 @@ async fn cli_input_errors() {
         "{}",
         stderr(&out)
     );
+    // Nothing listening is said plainly (and at once, instead of after the
+    // retry period meant for a leader change).
+    assert!(
+        stderr(&out).contains("nothing listens at") && stderr(&out).contains("connection refused"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A port where something else answers (an HTTP/1 server): a plain
+    // message, not a raw protocol error blamed on TLS alone.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let http_address = http.local_addr().expect("address").to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in http.incoming().flatten().take(8) {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    let out = cli(&["--managers", &http_address, "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("does not answer as a pgquorum manager")
+            && stderr(&out).contains("another service"),
+        "{}",
+        stderr(&out)
+    );
 
     // Refusals from a live group: exit 1, state unchanged.
     let m = Managers::start(1);
@@ -241,4 +271,30 @@ async fn cli_input_errors() {
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
     assert_eq!(m.local_config(1).await.unwrap(), before);
+}
+
+/// Output into a closed pipe (`pgquorum … | head -1`) ends the command
+/// quietly, as other Unix tools do: no panic, no backtrace.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(common::bin())
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).expect("some output");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.success() || out.status.signal() == Some(13),
+        "{:?}: {err}",
+        out.status
+    );
 }

@@ -58,8 +58,10 @@ pub enum ClientError {
         last: String,
         hint: &'static str,
     },
-    #[error("the manager at {address} does not speak plaintext gRPC ({message}): it probably uses TLS; give --tls-ca (PGQUORUM_TLS_CA) with the CA that signed its certificate")]
+    #[error("{address} does not answer as a pgquorum manager ({message}): is it another service (an agent's HTTP port, PostgreSQL)? check --managers (PGQUORUM_MANAGERS); if it is a manager with TLS, give --tls-ca (PGQUORUM_TLS_CA) with the CA that signed its certificate")]
     NeedsTls { address: String, message: String },
+    #[error("nothing listens at {addresses} (connection refused): no manager runs there; check --managers (PGQUORUM_MANAGERS) and that the managers are up")]
+    NothingListening { addresses: String },
     #[error("the managers' certificates are not accepted ({last}): give --tls-ca the CA that signed them, and make sure they name the addresses in --managers")]
     BadServerCertificate { last: String },
 }
@@ -69,11 +71,32 @@ impl ClientError {
         match self {
             ClientError::Refused(s) => Some(s.code()),
             ClientError::Unreachable { .. }
+            | ClientError::NothingListening { .. }
             | ClientError::NeedsTls { .. }
             | ClientError::BadServerCertificate { .. } => None,
         }
     }
 }
+
+/// The call failed because nothing listens at the address: the
+/// connection was refused. Unlike a manager without a leader for a
+/// moment, that is not worth waiting out.
+fn refused(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    status.message().contains("Connection refused")
+}
+
+/// Rounds of "connection refused" from every manager before giving up:
+/// a manager restarting has its port closed for a moment only.
+const REFUSED_ROUNDS: u32 = 2;
 
 fn retryable(status: &Status) -> bool {
     matches!(
@@ -116,10 +139,12 @@ impl ApiClient {
     {
         let deadline = Instant::now() + RETRY_FOR.max(self.timeout);
         let mut last = String::from("none");
+        let mut refused_rounds = 0;
         loop {
             // A manager whose certificate this client rejects will not
             // change its mind: when every manager fails that way, stop.
             let mut rejected = 0;
+            let mut refusing = 0;
             for (address, channel) in self.addresses.iter().zip(&self.channels) {
                 let client = PgQuorumClient::with_interceptor(channel.clone(), self.auth.clone());
                 match f(client, self.timeout).await {
@@ -137,6 +162,9 @@ impl ApiClient {
                     }
                     Err(status) if retryable(&status) => {
                         tracing::debug!(code = ?status.code(), message = status.message(), "manager unavailable, trying the next");
+                        if refused(&status) {
+                            refusing += 1;
+                        }
                         last = status.message().to_string();
                         if self.tls && last.contains("invalid peer certificate") {
                             rejected += 1;
@@ -148,6 +176,16 @@ impl ApiClient {
             }
             if rejected == self.channels.len() {
                 return Err(ClientError::BadServerCertificate { last });
+            }
+            if refusing == self.channels.len() {
+                refused_rounds += 1;
+                if refused_rounds >= REFUSED_ROUNDS {
+                    return Err(ClientError::NothingListening {
+                        addresses: self.addresses.join(", "),
+                    });
+                }
+            } else {
+                refused_rounds = 0;
             }
             if Instant::now() >= deadline {
                 return Err(ClientError::Unreachable {

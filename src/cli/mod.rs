@@ -205,6 +205,25 @@ pub enum Command {
 /// Parse the command line and run the command; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Manager(_)
+            | Command::Agent(_)
+            | Command::Keeper(_)
+            | Command::Sandbox(_)
+            | Command::Drill(_)
+    ) {
+        // A command whose output goes to a closed pipe (`| head`) ends
+        // quietly, as other Unix tools do, instead of panicking on the
+        // write. The daemons keep ignoring SIGPIPE: they see EPIPE.
+        // SAFETY: no other thread runs yet, and SIG_DFL is a valid action.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     if let Command::Keeper(args) = &cli.command {
         // Before any runtime exists: the keeper is single-threaded (the
         // postmaster's parent-death signal follows the forking thread).
