@@ -45,6 +45,63 @@ async fn every_command_in_human_and_json_form() {
         .unwrap()
         .to_string();
 
+    // dsn: every node, the primary first; it lands on the primary.
+    let out = d.cli(&["dsn"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conn = stdout(&out).trim().to_string();
+    assert!(conn.contains("target_session_attrs=read-write"), "{conn}");
+    let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect with the printed dsn");
+    tokio::spawn(connection);
+    let in_recovery: bool = c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert!(!in_recovery, "dsn did not land on the primary");
+    let ro = json(&d.cli(&["dsn", "--read-only", "--json"]));
+    assert_eq!(ro["target_session_attrs"], "prefer-standby");
+    assert_eq!(ro["hosts"].as_array().unwrap().len(), 3);
+    let primary_node = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == s["primary"])
+        .unwrap()
+        .clone();
+    assert_eq!(ro["hosts"][0], primary_node["host"]);
+    assert_eq!(ro["ports"][0], primary_node["port"]);
+
+    // status --watch --json: one line per update, each with its time.
+    let mut watch = std::process::Command::new(common::bin())
+        .args([
+            "--managers",
+            &d.manager_addresses().join(","),
+            "status",
+            "--watch",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("status --watch");
+    let stdout_pipe = watch.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout_pipe), &mut first);
+        let _ = tx.send(first);
+    });
+    let first = rx.recv_timeout(Duration::from_secs(30));
+    let _ = watch.kill();
+    let first = first.expect("a status --watch line within 30 s");
+    let _ = watch.wait();
+    let w: serde_json::Value = serde_json::from_str(&first).expect("watch JSON");
+    assert!(
+        w["at"].as_str().is_some_and(|t| t.ends_with('Z')) && w["nodes"].is_array(),
+        "{first}"
+    );
+
     // managers
     assert!(stdout(&d.cli(&["managers", "list"])).contains("leader"));
     assert_eq!(

@@ -3,6 +3,7 @@
 
 mod client;
 mod drill;
+mod dsn;
 mod managers;
 mod ops;
 mod output;
@@ -179,6 +180,9 @@ pub enum Command {
     Pause(With<ops::ClusterArg>),
     /// Resume automatic actions.
     Resume(With<ops::ClusterArg>),
+    /// Print the connection string for a cluster (every node, the primary
+    /// first; read-write, or --read-only).
+    Dsn(With<dsn::DsnArgs>),
     /// Every promotion, with time, reason, epoch, timeline and LSN.
     History(With<ops::ClusterArg>),
     /// Planned switchover to a replica.
@@ -358,6 +362,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config(g) => ops::config(&merge(&global, &g.conn), g.command).await,
         Command::Pause(w) => ops::pause(&merge(&global, &w.conn), w.args, true).await,
         Command::Resume(w) => ops::pause(&merge(&global, &w.conn), w.args, false).await,
+        Command::Dsn(w) => dsn::run(&merge(&global, &w.conn), w.args).await,
         Command::History(w) => ops::history(&merge(&global, &w.conn), w.args).await,
         Command::Switchover(w) => ops::switchover(&merge(&global, &w.conn), w.args).await,
         Command::Failover(w) => ops::failover(&merge(&global, &w.conn), w.args).await,

@@ -37,6 +37,9 @@ pub struct StatusJson {
     pub pending_switchover: Option<String>,
     pub nodes: Vec<NodeJson>,
     pub managers: Vec<ManagerJson>,
+    /// When this status was received (`--watch` lines only), RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +82,7 @@ impl From<&ClusterStatus> for StatusJson {
             lease_open: s.lease_open,
             sync_mode: s.sync_mode.clone(),
             pending_switchover: none_if_empty(&s.pending_switchover),
+            at: None,
             nodes: s
                 .nodes
                 .iter()
@@ -231,13 +235,19 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<(), Failure> {
         loop {
             match stream.message().await {
                 Ok(Some(status)) => {
+                    // Each update says when it came: a frozen screen is
+                    // not mistaken for a quiet cluster.
+                    let at =
+                        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
                     if global.json {
-                        if let Ok(line) = serde_json::to_string(&StatusJson::from(&status)) {
+                        let mut json = StatusJson::from(&status);
+                        json.at = Some(at);
+                        if let Ok(line) = serde_json::to_string(&json) {
                             println!("{line}");
                         }
                     } else {
                         // Clear the screen and draw again, in place.
-                        print!("\x1b[2J\x1b[H{}", render(&status));
+                        print!("\x1b[2J\x1b[H{at}\n{}", render(&status));
                         println!();
                     }
                     let _ = std::io::stdout().flush();
