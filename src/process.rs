@@ -45,6 +45,25 @@ pub fn signal_all(pids: &[i32], signal: Signal) {
     }
 }
 
+/// SIGSTOP every process `scan` finds, scanning again until no new one
+/// shows up (a postmaster may fork a backend between the scan and the
+/// signal); the pids stopped.
+pub fn stop_all(scan: impl Fn() -> Vec<i32>) -> Vec<i32> {
+    let mut stopped: Vec<i32> = Vec::new();
+    for _ in 0..20 {
+        let new: Vec<i32> = scan()
+            .into_iter()
+            .filter(|p| !stopped.contains(p))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        signal_all(&new, Signal::SIGSTOP);
+        stopped.extend(new);
+    }
+    stopped
+}
+
 /// Wait (bounded, polling) until none of `pids` is alive; whether they went.
 pub fn wait_gone(pids: &[i32], limit: Duration) -> bool {
     let deadline = Instant::now() + limit;

@@ -16,7 +16,7 @@ use crate::drill::fault::Kind;
 #[derive(Debug, Args)]
 pub struct DrillArgs {
     /// Where the cluster and the drill's logs live; must be new or empty
-    /// [default: /tmp/pgquorum-drill-SEED].
+    /// [default: /tmp/pgquorum-drill-SEED-TIME].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// PostgreSQL nodes.
@@ -101,10 +101,24 @@ impl DrillArgs {
         if !(1..=64).contains(&self.clients) {
             return Err(Failure::usage("--clients: give 1 to 64 writers"));
         }
+        if self.count == Some(0) {
+            return Err(Failure::usage("--count must be at least 1"));
+        }
         let (kinds, kinds_named) = match &self.faults {
             Some(list) => (Kind::parse_list(list).map_err(Failure::usage)?, true),
             None => (Kind::ALL.to_vec(), false),
         };
+        let network: Vec<&str> = kinds
+            .iter()
+            .filter(|k| k.needs_network())
+            .map(|k| k.name())
+            .collect();
+        if kinds_named && !network.is_empty() && !crate::drill::net::namespaces_available() {
+            return Err(Failure::usage(format!(
+                "--faults {}: they need network namespaces, which need root and iproute2; run the drill as root, or leave them out",
+                network.join(",")
+            )));
+        }
         let mut config = Vec::new();
         for s in &self.set {
             let (k, v) = s.split_once('=').ok_or_else(|| {
@@ -118,10 +132,16 @@ impl DrillArgs {
         let seed = self
             .seed
             .unwrap_or_else(|| u64::from(rand::random::<u32>()));
-        let dir = self
-            .dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/tmp/pgquorum-drill-{seed}")));
+        // A new directory per run by default: a failed drill's logs stay,
+        // and the command that reproduces it still runs.
+        let dir = match &self.dir {
+            Some(d) => std::path::absolute(d)
+                .map_err(|e| Failure::usage(format!("--dir {}: {e}", d.display())))?,
+            None => PathBuf::from(format!(
+                "/tmp/pgquorum-drill-{seed}-{}",
+                crate::wallclock::unix_secs()
+            )),
+        };
         if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
             return Err(Failure::usage(format!(
                 "--dir {}: not empty (an earlier drill?); give another directory, or remove it first",
@@ -189,8 +209,16 @@ pub async fn run(global: &GlobalArgs, args: DrillArgs) -> Result<(), Failure> {
     print(global.json, &verdict, || {
         crate::drill::report::render(&verdict)
     });
+    let interrupted = verdict
+        .checks
+        .iter()
+        .any(|c| c.name == "completed" && !c.passed);
     if verdict.passed {
         Ok(())
+    } else if interrupted {
+        Err(Failure::failed(
+            "the drill did not run to its end: the checks above cover only what ran",
+        ))
     } else {
         Err(Failure::failed(
             "the drill found a violation (see the checks above)",

@@ -640,6 +640,7 @@ fn timeline(events: &[Stamped], start: u64) -> Vec<(u64, String)> {
                     "fault {id}: `{command}` {}: {answer}",
                     if *accepted { "accepted" } else { "refused" }
                 ),
+                Event::Skipped { kind, why } => format!("{kind} skipped: {why}"),
                 Event::Interrupted { why } => format!("interrupted: {why}"),
             };
             (e.at_ms.saturating_sub(start), what)

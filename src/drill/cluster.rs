@@ -31,6 +31,8 @@ pub enum ClusterError {
         what: String,
         source: std::io::Error,
     },
+    #[error("the drill has no host named {0}")]
+    UnknownHost(String),
     #[error("cannot prepare {path}: {source}")]
     Files {
         path: String,
@@ -59,6 +61,21 @@ impl Proc {
             .append(true)
             .open(log)
             .map_err(files)?;
+        if let Some(dir) = log.parent() {
+            // Working in the drill's directory: whatever is left there at
+            // the end is found and stopped.
+            command.current_dir(dir);
+        }
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the
+        // child between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                // If the drill itself is killed, its managers and agents
+                // go with it (keepers and PostgreSQL are stopped by the
+                // drill's teardown, or by hand: docs/operations/drill.md).
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
         let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone().map_err(files)?)
@@ -166,7 +183,7 @@ impl Cluster {
             net,
         };
         for (i, host) in placement.iter().enumerate() {
-            let host = c.host(host).clone();
+            let host = c.host(host)?.clone();
             c.managers.push(Manager {
                 id: i as u64 + 1,
                 host,
@@ -185,16 +202,16 @@ impl Cluster {
         Ok(c)
     }
 
-    fn host(&self, name: &str) -> &Host {
+    /// The host named `name`: one of the drill's own names (n1…, m1…),
+    /// which always exist.
+    fn host(&self, name: &str) -> Result<&Host, ClusterError> {
         self.net
-            .hosts
-            .iter()
-            .find(|h| h.name == name)
-            .unwrap_or(&self.net.hosts[0])
+            .host(name)
+            .ok_or_else(|| ClusterError::UnknownHost(name.to_string()))
     }
 
-    pub fn host_of(&self, name: &str) -> Host {
-        self.host(name).clone()
+    pub fn address_of(&self, name: &str) -> Result<String, ClusterError> {
+        Ok(self.host(name)?.address.clone())
     }
 
     fn host_dir(&self, host: &str) -> Result<PathBuf, ClusterError> {
@@ -288,7 +305,7 @@ impl Cluster {
         if self.agents.get(node).is_some_and(Option::is_some) {
             return Ok(());
         }
-        let host = self.host(node).clone();
+        let host = self.host(node)?.clone();
         let dir = self.host_dir(node)?;
         let config = dir.join("agent.toml");
         let text = agent_config(&dir, &host, &self.net.subnet, &self.manager_addresses());
@@ -338,14 +355,8 @@ impl Cluster {
     /// The host dies: everything on it is frozen first (so that nothing
     /// notices the others going), then killed.
     pub fn crash_host(&mut self, host: &str) {
-        let mut pids = if self.nodes.iter().any(|n| n == host) {
-            self.node_pids(host)
-        } else {
-            Vec::new()
-        };
         let managers = self.managers_on(host);
-        pids.extend(managers.iter().filter_map(|id| self.manager_pid(*id)));
-        crate::process::signal_all(&pids, Signal::SIGSTOP);
+        let pids = crate::process::stop_all(|| self.host_pids(host));
         crate::process::signal_all(&pids, Signal::SIGKILL);
         self.kill_agent(host);
         for id in managers {
@@ -418,24 +429,25 @@ impl Cluster {
     }
 
     /// A connection string that follows the primary.
-    pub fn dsn(&self) -> String {
-        format!(
+    pub fn dsn(&self) -> Result<String, ClusterError> {
+        let hosts = self
+            .nodes
+            .iter()
+            .map(|n| self.address_of(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(format!(
             "host={} port={} user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=1",
-            self.nodes
-                .iter()
-                .map(|n| self.host(n).address.clone())
-                .collect::<Vec<_>>()
-                .join(","),
+            hosts.join(","),
             vec![PG_PORT.to_string(); self.nodes.len()].join(",")
-        )
+        ))
     }
 
     /// A connection string for one node.
-    pub fn node_dsn(&self, node: &str) -> String {
-        format!(
+    pub fn node_dsn(&self, node: &str) -> Result<String, ClusterError> {
+        Ok(format!(
             "host={} port={PG_PORT} user=postgres dbname=postgres connect_timeout=1",
-            self.host(node).address
-        )
+            self.address_of(node)?
+        ))
     }
 
     fn api_clients(&self) -> Vec<PgQuorumClient<tonic::transport::Channel>> {

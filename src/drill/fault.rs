@@ -202,17 +202,6 @@ pub enum Heal {
     RestartManagers(Vec<u64>),
 }
 
-/// An injected fault.
-#[derive(Debug, Clone)]
-pub struct Injected {
-    pub hosts: Vec<String>,
-    pub detail: String,
-    pub heal: Heal,
-    /// An operator command issued as part of the fault: the command line
-    /// and whether the managers accepted it, with their answer.
-    pub operation: Option<(String, bool, String)>,
-}
-
 /// Roles as the managers last reported them.
 pub struct Roles {
     pub primary: String,
@@ -253,75 +242,62 @@ fn node_target(roles: &Roles, n: u32) -> String {
     }
 }
 
-/// Inject `choice` into `cluster`, whose roles are `roles`.
-pub async fn inject(
-    cluster: &mut Cluster,
-    choice: Choice,
-    roles: &Roles,
-) -> Result<Injected, String> {
+/// Whom a fault hits, decided before anything is done (so that it can be
+/// written down first, and overlapping faults can keep apart).
+#[derive(Debug, Clone)]
+pub struct Aim {
+    pub kind: Kind,
+    /// The node or host hit (empty for faults on all managers).
+    pub target: String,
+    /// Hosts whose nodes the fault can cost their primary role (for the
+    /// checker), or that a second fault must not touch.
+    pub hosts: Vec<String>,
+    /// Links to cut, for network faults.
+    links: Vec<(String, String)>,
+    /// The managers hit, for manager faults.
+    managers: Vec<u64>,
+    /// The replica a switchover or `failover --to` names.
+    to: String,
+    pub detail: String,
+}
+
+/// Decide whom `choice` hits, given the roles; why not, when it cannot run
+/// now (no replica to switch over to, say).
+pub fn aim(cluster: &Cluster, choice: Choice, roles: &Roles) -> Result<Aim, String> {
     let n = choice.pick;
-    let one = |host: String, detail: String, heal: Heal| Injected {
-        hosts: vec![host],
-        detail,
-        heal,
-        operation: None,
+    let mut a = Aim {
+        kind: choice.kind,
+        target: String::new(),
+        hosts: Vec::new(),
+        links: Vec::new(),
+        managers: Vec::new(),
+        to: String::new(),
+        detail: String::new(),
     };
-    let cut = |cluster: &Cluster, links: &[(String, String)]| -> Result<(), String> {
-        for (from, to) in links {
-            let (a, b) = (cluster.host_of(from), cluster.host_of(to));
-            cluster.net.cut(&a, &b).map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    };
-    let all_hosts: Vec<String> = cluster.net.hosts.iter().map(|h| h.name.clone()).collect();
-    Ok(match choice.kind {
-        Kind::HostCrash => {
-            let node = node_target(roles, n);
-            cluster.crash_host(&node);
-            one(
-                node,
-                "SIGKILL of everything on the host".into(),
-                Heal::RestartHost(String::new()),
-            )
-        }
-        Kind::AgentKill => {
-            let node = node_target(roles, n);
-            cluster.kill_agent(&node);
-            one(
-                node.clone(),
-                "SIGKILL of the agent".into(),
-                Heal::RestartAgent(node),
-            )
-        }
-        Kind::AgentFreeze => {
-            let node = node_target(roles, n);
-            let pids: Vec<i32> = cluster.agent_pid(&node).into_iter().collect();
-            crate::process::signal_all(&pids, Signal::SIGSTOP);
-            one(node, "SIGSTOP of the agent".into(), Heal::Thaw(pids))
-        }
-        Kind::HostFreeze => {
-            let node = node_target(roles, n);
-            let pids = cluster.host_pids(&node);
-            crate::process::signal_all(&pids, Signal::SIGSTOP);
-            one(
-                node,
-                format!("SIGSTOP of {} processes", pids.len()),
-                Heal::Thaw(pids),
-            )
-        }
-        Kind::PostgresFreeze => {
-            let node = node_target(roles, n);
-            let pids = cluster.postgres_pids(&node);
-            crate::process::signal_all(&pids, Signal::SIGSTOP);
-            one(
-                node,
-                format!("SIGSTOP of {} PostgreSQL processes", pids.len()),
-                Heal::Thaw(pids),
-            )
+    let primary = roles.primary.clone();
+    if primary.is_empty() {
+        return Err("there is no primary".into());
+    }
+    match choice.kind {
+        Kind::HostCrash
+        | Kind::AgentKill
+        | Kind::AgentFreeze
+        | Kind::HostFreeze
+        | Kind::PostgresFreeze => {
+            a.target = node_target(roles, n);
+            a.hosts = vec![a.target.clone()];
+            a.detail = match choice.kind {
+                Kind::HostCrash => "SIGKILL of everything on the host",
+                Kind::AgentKill => "SIGKILL of the agent",
+                Kind::AgentFreeze => "SIGSTOP of the agent",
+                Kind::HostFreeze => "SIGSTOP of everything on the host",
+                _ => "SIGSTOP of the postmaster and its children",
+            }
+            .into();
         }
         Kind::PrimaryIsolate | Kind::ReplicaIsolate | Kind::LeaderIsolate => {
-            let host = match choice.kind {
-                Kind::PrimaryIsolate => roles.primary.clone(),
+            a.target = match choice.kind {
+                Kind::PrimaryIsolate => primary,
                 Kind::ReplicaIsolate => {
                     pick(&roles.replicas, n).ok_or("there is no replica to isolate")?
                 }
@@ -335,43 +311,26 @@ pub async fn inject(
                         .ok_or("the leader is not one of the drill's managers")?
                 }
             };
-            let links: Vec<(String, String)> = all_hosts
-                .iter()
-                .filter(|h| **h != host)
-                .flat_map(|h| [(host.clone(), h.clone()), (h.clone(), host.clone())])
-                .collect();
-            cut(cluster, &links)?;
-            one(
-                host,
-                "cut off from every other host".into(),
-                Heal::Links(links),
-            )
+            a.links = cluster.net.links_of(&a.target);
+            a.hosts = vec![a.target.clone()];
+            a.detail = "cut off from every other host".into();
         }
         Kind::PrimaryDeaf | Kind::PrimaryMute => {
-            let p = roles.primary.clone();
             let deaf = choice.kind == Kind::PrimaryDeaf;
-            let links: Vec<(String, String)> = all_hosts
-                .iter()
-                .filter(|h| **h != p)
-                .map(|h| {
-                    if deaf {
-                        (h.clone(), p.clone())
-                    } else {
-                        (p.clone(), h.clone())
-                    }
-                })
+            a.links = cluster
+                .net
+                .links_of(&primary)
+                .into_iter()
+                .filter(|(from, _)| (*from == primary) != deaf)
                 .collect();
-            cut(cluster, &links)?;
-            one(
-                p,
-                if deaf {
-                    "nothing sent to it arrives"
-                } else {
-                    "nothing it sends arrives"
-                }
-                .into(),
-                Heal::Links(links),
-            )
+            a.target = primary.clone();
+            a.hosts = vec![primary];
+            a.detail = if deaf {
+                "nothing sent to it arrives"
+            } else {
+                "nothing it sends arrives"
+            }
+            .into();
         }
         Kind::ManagerSplit => {
             let hosts: Vec<String> = cluster
@@ -379,9 +338,11 @@ pub async fn inject(
                 .iter()
                 .map(|m| m.host.name.clone())
                 .collect();
-            let minority_size = (hosts.len() - 1) / 2;
+            if hosts.len() < 3 {
+                return Err("a split needs at least 3 managers".into());
+            }
             let first = n as usize % hosts.len();
-            let minority: Vec<String> = (0..minority_size.max(1))
+            let minority: Vec<String> = (0..(hosts.len() - 1) / 2)
                 .map(|i| hosts[(first + i) % hosts.len()].clone())
                 .collect();
             let majority: Vec<String> = hosts
@@ -389,138 +350,184 @@ pub async fn inject(
                 .filter(|h| !minority.contains(h))
                 .cloned()
                 .collect();
-            let links: Vec<(String, String)> = minority
+            a.links = minority
                 .iter()
-                .flat_map(|a| {
+                .flat_map(|x| {
                     majority
                         .iter()
-                        .flat_map(move |b| [(a.clone(), b.clone()), (b.clone(), a.clone())])
+                        .flat_map(move |y| [(x.clone(), y.clone()), (y.clone(), x.clone())])
                 })
                 .collect();
-            cut(cluster, &links)?;
-            Injected {
-                // The nodes that lose: those cut off with the minority
-                // (colocated managers share their hosts).
-                hosts: minority
-                    .iter()
-                    .filter(|h| cluster.nodes.contains(h))
-                    .cloned()
-                    .collect(),
-                detail: format!(
-                    "managers on {} cut from those on {}",
-                    minority.join(","),
-                    majority.join(",")
-                ),
-                heal: Heal::Links(links),
-                operation: None,
-            }
+            // The nodes that lose: those cut off with the minority
+            // (colocated managers share their hosts).
+            a.hosts = minority
+                .iter()
+                .filter(|h| cluster.nodes.contains(h))
+                .cloned()
+                .collect();
+            a.target = minority.join(",");
+            a.detail = format!(
+                "managers on {} cut from those on {}",
+                minority.join(","),
+                majority.join(",")
+            );
         }
         Kind::ManagerKill => {
             let ids: Vec<u64> = cluster.managers.iter().map(|m| m.id).collect();
             let id = pick(&ids, n).ok_or("no manager")?;
-            let host = cluster
+            a.managers = vec![id];
+            a.target = cluster
                 .managers
                 .iter()
                 .find(|m| m.id == id)
                 .map(|m| m.host.name.clone())
                 .unwrap_or_default();
-            cluster.kill_manager(id);
-            Injected {
-                hosts: vec![host],
-                detail: format!(
-                    "SIGKILL of manager {id}{}",
-                    if roles.leader == Some(id) {
-                        " (the leader)"
-                    } else {
-                        ""
-                    }
-                ),
-                heal: Heal::RestartManagers(vec![id]),
-                operation: None,
-            }
+            a.detail = format!(
+                "SIGKILL of manager {id}{}",
+                if roles.leader == Some(id) {
+                    " (the leader)"
+                } else {
+                    ""
+                }
+            );
         }
         Kind::ManagersRestart => {
-            let ids: Vec<u64> = cluster.managers.iter().map(|m| m.id).collect();
-            let kill = n % 2 == 0;
-            for id in &ids {
-                if kill {
+            a.managers = cluster.managers.iter().map(|m| m.id).collect();
+            a.detail = format!(
+                "every manager stopped with {}",
+                if n % 2 == 0 { "SIGKILL" } else { "SIGTERM" }
+            );
+        }
+        Kind::Switchover | Kind::FailoverTo => {
+            a.to = pick(&roles.replicas, n).ok_or("there is no replica to hand over to")?;
+            a.target = primary.clone();
+            a.hosts = vec![primary.clone()];
+            a.detail = if choice.kind == Kind::Switchover {
+                format!("to {}", a.to)
+            } else {
+                format!("{primary} crashed, then failover --to {}", a.to)
+            };
+        }
+    }
+    Ok(a)
+}
+
+/// An injected fault: how to heal it, and the operator command it issued
+/// (the command line, whether the managers accepted it, their answer).
+#[derive(Debug, Clone)]
+pub struct Injected {
+    pub heal: Heal,
+    pub operation: Option<(String, bool, String)>,
+}
+
+/// Inject the fault `aim` describes.
+pub async fn inject(cluster: &mut Cluster, aim: &Aim, choice: Choice) -> Result<Injected, String> {
+    let healing = |heal| Injected {
+        heal,
+        operation: None,
+    };
+    Ok(match aim.kind {
+        Kind::HostCrash => {
+            cluster.crash_host(&aim.target);
+            healing(Heal::RestartHost(aim.target.clone()))
+        }
+        Kind::AgentKill => {
+            cluster.kill_agent(&aim.target);
+            healing(Heal::RestartAgent(aim.target.clone()))
+        }
+        Kind::AgentFreeze => {
+            let pids: Vec<i32> = cluster.agent_pid(&aim.target).into_iter().collect();
+            crate::process::signal_all(&pids, Signal::SIGSTOP);
+            healing(Heal::Thaw(pids))
+        }
+        Kind::HostFreeze => {
+            let target = aim.target.clone();
+            healing(Heal::Thaw(crate::process::stop_all(|| {
+                cluster.host_pids(&target)
+            })))
+        }
+        Kind::PostgresFreeze => {
+            let target = aim.target.clone();
+            healing(Heal::Thaw(crate::process::stop_all(|| {
+                cluster.postgres_pids(&target)
+            })))
+        }
+        Kind::PrimaryIsolate
+        | Kind::ReplicaIsolate
+        | Kind::LeaderIsolate
+        | Kind::PrimaryDeaf
+        | Kind::PrimaryMute
+        | Kind::ManagerSplit => {
+            cluster
+                .net
+                .cut_links(&aim.links)
+                .map_err(|e| e.to_string())?;
+            healing(Heal::Links(aim.links.clone()))
+        }
+        Kind::ManagerKill => {
+            for id in &aim.managers {
+                cluster.kill_manager(*id);
+            }
+            healing(Heal::RestartManagers(aim.managers.clone()))
+        }
+        Kind::ManagersRestart => {
+            for id in &aim.managers {
+                if choice.pick % 2 == 0 {
                     cluster.kill_manager(*id);
                 } else {
                     cluster.stop_manager(*id);
                 }
             }
-            Injected {
-                hosts: Vec::new(),
-                detail: format!(
-                    "every manager stopped with {}",
-                    if kill { "SIGKILL" } else { "SIGTERM" }
-                ),
-                heal: Heal::RestartManagers(ids),
-                operation: None,
-            }
+            healing(Heal::RestartManagers(aim.managers.clone()))
         }
         Kind::Switchover => {
-            let to = pick(&roles.replicas, n).ok_or("there is no replica to switch over to")?;
+            let to = &aim.to;
             // Refused for now (the target still catching up, a failsafe
             // promise running out)? The operator tries again for a while.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            let (mut accepted, mut answer) = cluster.switchover(&to).await;
+            let (mut accepted, mut answer) = cluster.switchover(to).await;
             while !accepted && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                (accepted, answer) = cluster.switchover(&to).await;
+                (accepted, answer) = cluster.switchover(to).await;
             }
             if accepted {
-                // A switchover is a fault of its own kind: it is over when
-                // the new primary is in charge (or the managers gave up).
+                // A switchover is over when someone else is the primary
+                // (or the managers gave up).
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
                 while tokio::time::Instant::now() < deadline {
                     let s = cluster.status().await;
-                    if s.is_some_and(|s| !s.primary.is_empty() && s.primary != roles.primary) {
+                    if s.is_some_and(|s| !s.primary.is_empty() && s.primary != aim.target) {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
             Injected {
-                hosts: vec![roles.primary.clone()],
-                detail: format!("to {to}"),
                 heal: Heal::Nothing,
                 operation: Some((format!("switchover --to {to}"), accepted, answer)),
             }
         }
         Kind::FailoverTo => {
-            let to = pick(&roles.replicas, n).ok_or("there is no replica to fail over to")?;
-            let old = roles.primary.clone();
-            cluster.crash_host(&old);
+            let (old, to) = (&aim.target, &aim.to);
+            cluster.crash_host(old);
             // The operator retries until the managers take it, or until
             // automatic failover has made someone else primary.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-            let (mut accepted, mut answer) = cluster.failover(&to).await;
+            let (mut accepted, mut answer) = cluster.failover(to).await;
             while !accepted && tokio::time::Instant::now() < deadline {
                 if let Some(s) = cluster.status().await {
-                    if !s.primary.is_empty() && s.primary != old {
+                    if !s.primary.is_empty() && s.primary != *old {
                         break;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                (accepted, answer) = cluster.failover(&to).await;
+                (accepted, answer) = cluster.failover(to).await;
             }
             Injected {
-                hosts: vec![old.clone()],
-                detail: format!("{old} crashed, then failover --to {to}"),
-                heal: Heal::RestartHost(old),
+                heal: Heal::RestartHost(old.clone()),
                 operation: Some((format!("failover --to {to}"), accepted, answer)),
             }
         }
-    })
-    .map(|mut i| {
-        // A crashed host restarts as itself.
-        if let Heal::RestartHost(h) = &mut i.heal {
-            if h.is_empty() {
-                *h = i.hosts[0].clone();
-            }
-        }
-        i
     })
 }
 
@@ -531,12 +538,7 @@ pub fn heal(cluster: &mut Cluster, heal: &Heal) -> Result<(), String> {
         Heal::RestartHost(host) => cluster.restart_host(host).map_err(|e| e.to_string())?,
         Heal::RestartAgent(node) => cluster.start_agent(node).map_err(|e| e.to_string())?,
         Heal::Thaw(pids) => crate::process::signal_all(pids, Signal::SIGCONT),
-        Heal::Links(links) => {
-            for (from, to) in links {
-                let (a, b) = (cluster.host_of(from), cluster.host_of(to));
-                cluster.net.heal(&a, &b);
-            }
-        }
+        Heal::Links(links) => cluster.net.heal_links(links),
         Heal::RestartManagers(ids) => {
             for id in ids {
                 cluster.start_manager(*id).map_err(|e| e.to_string())?;

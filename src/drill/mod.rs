@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use cluster::Cluster;
-use fault::{Choice, Heal, Injected, Kind, Plan, Roles};
+use fault::{Heal, Injected, Kind, Plan, Roles};
 use record::{now_ms, Event, FinalRows, JsonLines, Log, Setup, Stamped};
 
 /// How long the cluster may take to be whole again after a heal before the
@@ -125,8 +125,43 @@ fn say(opts: &Options, message: impl AsRef<str>) {
     }
 }
 
+/// SIGINT (Ctrl-C) or SIGTERM: the first asks the drill to heal
+/// everything, stop the cluster and tear down in order; a second kills
+/// everything of the drill's at once.
+#[derive(Clone)]
+pub struct Interrupt(Arc<std::sync::atomic::AtomicBool>);
+
+impl Interrupt {
+    /// Catch the signals from now on.
+    fn watch(dir: PathBuf, progress: bool) -> Interrupt {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut signals = crate::signals::StopSignals::install();
+        let raised = flag.clone();
+        tokio::spawn(async move {
+            signals.wait().await;
+            raised.store(true, Ordering::SeqCst);
+            if progress {
+                eprintln!("interrupted: healing and tearing down (interrupt again to kill everything at once)");
+            }
+            signals.wait().await;
+            let left = crate::process::processes_under(&dir);
+            crate::process::signal_all(&left, nix::sys::signal::Signal::SIGCONT);
+            crate::process::signal_all(&left, nix::sys::signal::Signal::SIGKILL);
+            if progress {
+                eprintln!("killed {} processes of the drill", left.len());
+            }
+        });
+        Interrupt(flag)
+    }
+
+    fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Run a drill; the verdict, also written to `DIR/report.json`.
 pub async fn run(opts: Options) -> Result<check::Verdict, DrillError> {
+    let stop = Interrupt::watch(opts.dir.clone(), opts.progress);
     let namespaces = net::namespaces_available();
     let mut kinds = opts.kinds.clone();
     if !namespaces {
@@ -137,14 +172,14 @@ pub async fn run(opts: Options) -> Result<check::Verdict, DrillError> {
             .collect();
         if opts.kinds_named && !network.is_empty() {
             return Err(DrillError::Setup(format!(
-                "{} need network namespaces, which need root (and iproute2): run the drill as root, or leave them out of --faults",
+                "{} need network namespaces, which need root and iproute2: run the drill as root, or leave them out of --faults",
                 network.join(", ")
             )));
         }
         kinds.retain(|k| !k.needs_network());
         say(
             &opts,
-            "not root: hosts are loopback addresses and only process faults run (no partitions); run as root for the full drill",
+            "no network namespaces (they need root and iproute2): hosts are loopback addresses and only process faults run (no partitions); run as root for the full drill",
         );
     }
     prepare_dir(&opts.dir)?;
@@ -189,7 +224,7 @@ pub async fn run(opts: Options) -> Result<check::Verdict, DrillError> {
         all: Vec::new(),
     })));
 
-    let outcome = drive(&opts, &mut c, &kinds, namespaces, &events).await;
+    let outcome = drive(&opts, &mut c, &kinds, namespaces, &events, &stop).await;
     if let Err(why) = &outcome {
         events.record(Event::Interrupted { why: why.clone() });
         say(&opts, format!("drill stopped: {why}"));
@@ -202,18 +237,33 @@ pub async fn run(opts: Options) -> Result<check::Verdict, DrillError> {
         remove_data(&dir, &host_names);
     }
 
-    let log = Log {
-        events: events.take(),
-        attempts: outcome.as_ref().map(|o| o.0.clone()).unwrap_or_default(),
-        final_rows: outcome.ok().and_then(|o| o.1),
-    };
-    if log.attempts.is_empty() {
-        // The workload may have stopped with the error: read what it wrote.
-        if let Ok(read) = Log::read(&dir) {
-            return finish(&dir, &read);
+    let events = events.take();
+    let started = events
+        .iter()
+        .any(|e| matches!(e.event, Event::Started { .. }));
+    let (attempts, final_rows) = match outcome {
+        Ok(o) => o,
+        // Before the workload started there is nothing to judge.
+        Err(why) if !started => {
+            return Err(DrillError::Setup(format!(
+                "{why} (logs kept in {})",
+                dir.display()
+            )))
         }
-    }
-    finish(&dir, &log)
+        // The workload's attempts are on disk.
+        Err(_) => (
+            Log::read(&dir).map(|l| l.attempts).unwrap_or_default(),
+            None,
+        ),
+    };
+    finish(
+        &dir,
+        &Log {
+            events,
+            attempts,
+            final_rows,
+        },
+    )
 }
 
 /// Judge the drill in `dir` from its logs (`pgquorum drill --check DIR`).
@@ -275,20 +325,19 @@ async fn drive(
     kinds: &[Kind],
     namespaces: bool,
     events: &EventLog,
+    stop: &Interrupt,
 ) -> Result<(Vec<record::Attempt>, Option<FinalRows>), String> {
-    let mut signals = crate::signals::StopSignals::install();
+    let text = |e: cluster::ClusterError| e.to_string();
     // Bring the cluster up: the first node bootstraps alone.
     let first = c.nodes[0].clone();
-    c.start_agent(&first).map_err(|e| e.to_string())?;
-    let registered = poll(Duration::from_secs(90), || async {
+    c.start_agent(&first).map_err(text)?;
+    poll(stop, Duration::from_secs(90), || async {
         c.status()
             .await
             .filter(|s| s.nodes.iter().any(|n| n.name == first))
-    });
-    tokio::select! {
-        r = registered => r.ok_or("the first node did not register with the managers within 90 s; see its agent.log and the managers' logs")?,
-        _ = signals.wait() => return Err("interrupted".into()),
-    };
+    })
+    .await?
+    .ok_or("the first node did not register with the managers within 90 s; see its agent.log and the managers' logs")?;
     let mut config = opts.config.clone();
     if opts.sync {
         config.push(("sync_mode".into(), "on".into()));
@@ -299,21 +348,22 @@ async fn drive(
             .map_err(|e| format!("the managers refused the configuration: {e}"))?;
     }
     for n in c.nodes.clone().iter().skip(1) {
-        c.start_agent(n).map_err(|e| e.to_string())?;
+        c.start_agent(n).map_err(text)?;
     }
     say(opts, "waiting for the cluster to come up");
-    tokio::select! {
-        r = wait_whole(c, opts, None, 0, Duration::from_secs(240)) => { r.map_err(|state| format!("the cluster did not come up within 240 s: {state}"))?; }
-        _ = signals.wait() => return Err("interrupted".into()),
-    }
+    wait_whole(c, opts, None, 0, Duration::from_secs(240), stop)
+        .await
+        .map_err(|state| format!("the cluster did not come up within 240 s: {state}"))?;
     let ttl = c
         .config()
         .await
         .and_then(|m| m.get("ttl").cloned())
         .and_then(|t| humantime::parse_duration(&t).ok())
         .unwrap_or(Duration::from_secs(2));
-    workload::create_table(&c.dsn())
+    let dsn = c.dsn().map_err(text)?;
+    tokio::time::timeout(Duration::from_secs(30), workload::create_table(&dsn))
         .await
+        .map_err(|_| "cannot create the drill's table: no answer within 30 s".to_string())?
         .map_err(|e| format!("cannot create the drill's table: {e}"))?;
 
     let setup = Setup {
@@ -328,16 +378,15 @@ async fn drive(
         command: opts.command.clone(),
     };
     events.record(Event::Started { setup });
-    let servers: BTreeMap<String, String> = c
-        .nodes
-        .iter()
-        .map(|n| (c.host_of(n).address, n.clone()))
-        .collect();
-    let direct: Vec<(String, String)> =
-        c.nodes.iter().map(|n| (n.clone(), c.node_dsn(n))).collect();
+    let mut servers = BTreeMap::new();
+    let mut direct = Vec::new();
+    for n in &c.nodes {
+        servers.insert(c.address_of(n).map_err(text)?, n.clone());
+        direct.push((n.clone(), c.node_dsn(n).map_err(text)?));
+    }
     let writes = JsonLines::create(&opts.dir.join(record::WRITES)).map_err(|e| e.to_string())?;
     let load = workload::Workload::start(
-        &c.dsn(),
+        &dsn,
         opts.clients,
         &direct,
         servers,
@@ -351,58 +400,57 @@ async fn drive(
         watching.clone(),
     ));
 
-    let faults = tokio::select! {
-        r = inject_and_heal(opts, c, kinds, ttl, events, &load) => r,
-        _ = signals.wait() => Err("interrupted".into()),
-    };
+    let faults = inject_and_heal(opts, c, kinds, ttl, events, &load, stop).await;
     // Whatever happened: heal everything, and the cluster must be whole.
     let healed_at = now_ms();
     heal_everything(c);
-    let final_state = if faults.is_ok() {
+    let mut final_primary = None;
+    if faults.is_ok() {
         say(opts, "final heal: waiting for the cluster to be whole");
-        let r = wait_whole(c, opts, Some(&load), healed_at, CONVERGE_LIMIT).await;
-        match &r {
-            Ok(took) => events.record(Event::Converged {
-                id: 0,
-                took_ms: *took,
-            }),
+        match wait_whole(c, opts, Some(&load), healed_at, CONVERGE_LIMIT, stop).await {
+            Ok(took) => {
+                events.record(Event::Converged {
+                    id: 0,
+                    took_ms: took,
+                });
+                // A little more writing on the final primary.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                final_primary = c.status().await.map(|s| s.primary);
+            }
             Err(state) => events.record(Event::NotConverged {
                 id: 0,
                 waited_ms: CONVERGE_LIMIT.as_millis() as u64,
-                state: state.clone(),
+                state,
             }),
         }
-        // A little more writing on the final primary.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        r.is_ok()
-    } else {
-        false
-    };
+    }
     let attempts = load.stop().await.map_err(|e| e.to_string())?;
     watching.store(false, Ordering::SeqCst);
     let _ = observer.await;
     faults?;
 
     let mut final_rows = None;
-    if final_state {
-        if let Some(s) = c.status().await {
-            match workload::rows_on(&c.node_dsn(&s.primary)).await {
-                Ok(rows) => {
-                    let f = FinalRows {
-                        primary: s.primary.clone(),
-                        at_ms: now_ms(),
-                        rows,
-                    };
-                    let text = serde_json::to_vec(&f).map_err(|e| e.to_string())?;
-                    std::fs::write(opts.dir.join(record::FINAL), text)
-                        .map_err(|e| e.to_string())?;
-                    final_rows = Some(f);
-                }
-                Err(e) => say(
-                    opts,
-                    format!("cannot read the final primary {}: {e}", s.primary),
-                ),
+    if let Some(primary) = final_primary.filter(|p| !p.is_empty()) {
+        let dsn = c.node_dsn(&primary).map_err(text)?;
+        match tokio::time::timeout(Duration::from_secs(60), workload::rows_on(&dsn)).await {
+            Ok(Ok(rows)) => {
+                let f = FinalRows {
+                    primary,
+                    at_ms: now_ms(),
+                    rows,
+                };
+                let text = serde_json::to_vec(&f).map_err(|e| e.to_string())?;
+                std::fs::write(opts.dir.join(record::FINAL), text).map_err(|e| e.to_string())?;
+                final_rows = Some(f);
             }
+            Ok(Err(e)) => say(
+                opts,
+                format!("cannot read the final primary {primary}: {e}"),
+            ),
+            Err(_) => say(
+                opts,
+                format!("the final primary {primary} did not answer within 60 s"),
+            ),
         }
     }
     Ok((attempts, final_rows))
@@ -430,7 +478,7 @@ fn heal_everything(c: &mut Cluster) {
 /// An active fault.
 struct Active {
     id: u32,
-    choice: Choice,
+    aim: fault::Aim,
     injected: Injected,
     heal_at: Instant,
 }
@@ -446,6 +494,7 @@ async fn inject_and_heal(
     ttl: Duration,
     events: &EventLog,
     load: &workload::Workload,
+    stop: &Interrupt,
 ) -> Result<(), String> {
     let mut plan = Plan::new(opts.seed, kinds.to_vec(), ttl);
     let mut end = Instant::now() + opts.duration;
@@ -453,26 +502,26 @@ async fn inject_and_heal(
     let mut active: Vec<Active> = Vec::new();
     let mut last_healed: Option<(u32, u64)> = None;
     let mut id = 0;
-    let mut roles = c
-        .status()
-        .await
-        .map(|s| Roles::of(&s))
-        .ok_or("no manager answers")?;
     loop {
-        // Heal what is due.
+        // Heal what is due (everything, when interrupted).
         let now = Instant::now();
-        let (due, rest): (Vec<Active>, Vec<Active>) =
-            active.into_iter().partition(|a| a.heal_at <= now);
+        let interrupted = stop.requested();
+        let (due, rest): (Vec<Active>, Vec<Active>) = active
+            .into_iter()
+            .partition(|a| a.heal_at <= now || interrupted);
         active = rest;
         for a in due {
             fault::heal(c, &a.injected.heal)?;
             events.record(Event::Healed { id: a.id });
             last_healed = Some((a.id, now_ms()));
         }
+        if interrupted {
+            return Err("interrupted".into());
+        }
         // Nothing active after a heal: the cluster must become whole.
         if active.is_empty() {
             if let Some((healed, at)) = last_healed.take() {
-                match wait_whole(c, opts, Some(load), at, CONVERGE_LIMIT).await {
+                match wait_whole(c, opts, Some(load), at, CONVERGE_LIMIT, stop).await {
                     Ok(took) => {
                         events.record(Event::Converged {
                             id: healed,
@@ -483,6 +532,7 @@ async fn inject_and_heal(
                             format!("  whole again after {:.1} s", took as f64 / 1000.0),
                         );
                     }
+                    Err(_) if stop.requested() => return Err("interrupted".into()),
                     Err(state) => {
                         events.record(Event::NotConverged {
                             id: healed,
@@ -501,9 +551,6 @@ async fn inject_and_heal(
                     }
                 }
                 next_start = next_start.max(Instant::now() + CALM);
-                if let Some(s) = c.status().await {
-                    roles = Roles::of(&s);
-                }
             }
             if Instant::now() >= end {
                 return Ok(());
@@ -511,112 +558,147 @@ async fn inject_and_heal(
         }
         let room = if opts.overlap { MAX_OVERLAP } else { 1 };
         if Instant::now() >= next_start && Instant::now() < end && active.len() < room {
-            if let Some(s) = c.status().await {
-                roles = Roles::of(&s);
-            }
-            let choice = plan.draw();
-            // Overlapping faults hit different hosts, and only one touches
-            // the managers as a whole at a time.
-            let clash = active.iter().any(|a| clashes(a, choice, &roles));
-            if !clash && !roles.primary.is_empty() {
-                let at = now_ms();
-                match fault::inject(c, choice, &roles).await {
-                    Ok(injected) => {
-                        id += 1;
-                        let target = if !choice.kind.hits_node() {
-                            ""
-                        } else if injected.hosts.contains(&roles.primary) {
-                            "primary"
-                        } else {
-                            "replica"
-                        };
-                        say(
-                            opts,
-                            format!(
-                                "fault {id}: {} on {} ({}), held {:.1} s",
-                                choice.kind.name(),
-                                if injected.hosts.is_empty() {
-                                    "the managers".to_string()
-                                } else {
-                                    injected.hosts.join(",")
-                                },
-                                injected.detail,
-                                choice.hold.as_secs_f64()
-                            ),
-                        );
-                        events.record_at(
-                            at,
-                            Event::Fault {
-                                id,
-                                kind: choice.kind.name().into(),
-                                hosts: injected.hosts.clone(),
-                                primary: roles.primary.clone(),
-                                target: target.into(),
-                                detail: injected.detail.clone(),
-                            },
-                        );
-                        if let Some((command, accepted, answer)) = &injected.operation {
-                            events.record(Event::Operation {
-                                id,
-                                command: command.clone(),
-                                accepted: *accepted,
-                                answer: answer.clone(),
-                            });
-                        }
-                        let hold = if matches!(injected.heal, Heal::Nothing) {
-                            Duration::ZERO
-                        } else {
-                            choice.hold
-                        };
-                        active.push(Active {
-                            id,
-                            choice,
-                            injected,
-                            heal_at: Instant::now() + hold,
-                        });
-                        if opts.count.is_some_and(|n| id >= n) {
-                            end = Instant::now();
-                        }
-                    }
-                    Err(why) => {
-                        tracing::debug!(fault = choice.kind.name(), %why, "fault skipped");
-                    }
-                }
-            }
             next_start = Instant::now() + opts.every;
+            let Some(status) = c.status().await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let roles = Roles::of(&status);
+            let choice = plan.draw();
+            let aim = fault::aim(c, choice, &roles).and_then(|aim| {
+                match active.iter().find(|a| clashes(&a.aim, &aim)) {
+                    Some(a) => Err(format!("it would overlap fault {}", a.id)),
+                    None => Ok(aim),
+                }
+            });
+            let aim = match aim {
+                Ok(aim) => aim,
+                Err(why) => {
+                    events.record(Event::Skipped {
+                        kind: choice.kind.name().into(),
+                        why,
+                    });
+                    continue;
+                }
+            };
+            id += 1;
+            let target = if !choice.kind.hits_node() {
+                ""
+            } else if aim.target == roles.primary {
+                "primary"
+            } else {
+                "replica"
+            };
+            // Written down before it happens: a drill stopped in the middle
+            // of injecting it still knows.
+            events.record(Event::Fault {
+                id,
+                kind: choice.kind.name().into(),
+                hosts: aim.hosts.clone(),
+                primary: roles.primary.clone(),
+                target: target.into(),
+                detail: aim.detail.clone(),
+            });
+            say(
+                opts,
+                format!(
+                    "fault {id}: {} on {} ({}), held {:.1} s",
+                    choice.kind.name(),
+                    if aim.target.is_empty() {
+                        "the managers"
+                    } else {
+                        &aim.target
+                    },
+                    aim.detail,
+                    choice.hold.as_secs_f64()
+                ),
+            );
+            let injected = fault::inject(c, &aim, choice).await;
+            let injected = match injected {
+                Ok(i) => i,
+                Err(why) => {
+                    // Undone already (a cut is all or nothing): healed.
+                    events.record(Event::Skipped {
+                        kind: choice.kind.name().into(),
+                        why: format!("fault {id} failed: {why}"),
+                    });
+                    events.record(Event::Healed { id });
+                    last_healed = Some((id, now_ms()));
+                    continue;
+                }
+            };
+            if let Some((command, accepted, answer)) = &injected.operation {
+                events.record(Event::Operation {
+                    id,
+                    command: command.clone(),
+                    accepted: *accepted,
+                    answer: answer.clone(),
+                });
+            }
+            let hold = if matches!(injected.heal, Heal::Nothing) {
+                Duration::ZERO
+            } else {
+                choice.hold
+            };
+            active.push(Active {
+                id,
+                aim,
+                injected,
+                heal_at: Instant::now() + hold,
+            });
+            if opts.count.is_some_and(|n| id >= n) {
+                end = Instant::now();
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// Would `choice` overlap badly with the active fault `a`?
-fn clashes(a: &Active, choice: Choice, roles: &Roles) -> bool {
+/// Would the fault `b` overlap badly with the active fault `a`? Faults on
+/// the cluster or the managers as a whole never overlap; others only on
+/// different hosts (and never a second one while one holds the primary:
+/// the checker's excuses for lost writes are per fault).
+fn clashes(a: &fault::Aim, b: &fault::Aim) -> bool {
     let whole = |k: Kind| {
         matches!(
             k,
             Kind::ManagersRestart | Kind::ManagerSplit | Kind::Switchover | Kind::FailoverTo
         )
     };
-    if whole(a.choice.kind) || whole(choice.kind) {
-        return true;
-    }
-    // Most node faults hit the primary: do not stack two on one host.
-    a.injected.hosts.contains(&roles.primary)
+    whole(a.kind)
+        || whole(b.kind)
+        || a.target == b.target
+        || a.hosts.iter().any(|h| b.hosts.contains(h))
+        || matches!(
+            a.kind,
+            Kind::PrimaryIsolate | Kind::PrimaryDeaf | Kind::PrimaryMute
+        ) && matches!(
+            b.kind,
+            Kind::PrimaryIsolate | Kind::PrimaryDeaf | Kind::PrimaryMute
+        )
 }
 
-/// Poll `check` every 200 ms until it gives `Some` or `limit` passes.
-async fn poll<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+/// Poll `check` every 200 ms until it gives `Some` or `limit` passes;
+/// an error when the drill is interrupted.
+async fn poll<T, F, Fut>(
+    stop: &Interrupt,
+    limit: Duration,
+    mut check: F,
+) -> Result<Option<T>, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + limit;
     loop {
+        if stop.requested() {
+            return Err("interrupted".into());
+        }
         if let Some(v) = check().await {
-            return Some(v);
+            return Ok(Some(v));
         }
         if Instant::now() >= deadline {
-            return None;
+            return Ok(None);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -632,9 +714,13 @@ async fn wait_whole(
     load: Option<&workload::Workload>,
     since_ms: u64,
     limit: Duration,
+    stop: &Interrupt,
 ) -> Result<u64, String> {
     let deadline = Instant::now() + limit;
     loop {
+        if stop.requested() {
+            return Err("interrupted".into());
+        }
         let state = match c.status().await {
             Some(s) => {
                 let mut wrong = Vec::new();
@@ -644,12 +730,21 @@ async fn wait_whole(
                     .filter(|n| n.role == "primary" && n.healthy)
                     .map(|n| n.name.as_str())
                     .collect();
-                if primaries.len() != 1 {
-                    wrong.push(format!("healthy primaries: [{}]", primaries.join(",")));
+                if primaries.len() != 1 || primaries[0] != s.primary {
+                    wrong.push(format!(
+                        "healthy primaries: [{}], the managers' primary: {}",
+                        primaries.join(","),
+                        s.primary
+                    ));
                 }
+                // Judged on reports sent after the heal: a node's last
+                // report from before it may still look healthy.
+                let fresh_since = now_ms().saturating_sub(since_ms);
                 for n in &s.nodes {
                     if !(n.healthy && (n.role == "replica" || n.role == "primary")) {
                         wrong.push(format!("{} is {} ({})", n.name, n.role, n.state));
+                    } else if n.last_seen_ms.is_none_or(|age| age >= fresh_since) {
+                        wrong.push(format!("{} has not reported since the heal", n.name));
                     }
                 }
                 if s.nodes.len() != opts.nodes {
@@ -701,6 +796,7 @@ async fn observe_history(
     watching: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut seen = std::collections::BTreeSet::new();
+    let mut last_chance = tokio::time::Instant::now();
     let clients: Vec<_> = managers
         .iter()
         .filter_map(|a| crate::transport::lazy_channel(a).ok())
@@ -708,6 +804,7 @@ async fn observe_history(
         .collect();
     loop {
         let last_round = !watching.load(Ordering::SeqCst);
+        let mut answered = false;
         for mut client in clients.clone() {
             let mut req = tonic::Request::new(crate::proto::api::ClusterRequest {
                 cluster: cluster::CLUSTER.into(),
@@ -731,10 +828,16 @@ async fn observe_history(
                     );
                 }
             }
+            answered = true;
             break;
         }
-        if last_round {
+        // The last round must get through: a decision missed would make
+        // writes look as if they came after the wrong epoch.
+        if last_round && (answered || tokio::time::Instant::now() >= last_chance) {
             return;
+        }
+        if !last_round {
+            last_chance = tokio::time::Instant::now() + Duration::from_secs(10);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -68,6 +68,9 @@ pub struct Network {
     tag: String,
     bridge: String,
     namespaces: bool,
+    /// How many faults cut each link (from, to): overlapping faults may
+    /// cut the same one, and healing one must not heal the other.
+    cuts: std::sync::Mutex<std::collections::HashMap<(String, String), u32>>,
     /// The /24's first three octets.
     pub subnet: String,
     pub hosts: Vec<Host>,
@@ -98,6 +101,7 @@ impl Network {
             tag: tag.clone(),
             bridge: bridge.clone(),
             namespaces: true,
+            cuts: Default::default(),
             subnet: String::new(),
             hosts: Vec::new(),
         };
@@ -176,6 +180,7 @@ impl Network {
             tag: String::new(),
             bridge: String::new(),
             namespaces: false,
+            cuts: Default::default(),
             hosts: names
                 .iter()
                 .enumerate()
@@ -213,53 +218,115 @@ impl Network {
         if !self.namespaces {
             return Err(NetError::Loopback);
         }
-        ip(&[
-            "-n",
-            &from.ns,
-            "neigh",
-            "replace",
-            &to.address,
-            "lladdr",
-            BLACKHOLE_MAC,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])
+        let key = (from.name.clone(), to.name.clone());
+        let mut cuts = self.cuts.lock().unwrap_or_else(|e| e.into_inner());
+        if cuts.get(&key).copied().unwrap_or(0) == 0 {
+            ip(&[
+                "-n",
+                &from.ns,
+                "neigh",
+                "replace",
+                &to.address,
+                "lladdr",
+                BLACKHOLE_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+        }
+        *cuts.entry(key).or_default() += 1;
+        Ok(())
     }
 
-    /// Restore traffic from `from` to `to`.
+    /// Undo one `cut` of traffic from `from` to `to`: the link comes back
+    /// when no other fault still cuts it.
     pub fn heal(&self, from: &Host, to: &Host) {
-        if self.namespaces {
+        if !self.namespaces {
+            return;
+        }
+        let key = (from.name.clone(), to.name.clone());
+        let mut cuts = self.cuts.lock().unwrap_or_else(|e| e.into_inner());
+        let left = match cuts.get_mut(&key) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            cuts.remove(&key);
             let _ = ip(&["-n", &from.ns, "neigh", "del", &to.address, "dev", "eth0"]);
         }
+    }
+
+    /// Cut every link (from, to) of `links`, by host name; all or none:
+    /// when one fails, those already cut are healed again.
+    pub fn cut_links(&self, links: &[(String, String)]) -> Result<(), NetError> {
+        let unknown = |name: &str| NetError::Ip {
+            args: format!("neigh (host {name})"),
+            why: "no such host".into(),
+        };
+        for (i, (from, to)) in links.iter().enumerate() {
+            let done = (|| {
+                let a = self.host(from).ok_or_else(|| unknown(from))?;
+                let b = self.host(to).ok_or_else(|| unknown(to))?;
+                self.cut(a, b)
+            })();
+            if let Err(e) = done {
+                self.heal_links(&links[..i]);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Undo `cut_links`.
+    pub fn heal_links(&self, links: &[(String, String)]) {
+        for (from, to) in links {
+            if let (Some(a), Some(b)) = (self.host(from), self.host(to)) {
+                self.heal(a, b);
+            }
+        }
+    }
+
+    /// Every link between `host` and the others, both ways.
+    pub fn links_of(&self, host: &str) -> Vec<(String, String)> {
+        self.hosts
+            .iter()
+            .filter(|h| h.name != host)
+            .flat_map(|h| {
+                [
+                    (host.to_string(), h.name.clone()),
+                    (h.name.clone(), host.to_string()),
+                ]
+            })
+            .collect()
     }
 
     /// Cut `host` off from every other host, both ways (the root
     /// namespace, where clients run, can still reach it).
     pub fn isolate(&self, host: &Host) -> Result<(), NetError> {
-        for other in self.hosts.iter().filter(|h| h.name != host.name) {
-            self.cut(host, other)?;
-            self.cut(other, host)?;
-        }
-        Ok(())
+        self.cut_links(&self.links_of(&host.name))
     }
 
     /// Undo `isolate`.
     pub fn rejoin(&self, host: &Host) {
-        for other in self.hosts.iter().filter(|h| h.name != host.name) {
-            self.heal(host, other);
-            self.heal(other, host);
-        }
+        self.heal_links(&self.links_of(&host.name));
     }
 
-    /// Undo every cut.
+    /// Undo every cut, whoever made it.
     pub fn heal_all(&self) {
-        for a in &self.hosts {
-            for b in &self.hosts {
-                if a.name != b.name {
-                    self.heal(a, b);
-                }
+        if !self.namespaces {
+            return;
+        }
+        let links: Vec<(String, String)> = {
+            let mut cuts = self.cuts.lock().unwrap_or_else(|e| e.into_inner());
+            cuts.drain().map(|(k, _)| k).collect()
+        };
+        for (from, to) in links {
+            if let (Some(a), Some(b)) = (self.host(&from), self.host(&to)) {
+                let _ = ip(&["-n", &a.ns, "neigh", "del", &b.address, "dev", "eth0"]);
             }
         }
     }
@@ -271,6 +338,16 @@ impl Drop for Network {
             return;
         }
         for h in &self.hosts {
+            // Whatever still runs in the namespace (a pg_basebackup, a
+            // pg_rewind the agent started) would keep it alive.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &h.ns]).output() {
+                let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect();
+                crate::process::signal_all(&pids, nix::sys::signal::Signal::SIGCONT);
+                crate::process::signal_all(&pids, nix::sys::signal::Signal::SIGKILL);
+            }
             let _ = ip(&["netns", "del", &h.ns]);
         }
         for i in 1..=self.hosts.len() {

@@ -126,6 +126,10 @@ pub enum Event {
         accepted: bool,
         answer: String,
     },
+    /// A fault drawn from the plan could not run now (no replica to
+    /// isolate, it would overlap an active fault...), or failed and was
+    /// undone.
+    Skipped { kind: String, why: String },
     /// The drill was stopped early (Ctrl-C, an error): the checks below
     /// cover only what ran.
     Interrupted { why: String },
