@@ -337,14 +337,35 @@ fn up_streams_reports_serves_health_and_down_leaves_nothing() {
             Some(flag),
             "{text}"
         );
+        // Patroni's names, with the same meaning.
+        assert_eq!(http_code(&http, "/liveness"), 200, "{n} /liveness");
+        assert_eq!(http_code(&http, "/readiness"), 200, "{n} /readiness");
+        assert_eq!(http_code(&http, "/read-only"), 200, "{n} /read-only");
+        assert_eq!(http_code(&http, "/standby-leader"), 404, "{n}");
+        let (code, _) = http_get(&http, "/read-only?lag=1.5MB").unwrap();
+        assert_eq!(code, 400, "{n} /read-only?lag=1.5MB");
+        // HAProxy checks with HEAD or OPTIONS as often as with GET.
+        for method in ["HEAD", "OPTIONS"] {
+            let (code, body) = http_request(method, &http, "/read-write").unwrap();
+            assert_eq!(code, if is_primary { 200 } else { 503 }, "{method} {n}");
+            assert!(method != "HEAD" || body.is_empty(), "HEAD with a body");
+        }
         if is_primary {
             assert_eq!(http_code(&http, "/primary"), 200, "{n} /primary");
+            for alias in ["/leader", "/read-write", "/master"] {
+                assert_eq!(http_code(&http, alias), 200, "{n} {alias}");
+            }
             assert_eq!(http_code(&http, "/replica"), 503, "{n} /replica");
             assert_eq!(http_code(&http, "/replica?lag=1000000000"), 503);
         } else {
             assert_eq!(http_code(&http, "/primary"), 503, "{n} /primary");
+            for alias in ["/leader", "/read-write", "/master"] {
+                assert_eq!(http_code(&http, alias), 503, "{n} {alias}");
+            }
             assert_eq!(http_code(&http, "/replica"), 200, "{n} /replica");
             assert_eq!(http_code(&http, "/replica?lag=1000000000"), 200);
+            assert_eq!(http_code(&http, "/replica?lag=1GB"), 200, "{n}");
+            assert_eq!(http_code(&http, "/read-only?lag=1GB"), 200, "{n}");
             poll(
                 &format!("{n} /replica?lag=0 on an idle cluster"),
                 SETTLE,
@@ -385,6 +406,9 @@ fn up_streams_reports_serves_health_and_down_leaves_nothing() {
     assert!(lag["lag_bytes"].as_u64().is_some_and(|l| l > 0), "{body}");
     assert_eq!(http_code(&http, "/replica?lag=1000000000"), 200);
     assert_eq!(http_code(&http, "/replica"), 200);
+    // Patroni's /read-only honours the lag limit too, with units.
+    assert_eq!(http_code(&http, "/read-only?lag=0kB"), 503);
+    assert_eq!(http_code(&http, "/read-only?lag=1GB"), 200);
     drop(frozen);
     poll(&format!("{r} caught up"), SETTLE, || {
         match http_get(&http, "/replica?lag=0") {

@@ -2,9 +2,15 @@
 //!
 //! * `GET /primary` — 200 only while this node is the primary of the
 //!   current epoch, runs writable and holds a valid lease; 503 otherwise.
-//! * `GET /replica[?lag=BYTES]` — 200 for a streaming replica (no further
-//!   behind the primary than `lag` bytes, when given).
+//! * `GET /replica[?lag=SIZE]` — 200 for a streaming replica (no further
+//!   behind the primary than `lag`, when given: bytes, or with a unit as
+//!   PostgreSQL writes them, `16kB`, `1MB`, `1GB`).
 //! * `GET /health` — 200 while PostgreSQL runs and answers.
+//! * Patroni's names, for load balancers and habits that expect them:
+//!   `/leader`, `/read-write` and `/master` as `/primary`; `/read-only[?lag]`
+//!   200 for the leased primary or a streaming replica; `/standby-leader`
+//!   404 (no standby clusters); `/liveness` 200 while the agent answers;
+//!   `/readiness` 200 for the leased primary or a streaming replica.
 //! * `GET /status` — the node's state as JSON.
 //! * `GET /metrics` — Prometheus text format.
 //! * `POST /failsafe` — another node's agent asks for a failsafe promise
@@ -150,31 +156,102 @@ fn answer(ok: bool, node: &Node) -> Response {
 }
 
 async fn primary(State(node): State<Arc<Node>>) -> Response {
-    answer(
-        node.is_leased_primary() && node.intent() == Intent::Primary,
-        &node,
-    )
+    answer(leased_primary(&node), &node)
+}
+
+/// A size as PostgreSQL and Patroni write it: bytes, or a number with a
+/// unit (`B`, `kB`, `MB`, `GB`, `TB`, powers of 1024).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// `?lag=SIZE`: None when absent; a 400 answer when it does not parse.
+fn lag_limit(q: &HashMap<String, String>) -> Result<Option<u64>, Response> {
+    match q.get("lag") {
+        None => Ok(None),
+        Some(text) => parse_size(text).map(Some).ok_or_else(|| {
+            (
+                StatusCode::BAD_REQUEST,
+                "lag must be a size in bytes or with a unit, e.g. ?lag=1048576 or ?lag=1MB (kB, MB, GB, TB)\n",
+            )
+                .into_response()
+        }),
+    }
+}
+
+/// A streaming replica within `limit` bytes of the primary (any lag when
+/// there is no limit).
+fn streaming_replica(s: &NodeStatusJson, limit: Option<u64>) -> bool {
+    s.in_recovery == Some(true)
+        && s.streaming
+        && limit.is_none_or(|limit| s.lag_bytes.is_some_and(|lag| lag <= limit))
+}
+
+fn leased_primary(node: &Node) -> bool {
+    node.is_leased_primary() && node.intent() == Intent::Primary
 }
 
 async fn replica(
     State(node): State<Arc<Node>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let s = status_of(&node);
-    let mut ok = s.in_recovery == Some(true) && s.streaming;
-    if let Some(limit) = q.get("lag") {
-        match limit.parse::<u64>() {
-            Ok(limit) => ok = ok && s.lag_bytes.is_some_and(|lag| lag <= limit),
-            Err(_) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    "lag must be a number of bytes, e.g. /replica?lag=1048576\n",
-                )
-                    .into_response()
-            }
-        }
-    }
-    answer(ok, &node)
+    let limit = match lag_limit(&q) {
+        Ok(limit) => limit,
+        Err(bad) => return bad,
+    };
+    answer(streaming_replica(&status_of(&node), limit), &node)
+}
+
+/// Patroni's `/read-only`: the primary, or a replica that streams (within
+/// `?lag`).
+async fn read_only(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let limit = match lag_limit(&q) {
+        Ok(limit) => limit,
+        Err(bad) => return bad,
+    };
+    answer(
+        leased_primary(&node) || streaming_replica(&status_of(&node), limit),
+        &node,
+    )
+}
+
+/// Patroni's `/readiness`: ready to serve as what it is.
+async fn readiness(State(node): State<Arc<Node>>) -> Response {
+    answer(
+        leased_primary(&node) || streaming_replica(&status_of(&node), None),
+        &node,
+    )
+}
+
+/// Patroni's `/liveness`: the agent is alive (it answers).
+async fn liveness(State(node): State<Arc<Node>>) -> Response {
+    answer(true, &node)
+}
+
+/// Patroni's `/standby-leader`: pgquorum has no standby clusters (yet).
+async fn standby_leader() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "no standby cluster: pgquorum does not run standby clusters\n",
+    )
+        .into_response()
 }
 
 async fn health(State(node): State<Arc<Node>>) -> Response {
@@ -331,8 +408,34 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/primary", any(primary))
         .route("/replica", any(replica))
         .route("/health", any(health))
+        // Patroni's names.
+        .route("/leader", any(primary))
+        .route("/read-write", any(primary))
+        .route("/master", any(primary))
+        .route("/read-only", any(read_only))
+        .route("/standby-leader", any(standby_leader))
+        .route("/liveness", any(liveness))
+        .route("/readiness", any(readiness))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/failsafe", axum::routing::post(failsafe))
         .with_state(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_as_postgresql_writes_them() {
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("16kB"), Some(16 << 10));
+        assert_eq!(parse_size("1MB"), Some(1 << 20));
+        assert_eq!(parse_size("2 GB"), Some(2 << 30));
+        assert_eq!(parse_size("0"), Some(0));
+        assert_eq!(parse_size("0B"), Some(0));
+        for bad in ["", "lots", "1.5MB", "1mb", "-1", "MB", "99999999999TB"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
 }

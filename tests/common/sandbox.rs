@@ -139,6 +139,11 @@ pub fn node_conninfo(port: u16) -> String {
 
 /// `GET path` on `address` (HOST:PORT): the status code and the body.
 pub fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_request("GET", address, path)
+}
+
+/// An HTTP request with `method` (GET, HEAD, OPTIONS…): code and body.
+pub fn http_request(method: &str, address: &str, path: &str) -> std::io::Result<(u16, String)> {
     let addr: SocketAddr = address
         .parse()
         .map_err(|e| std::io::Error::other(format!("{address}: {e}")))?;
@@ -147,7 +152,7 @@ pub fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
     )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
