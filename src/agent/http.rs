@@ -179,18 +179,20 @@ pub fn parse_size(text: &str) -> Option<u64> {
     number.checked_mul(factor)
 }
 
-/// `?lag=SIZE`: None when absent; a 400 answer when it does not parse.
-fn lag_limit(q: &HashMap<String, String>) -> Result<Option<u64>, Response> {
+/// `?lag=SIZE`: None when absent; Err when it does not parse.
+fn lag_limit(q: &HashMap<String, String>) -> Result<Option<u64>, ()> {
     match q.get("lag") {
         None => Ok(None),
-        Some(text) => parse_size(text).map(Some).ok_or_else(|| {
-            (
-                StatusCode::BAD_REQUEST,
-                "lag must be a size in bytes or with a unit, e.g. ?lag=1048576 or ?lag=1MB (kB, MB, GB, TB)\n",
-            )
-                .into_response()
-        }),
+        Some(text) => parse_size(text).map(Some).ok_or(()),
     }
+}
+
+fn bad_lag() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        "lag must be a size in bytes or with a unit, e.g. ?lag=1048576 or ?lag=1MB (kB, MB, GB, TB)\n",
+    )
+        .into_response()
 }
 
 /// A streaming replica within `limit` bytes of the primary (any lag when
@@ -209,9 +211,8 @@ async fn replica(
     State(node): State<Arc<Node>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let limit = match lag_limit(&q) {
-        Ok(limit) => limit,
-        Err(bad) => return bad,
+    let Ok(limit) = lag_limit(&q) else {
+        return bad_lag();
     };
     answer(streaming_replica(&status_of(&node), limit), &node)
 }
@@ -222,9 +223,8 @@ async fn read_only(
     State(node): State<Arc<Node>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let limit = match lag_limit(&q) {
-        Ok(limit) => limit,
-        Err(bad) => return bad,
+    let Ok(limit) = lag_limit(&q) else {
+        return bad_lag();
     };
     answer(
         leased_primary(&node) || streaming_replica(&status_of(&node), limit),
