@@ -102,6 +102,39 @@ async fn every_command_in_human_and_json_form() {
         "{first}"
     );
 
+    // A scheduled switchover: a time in the past is refused; a future one
+    // shows in status and can be cancelled; cancelling twice is refused.
+    let out = d.cli(&["switchover", "--at", "2020-01-01T00:00:00Z", "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("in the past"), "{}", stderr(&out));
+    assert!(json(&d.cli(&["status", "--json"]))["pending_switchover"].is_null());
+    let later =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600))
+            .to_string();
+    let out = d.cli(&["switchover", "--at", &later, "--to", &replica, "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pending = json(&d.cli(&["status", "--json"]))["pending_switchover"].clone();
+    assert!(
+        pending
+            .as_str()
+            .is_some_and(|p| p.contains(&replica) && p.contains(" at ")),
+        "{pending}"
+    );
+    let out = d.cli(&["switchover", "--cancel"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(json(&d.cli(&["status", "--json"]))["pending_switchover"].is_null());
+    let out = d.cli(&["switchover", "--cancel"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no switchover is scheduled"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        json(&d.cli(&["status", "--json"]))["primary"],
+        primary.as_str()
+    );
+
     // managers
     assert!(stdout(&d.cli(&["managers", "list"])).contains("leader"));
     assert_eq!(

@@ -65,6 +65,9 @@ pub struct SwitchoverArgs {
     /// Return once the switchover is scheduled instead of waiting for it.
     #[arg(long)]
     pub no_wait: bool,
+    /// Cancel the scheduled switchover (refused once it is under way).
+    #[arg(long, conflicts_with_all = ["to", "at", "force", "no_wait"])]
+    pub cancel: bool,
 }
 
 #[derive(Debug, Args)]
@@ -420,6 +423,21 @@ pub async fn history(global: &GlobalArgs, args: ClusterArg) -> Result<(), Failur
 
 pub async fn switchover(global: &GlobalArgs, args: SwitchoverArgs) -> Result<(), Failure> {
     let client = super::connect(global)?;
+    if args.cancel {
+        let req = SwitchoverRequest {
+            cluster: args.cluster.cluster.clone(),
+            cancel: true,
+            ..Default::default()
+        };
+        let r = client
+            .call(|mut api, t| {
+                let req = req.clone();
+                async move { api.switchover(request(req, t)).await }
+            })
+            .await?;
+        print_operation(global, &r);
+        return Ok(());
+    }
     let target = args.to.clone().unwrap_or_else(|| "the best replica".into());
     let when = args
         .at
@@ -435,6 +453,7 @@ pub async fn switchover(global: &GlobalArgs, args: SwitchoverArgs) -> Result<(),
         to: args.to.clone().unwrap_or_default(),
         at: args.at.clone().unwrap_or_default(),
         from: String::new(),
+        cancel: false,
     };
     let r = client
         .call(|mut api, t| {

@@ -104,6 +104,11 @@ pub enum ClusterCommand {
         cluster: String,
         reason: String,
     },
+    /// The operator drops a scheduled switchover (`switchover --cancel`):
+    /// refused once it is under way.
+    CancelScheduledSwitchover {
+        cluster: String,
+    },
     /// Ask a node's agent to restart or re-clone.
     RequestNodeAction {
         cluster: String,
@@ -265,6 +270,7 @@ impl ClusterCommand {
             | RequestSwitchover { cluster, .. }
             | AdvanceSwitchover { cluster, .. }
             | CancelSwitchover { cluster, .. }
+            | CancelScheduledSwitchover { cluster }
             | RequestNodeAction { cluster, .. }
             | CompleteNodeAction { cluster, .. } => Some(cluster),
             Recover { .. } | RetireManager { .. } | RestoreState { .. } => None,
@@ -553,6 +559,16 @@ impl ClusterCommand {
                 }
                 applied(c, format!("switchover cancelled: {reason}"))
             }
+            CancelScheduledSwitchover { .. } => match &c.switchover {
+                None => Err(Rejection::precondition("no switchover is scheduled")),
+                Some(s) if s.phase != SwitchoverPhase::Scheduled => Err(Rejection::precondition(
+                    "the switchover is under way and can no longer be cancelled; see `pgquorum status`",
+                )),
+                Some(_) => {
+                    c.switchover = None;
+                    applied(c, "scheduled switchover cancelled")
+                }
+            },
             RequestNodeAction { node, kind, .. } => {
                 require_member(c, node)?;
                 if *kind == NodeActionKind::Reinit && c.is_primary(node) {
@@ -812,5 +828,51 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind, RejectionKind::FailedPrecondition);
         assert!(s.clusters["main"].switchover.is_none());
+    }
+
+    #[test]
+    fn only_a_scheduled_switchover_can_be_cancelled_by_the_operator() {
+        let mut s = three_nodes();
+        ClusterCommand::Bootstrap {
+            cluster: "main".into(),
+            node: "a".into(),
+            at_unix_ms: 0,
+        }
+        .apply(&mut s)
+        .unwrap();
+        let cancel = ClusterCommand::CancelScheduledSwitchover {
+            cluster: "main".into(),
+        };
+        let err = cancel.apply(&mut s).unwrap_err();
+        assert!(
+            err.message.contains("no switchover is scheduled"),
+            "{err:?}"
+        );
+        let schedule = ClusterCommand::RequestSwitchover {
+            cluster: "main".into(),
+            from: None,
+            to: Some("b".into()),
+            not_before_unix_ms: Some(1_000),
+            requested_unix_ms: 0,
+        };
+        schedule.apply(&mut s).unwrap();
+        cancel.apply(&mut s).unwrap();
+        assert!(s.clusters["main"].switchover.is_none());
+
+        // Once under way it runs to its end (or the leader gives up on it).
+        schedule.apply(&mut s).unwrap();
+        let epoch = s.clusters["main"].epoch;
+        ClusterCommand::AdvanceSwitchover {
+            cluster: "main".into(),
+            epoch,
+            phase: SwitchoverPhase::Demoting { target: "b".into() },
+        }
+        .apply(&mut s)
+        .unwrap();
+        let before = s.clone();
+        let err = cancel.apply(&mut s).unwrap_err();
+        assert_eq!(err.kind, RejectionKind::FailedPrecondition);
+        assert!(err.message.contains("under way"), "{err:?}");
+        assert_eq!(s, before);
     }
 }

@@ -538,6 +538,7 @@ impl Cluster {
                     to,
                     at: String::new(),
                     from: String::new(),
+                    cancel: false,
                 }))
                 .await
             }

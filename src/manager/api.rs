@@ -295,6 +295,14 @@ impl PgQuorum for ApiService {
         let r = request.into_inner();
         let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &r.cluster)?;
+        if r.cancel {
+            let response = self
+                .propose(ClusterCommand::CancelScheduledSwitchover {
+                    cluster: cluster.name.clone(),
+                })
+                .await?;
+            return Ok(Response::new(response));
+        }
         let not_before_unix_ms = if r.at.is_empty() {
             None
         } else {
@@ -304,11 +312,20 @@ impl PgQuorum for ApiService {
                     r.at
                 ))
             })?;
-            Some(
-                at.duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0),
-            )
+            let at_ms = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            // A little slack for the time the request took to get here.
+            let now = crate::wallclock::unix_ms();
+            if at_ms + 5_000 < now {
+                return Err(Status::invalid_argument(format!(
+                    "--at {}: that is in the past (it is {} now); give a time to come, or leave --at out to switch over now",
+                    r.at,
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                )));
+            }
+            Some(at_ms)
         };
         let to = (!r.to.is_empty()).then(|| r.to.clone());
         self.control
