@@ -242,6 +242,16 @@ async fn every_command_in_human_and_json_form() {
     d.wait_all_streaming(3, LONG).await;
     assert!(d.cli(&["node", "restart", &primary]).status.success());
 
+    // --timeout bounds a wait, and says the operation goes on.
+    let out = d.cli(&["node", "restart", &replica, "--timeout", "1ms"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("not finished after 1ms") && stderr(&out).contains("--timeout"),
+        "{}",
+        stderr(&out)
+    );
+    d.wait_all_streaming(3, LONG).await;
+
     // version and completions
     assert!(json(&d.cli(&["version", "--json"]))["version"].is_string());
     let out = d.cli(&["completions", "bash"]);

@@ -47,6 +47,10 @@ pub struct GlobalArgs {
     /// Print JSON instead of tables, for scripts.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long commands that wait for an outcome (switchover, failover,
+    /// node restart) wait before they give up [default: 3m].
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// CA certificate (PEM) the managers' certificates are signed by: talk
     /// TLS to the managers.
     #[arg(long, env = "PGQUORUM_TLS_CA", value_name = "FILE")]

@@ -469,7 +469,13 @@ pub async fn switchover(global: &GlobalArgs, args: SwitchoverArgs) -> Result<(),
         epoch: r.epoch,
         to: args.to.clone(),
     };
-    let s = wait(&client, &args.cluster.cluster, goal, WAIT).await?;
+    let s = wait(
+        &client,
+        &args.cluster.cluster,
+        goal,
+        global.timeout.unwrap_or(WAIT),
+    )
+    .await?;
     print_operation(
         global,
         &OperationResponse {
@@ -510,7 +516,13 @@ pub async fn failover(global: &GlobalArgs, args: FailoverArgs) -> Result<(), Fai
             epoch: r.epoch.saturating_sub(1),
             to: Some(args.to.clone()),
         };
-        wait(&client, &args.cluster.cluster, goal, WAIT).await?;
+        wait(
+            &client,
+            &args.cluster.cluster,
+            goal,
+            global.timeout.unwrap_or(WAIT),
+        )
+        .await?;
     }
     print_operation(global, &r);
     Ok(())
@@ -568,7 +580,7 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
             &client,
             &cluster,
             Goal::NodeDone { node: name.clone() },
-            WAIT,
+            global.timeout.unwrap_or(WAIT),
         )
         .await?;
     }

@@ -83,8 +83,8 @@ pub async fn wait(
         }
         if started.elapsed() > limit {
             return Err(Failure::failed(format!(
-                "not finished after {}s; `pgquorum status` shows where it stands",
-                limit.as_secs()
+                "not finished after {}; `pgquorum status` shows where it stands (--timeout waits longer; the operation goes on either way)",
+                humantime::format_duration(limit)
             )));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
