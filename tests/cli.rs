@@ -263,7 +263,18 @@ async fn every_command_in_human_and_json_form() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_needing_parameter_is_pending_until_node_restart_pending() {
     let net = Network::loopback(2);
-    let d = Deployment::start(&net, &[]).await;
+    // Tagged nosync (irrelevant in async mode): status shows the tag.
+    let d = Deployment::start_custom(&net, &[], "", "[tags]\nnosync = true\n", &[]).await;
+    let s = json(&d.cli(&["status", "--json"]));
+    assert!(
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["nosync"] == true && n["nofailover"] == false),
+        "{s}"
+    );
+    assert!(stdout(&d.cli(&["status"])).contains("nosync"));
     let out = d.cli(&[
         "config",
         "set",

@@ -57,6 +57,7 @@ pub struct NodeJson {
     pub epoch: u64,
     pub pending_restart: bool,
     pub nofailover: bool,
+    pub nosync: bool,
     pub priority: i32,
 }
 
@@ -100,6 +101,7 @@ impl From<&ClusterStatus> for StatusJson {
                     epoch: n.epoch,
                     pending_restart: n.pending_restart,
                     nofailover: n.nofailover,
+                    nosync: n.nosync,
                     priority: n.priority,
                 })
                 .collect(),
@@ -153,6 +155,9 @@ pub fn render(s: &ClusterStatus) -> String {
             }
             if n.nofailover {
                 tags.push("nofailover".to_string());
+            }
+            if n.nosync {
+                tags.push("nosync".to_string());
             }
             if n.priority != 0 {
                 tags.push(format!("priority={}", n.priority));

@@ -100,6 +100,7 @@ fn node_status(
         port: u32::from(member.port),
         sync: cluster.sync_set.contains(&member.name),
         nofailover: member.tags.nofailover,
+        nosync: member.tags.nosync,
         priority: member.tags.priority,
         http: member.http.clone(),
         last_seen_ms: last.map(|n| n.age_ms),
