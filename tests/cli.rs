@@ -20,7 +20,7 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_command_in_human_and_json_form() {
     let net = Network::loopback(3);
-    let d = Deployment::start(&net, &[]).await;
+    let mut d = Deployment::start(&net, &[]).await;
 
     // status
     let out = d.cli(&["status"]);
@@ -258,6 +258,53 @@ async fn every_command_in_human_and_json_form() {
     assert!(stdout(&out).contains("pgquorum"));
     // Usage errors exit 2.
     assert_eq!(d.cli(&["switchover", "--bogus"]).status.code(), Some(2));
+
+    // node remove: refused for the primary and for a node that runs; once
+    // its agent and keeper are stopped it goes, and the name can come back.
+    let s = d.wait_all_streaming(3, LONG).await;
+    let primary = s.primary.clone();
+    let replica = s
+        .nodes
+        .iter()
+        .find(|n| n.name != primary)
+        .unwrap()
+        .name
+        .clone();
+    let out = d.cli(&["node", "remove", &primary, "--force"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is the primary"), "{}", stderr(&out));
+    let out = d.cli(&["node", "remove", &replica, "--force"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is running"), "{}", stderr(&out));
+    let host = d.host_of_node(&replica);
+    let keeper = d.keeper_pid(&host).expect("the replica's keeper");
+    if let Some(mut agent) = d.agents.remove(&replica) {
+        assert!(agent.terminate(LONG).is_some(), "agent did not stop");
+    }
+    pgquorum::process::signal_all(&[keeper], nix::sys::signal::Signal::SIGTERM);
+    assert!(pgquorum::process::wait_gone(&[keeper], LONG));
+    let removed = wait_for("the stopped replica to be removable", LONG, || async {
+        let out = d.cli(&["node", "remove", &replica, "--force", "--json"]);
+        out.status.success().then(|| json(&out))
+    })
+    .await;
+    assert!(
+        removed["message"].as_str().unwrap().contains("removed"),
+        "{removed}"
+    );
+    let s = json(&d.cli(&["status", "--json"]));
+    let names: Vec<&str> = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{s}");
+    assert!(!names.contains(&replica.as_str()), "{s}");
+    // A replacement under the same name registers and streams again.
+    let i = d.hosts.iter().position(|h| h.name == replica).unwrap();
+    d.start_agent(&net, i);
+    d.wait_all_streaming(3, LONG).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

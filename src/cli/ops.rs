@@ -104,6 +104,17 @@ pub enum NodeCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Forget a node that is gone (its agent and keeper stopped), so that
+    /// a replacement host can use its name. Refused for the primary, for a
+    /// node whose agent still reports, and for a synchronous standby.
+    Remove {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
     /// Wipe a replica's data directory and clone it again from the primary.
     Reinit {
         #[command(flatten)]
@@ -531,6 +542,29 @@ pub async fn failover(global: &GlobalArgs, args: FailoverArgs) -> Result<(), Fai
 pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failure> {
     let client = super::connect(global)?;
     let (req, reinit, no_wait) = match command {
+        NodeCommand::Remove {
+            cluster,
+            name,
+            force,
+        } => {
+            confirm(
+                &format!("Forget node {name} (its data directory is not touched)?"),
+                force,
+            )?;
+            let req = NodeRequest {
+                cluster: cluster.cluster,
+                node: name,
+                pending_only: false,
+            };
+            let r = client
+                .call(|mut api, t| {
+                    let req = request(req.clone(), t);
+                    async move { api.remove_node(req).await }
+                })
+                .await?;
+            print_operation(global, &r);
+            return Ok(());
+        }
         NodeCommand::Restart {
             cluster,
             name,

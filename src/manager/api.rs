@@ -476,6 +476,23 @@ impl PgQuorum for ApiService {
             .await
     }
 
+    async fn remove_node(
+        &self,
+        request: Request<NodeRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
+        self.node.guard.write(&request, "node remove")?;
+        forward!(self, request, remove_node);
+        let r = request.into_inner();
+        let state = self.read_state(true).await?; // the command re-validates when applied
+        let cluster = pick_cluster(&state, &r.cluster)?;
+        let command = self
+            .control
+            .check_node_removal(cluster, &r.node)
+            .map_err(status_of)?;
+        let response = self.propose(command).await?;
+        Ok(Response::new(response))
+    }
+
     async fn list_managers(
         &self,
         _request: Request<ListManagersRequest>,

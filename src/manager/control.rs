@@ -533,6 +533,17 @@ impl Control {
             .map_err(NodeError::Rejected)
     }
 
+    /// Refuse to remove a node that is not gone
+    /// (`decide::check_node_removal`); the command that removes it.
+    pub fn check_node_removal(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+    ) -> Result<crate::cluster::ClusterCommand, NodeError> {
+        self.ask(cluster, |input| decide::check_node_removal(input, name))
+            .map_err(NodeError::Rejected)
+    }
+
     /// An operator's failover to `to` (`decide::manual_failover`): waits
     /// out any lease that may still run (bounded), then commits.
     pub async fn manual_failover(

@@ -31,6 +31,7 @@ use std::collections::BTreeSet;
 mod bootstrap;
 mod failover;
 mod primary;
+mod removal;
 mod replicas;
 mod switchover;
 mod sync_set;
@@ -39,6 +40,7 @@ mod tests;
 
 use bootstrap::{bootstrap, complete_actions, system_identifier};
 pub use failover::{manual_failover, ManualFailover};
+pub use removal::check_node_removal;
 pub use switchover::check_switchover;
 
 use failover::{

@@ -1161,3 +1161,50 @@ fn switchover_checks_the_primary_and_the_target() {
     let e = check(&promised, None).unwrap_err();
     assert!(e.message.contains("no streaming replica"), "{}", e.message);
 }
+
+#[test]
+fn only_a_stopped_non_primary_outside_the_sync_set_may_be_removed() {
+    let mut c = three(&[]);
+    let check = |c: &Cluster, s: &Soft, now: u64, name: &str| {
+        check_node_removal(
+            &Input {
+                cluster: c,
+                soft: s,
+                now,
+                wall_ms: 0,
+            },
+            name,
+        )
+    };
+    let reports = soft(
+        &c,
+        vec![
+            (primary("n1", 10_000), 9_500),
+            (replica("n2", 10_000, Some("n1")), 9_500),
+            (replica("n3", 10_000, Some("n1")), 1_000),
+        ],
+    );
+    let e = check(&c, &reports, 9_600, "n9").unwrap_err();
+    assert_eq!(e.kind, crate::cluster::RejectionKind::NotFound);
+    let e = check(&c, &reports, 9_600, "n1").unwrap_err();
+    assert!(e.message.contains("is the primary"), "{}", e.message);
+    // n2 reported 100 ms ago: it runs.
+    let e = check(&c, &reports, 9_600, "n2").unwrap_err();
+    assert!(e.message.contains("is running"), "{}", e.message);
+    // n3 has been silent for longer than a lease: it may go...
+    assert_eq!(
+        check(&c, &reports, 9_600, "n3"),
+        Ok(ClusterCommand::RemoveNode {
+            cluster: c.name.clone(),
+            name: "n3".into()
+        })
+    );
+    // ... unless it is still a synchronous standby.
+    c.sync_set = set(&["n3"]);
+    let e = check(&c, &reports, 9_600, "n3").unwrap_err();
+    assert!(
+        e.message.contains("synchronous standby set"),
+        "{}",
+        e.message
+    );
+}

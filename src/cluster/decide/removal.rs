@@ -1,0 +1,44 @@
+//! An operator's `node remove NAME`, checked before it is committed: only a
+//! node that is gone may leave the cluster's membership.
+
+use super::*;
+
+/// The command that removes `name`, or why not: it is unknown, it is the
+/// primary, its agent still reports (it runs: stop it first), or it is a
+/// synchronous standby (the leader narrows the set once it stops
+/// reporting; then it can go).
+pub fn check_node_removal(input: &Input, name: &str) -> Result<ClusterCommand, Rejection> {
+    let cluster = input.cluster;
+    if cluster.member(name).is_none() {
+        return Err(Rejection::not_found(format!(
+            "cluster {:?} has no node named {name:?}; known nodes: {}",
+            cluster.name,
+            cluster
+                .members
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if cluster.is_primary(name) {
+        return Err(Rejection::precondition(format!(
+            "{name} is the primary; switch over to another node first (`pgquorum switchover`)"
+        )));
+    }
+    if let Some(o) = fresh(input, name) {
+        return Err(Rejection::precondition(format!(
+            "{name} is running (its agent reported {} ms ago): stop its agent and its keeper (which stops PostgreSQL) on that host first",
+            input.now.saturating_sub(o.received_at)
+        )));
+    }
+    if cluster.sync_set.contains(name) {
+        return Err(Rejection::precondition(format!(
+            "{name} is still in the synchronous standby set; the leader takes it out once it has stopped reporting (strict sync mode keeps it: set sync_strict=off first), then remove it"
+        )));
+    }
+    Ok(ClusterCommand::RemoveNode {
+        cluster: cluster.name.clone(),
+        name: name.to_string(),
+    })
+}
