@@ -311,7 +311,7 @@ async fn every_command_in_human_and_json_form() {
 async fn a_restart_needing_parameter_is_pending_until_node_restart_pending() {
     let net = Network::loopback(2);
     // Tagged nosync (irrelevant in async mode): status shows the tag.
-    let d = Deployment::start_custom(&net, &[], "", "[tags]\nnosync = true\n", &[]).await;
+    let mut d = Deployment::start_custom(&net, &[], "", "[tags]\nnosync = true\n", &[]).await;
     let s = json(&d.cli(&["status", "--json"]));
     assert!(
         s["nodes"]
@@ -359,4 +359,30 @@ async fn a_restart_needing_parameter_is_pending_until_node_restart_pending() {
             .then_some(())
     })
     .await;
+
+    // cluster remove: refused while it runs; once every agent and keeper
+    // is stopped, the managers forget it.
+    let out = d.cli(&["cluster", "remove", "main", "--force"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("still runs"), "{}", stderr(&out));
+    let keepers: Vec<i32> = d.hosts.iter().filter_map(|h| d.keeper_pid(h)).collect();
+    for (_, mut agent) in std::mem::take(&mut d.agents) {
+        assert!(agent.terminate(LONG).is_some(), "agent did not stop");
+    }
+    pgquorum::process::signal_all(&keepers, nix::sys::signal::Signal::SIGTERM);
+    assert!(pgquorum::process::wait_gone(&keepers, LONG));
+    wait_for("the stopped cluster to be removable", LONG, || async {
+        d.cli(&["cluster", "remove", "main", "--force"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let out = d.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no cluster is registered"),
+        "{}",
+        stderr(&out)
+    );
 }

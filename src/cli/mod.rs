@@ -2,6 +2,7 @@
 //! (manager, agent) and for the people operating them.
 
 mod client;
+mod clusters;
 mod drill;
 mod dsn;
 mod managers;
@@ -193,6 +194,8 @@ pub enum Command {
     Switchover(With<ops::SwitchoverArgs>),
     /// Promote a replica when the automatic path cannot act.
     Failover(With<ops::FailoverArgs>),
+    /// Clusters as a whole: remove one whose nodes are all gone.
+    Cluster(Group<clusters::ClustersCommand>),
     /// Restart or re-initialize one node.
     Node(Group<ops::NodeCommand>),
     /// A whole cluster on this machine, for a first look, demos and tests.
@@ -370,6 +373,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::History(w) => ops::history(&merge(&global, &w.conn), w.args).await,
         Command::Switchover(w) => ops::switchover(&merge(&global, &w.conn), w.args).await,
         Command::Failover(w) => ops::failover(&merge(&global, &w.conn), w.args).await,
+        Command::Cluster(g) => clusters::run(&merge(&global, &g.conn), g.command).await,
         Command::Node(g) => ops::node(&merge(&global, &g.conn), g.command).await,
         Command::Sandbox(cmd) => sandbox::run(&global, cmd).await,
         Command::Drill(args) => drill::run(&global, *args).await,

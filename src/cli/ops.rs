@@ -136,7 +136,7 @@ struct OperationJson {
     primary: Option<String>,
 }
 
-fn print_operation(global: &GlobalArgs, r: &OperationResponse) {
+pub(super) fn print_operation(global: &GlobalArgs, r: &OperationResponse) {
     let json = OperationJson {
         message: r.message.clone(),
         epoch: r.epoch,
@@ -146,7 +146,7 @@ fn print_operation(global: &GlobalArgs, r: &OperationResponse) {
 }
 
 /// Ask `question` on the terminal; without a terminal the answer is no.
-fn confirm(question: &str, force: bool) -> Result<(), Failure> {
+pub(super) fn confirm(question: &str, force: bool) -> Result<(), Failure> {
     if force {
         return Ok(());
     }

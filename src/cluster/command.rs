@@ -104,6 +104,10 @@ pub enum ClusterCommand {
         cluster: String,
         reason: String,
     },
+    /// Forget a whole cluster whose nodes are all gone (`cluster remove`).
+    RemoveCluster {
+        cluster: String,
+    },
     /// The operator drops a scheduled switchover (`switchover --cancel`):
     /// refused once it is under way.
     CancelScheduledSwitchover {
@@ -272,7 +276,8 @@ impl ClusterCommand {
             | CancelSwitchover { cluster, .. }
             | CancelScheduledSwitchover { cluster }
             | RequestNodeAction { cluster, .. }
-            | CompleteNodeAction { cluster, .. } => Some(cluster),
+            | CompleteNodeAction { cluster, .. }
+            | RemoveCluster { cluster } => Some(cluster),
             Recover { .. } | RetireManager { .. } | RestoreState { .. } => None,
         }
     }
@@ -300,6 +305,17 @@ impl ClusterCommand {
                 *state = (**restored).clone();
                 Ok(Applied {
                     message: format!("restored {} cluster(s)", state.clusters.len()),
+                    ..Applied::default()
+                })
+            }
+            RemoveCluster { cluster } => {
+                if state.clusters.remove(cluster).is_none() {
+                    return Err(Rejection::not_found(format!(
+                        "no cluster named {cluster:?}"
+                    )));
+                }
+                Ok(Applied {
+                    message: format!("cluster {cluster} removed"),
                     ..Applied::default()
                 })
             }
@@ -349,7 +365,11 @@ impl ClusterCommand {
     fn apply_to_cluster(&self, c: &mut Cluster) -> CommandResult {
         use ClusterCommand::*;
         match self {
-            RegisterNode { .. } | Recover { .. } | RetireManager { .. } | RestoreState { .. } => {
+            RegisterNode { .. }
+            | RemoveCluster { .. }
+            | Recover { .. }
+            | RetireManager { .. }
+            | RestoreState { .. } => {
                 Err(Rejection::invalid("internal: not a single-cluster command"))
             }
             RemoveNode { name, .. } => {

@@ -493,6 +493,28 @@ impl PgQuorum for ApiService {
         Ok(Response::new(response))
     }
 
+    async fn remove_cluster(
+        &self,
+        request: Request<ClusterRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
+        self.node.guard.write(&request, "cluster remove")?;
+        forward!(self, request, remove_cluster);
+        let r = request.into_inner();
+        if r.cluster.is_empty() {
+            return Err(Status::invalid_argument(
+                "name the cluster to remove (every one of its nodes must be stopped)",
+            ));
+        }
+        let state = self.read_state(true).await?;
+        let cluster = pick_cluster(&state, &r.cluster)?;
+        let command = self
+            .control
+            .check_cluster_removal(cluster)
+            .map_err(status_of)?;
+        let response = self.propose(command).await?;
+        Ok(Response::new(response))
+    }
+
     async fn list_managers(
         &self,
         _request: Request<ListManagersRequest>,

@@ -544,6 +544,16 @@ impl Control {
             .map_err(NodeError::Rejected)
     }
 
+    /// Refuse to forget a cluster that still runs
+    /// (`decide::check_cluster_removal`); the command that forgets it.
+    pub fn check_cluster_removal(
+        &self,
+        cluster: &Cluster,
+    ) -> Result<crate::cluster::ClusterCommand, NodeError> {
+        self.ask(cluster, decide::check_cluster_removal)
+            .map_err(NodeError::Rejected)
+    }
+
     /// An operator's failover to `to` (`decide::manual_failover`): waits
     /// out any lease that may still run (bounded), then commits.
     pub async fn manual_failover(

@@ -40,7 +40,7 @@ mod tests;
 
 use bootstrap::{bootstrap, complete_actions, system_identifier};
 pub use failover::{manual_failover, ManualFailover};
-pub use removal::check_node_removal;
+pub use removal::{check_cluster_removal, check_node_removal};
 pub use switchover::check_switchover;
 
 use failover::{

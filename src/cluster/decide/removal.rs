@@ -1,5 +1,5 @@
-//! An operator's `node remove NAME`, checked before it is committed: only a
-//! node that is gone may leave the cluster's membership.
+//! An operator's `node remove NAME` and `cluster remove NAME`, checked
+//! before they are committed: only what is gone may be forgotten.
 
 use super::*;
 
@@ -40,5 +40,27 @@ pub fn check_node_removal(input: &Input, name: &str) -> Result<ClusterCommand, R
     Ok(ClusterCommand::RemoveNode {
         cluster: cluster.name.clone(),
         name: name.to_string(),
+    })
+}
+
+/// The command that forgets the whole cluster, or why not: a node still
+/// reports (it runs: stop every agent and keeper first).
+pub fn check_cluster_removal(input: &Input) -> Result<ClusterCommand, Rejection> {
+    let cluster = input.cluster;
+    let running: Vec<&str> = cluster
+        .members
+        .keys()
+        .filter(|m| fresh(input, m).is_some())
+        .map(String::as_str)
+        .collect();
+    if !running.is_empty() {
+        return Err(Rejection::precondition(format!(
+            "cluster {} still runs ({} reported within the last lease): stop every agent and keeper of the cluster first",
+            cluster.name,
+            running.join(", ")
+        )));
+    }
+    Ok(ClusterCommand::RemoveCluster {
+        cluster: cluster.name.clone(),
     })
 }

@@ -1208,3 +1208,35 @@ fn only_a_stopped_non_primary_outside_the_sync_set_may_be_removed() {
         e.message
     );
 }
+
+#[test]
+fn a_cluster_is_removed_only_once_every_node_is_silent() {
+    let c = three(&[]);
+    let check = |s: &Soft, now: u64| {
+        check_cluster_removal(&Input {
+            cluster: &c,
+            soft: s,
+            now,
+            wall_ms: 0,
+        })
+    };
+    let reports = soft(
+        &c,
+        vec![
+            (primary("n1", 10_000), 1_000),
+            (replica("n2", 10_000, Some("n1")), 9_500),
+        ],
+    );
+    let e = check(&reports, 9_600).unwrap_err();
+    assert!(
+        e.message.contains("still runs (n2 reported"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        check(&reports, 20_000),
+        Ok(ClusterCommand::RemoveCluster {
+            cluster: c.name.clone()
+        })
+    );
+}
