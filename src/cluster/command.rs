@@ -221,11 +221,13 @@ fn cluster_mut<'a>(state: &'a mut ClusterState, name: &str) -> Result<&'a mut Cl
     })
 }
 
-fn require_member(cluster: &Cluster, node: &str) -> Result<(), Rejection> {
-    if cluster.members.contains_key(node) {
-        Ok(())
-    } else {
-        Err(Rejection::not_found(format!(
+/// The member named `node`, or NOT_FOUND naming the ones there are.
+pub(crate) fn require_member<'a>(
+    cluster: &'a Cluster,
+    node: &str,
+) -> Result<&'a Member, Rejection> {
+    cluster.member(node).ok_or_else(|| {
+        Rejection::not_found(format!(
             "cluster {:?} has no node named {node:?}; known nodes: {}",
             cluster.name,
             cluster
@@ -234,8 +236,8 @@ fn require_member(cluster: &Cluster, node: &str) -> Result<(), Rejection> {
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(", ")
-        )))
-    }
+        ))
+    })
 }
 
 fn require_epoch(cluster: &Cluster, epoch: u64) -> Result<(), Rejection> {

@@ -308,7 +308,17 @@ impl Cluster {
         let host = self.host(node)?.clone();
         let dir = self.host_dir(node)?;
         let config = dir.join("agent.toml");
-        let text = agent_config(&dir, &host, &self.net.subnet, &self.manager_addresses());
+        let text = agent_config(
+            &dir,
+            &host,
+            &self.net.subnet,
+            &self.manager_addresses(),
+            &Listen {
+                cluster: CLUSTER,
+                pg_port: PG_PORT,
+                http_port: HTTP_PORT,
+            },
+        );
         std::fs::write(&config, text).map_err(|source| ClusterError::Files {
             path: config.display().to_string(),
             source,
@@ -603,15 +613,34 @@ fn request<T>(message: T) -> tonic::Request<T> {
     r
 }
 
-fn agent_config(dir: &Path, host: &Host, subnet: &str, managers: &[String]) -> String {
+/// Where a node listens: its cluster, its PostgreSQL port and its HTTP port
+/// (on its host's address).
+pub struct Listen<'a> {
+    pub cluster: &'a str,
+    pub pg_port: u16,
+    pub http_port: u16,
+}
+
+/// The agent configuration of a test node on `host` (data under `dir`):
+/// trust authentication for the hosts' /24 and loopback only.
+pub fn agent_config(
+    dir: &Path,
+    host: &Host,
+    subnet: &str,
+    managers: &[String],
+    listen: &Listen,
+) -> String {
     format!(
-        "# pgquorum drill node {name}: trust authentication on the drill's hosts only.\n\
-         name = \"{name}\"\ncluster = \"{CLUSTER}\"\nmanagers = [{managers}]\nhttp_listen = \"{addr}:{HTTP_PORT}\"\n\
+        "# pgquorum test node {name}: trust authentication on the test hosts only.\n\
+         name = \"{name}\"\ncluster = \"{cluster}\"\nmanagers = [{managers}]\nhttp_listen = \"{addr}:{http}\"\n\
          state_dir = \"{state}\"\nregister_timeout = \"60s\"\n\n[postgresql]\ndata_dir = \"{data}\"\n\
-         listen = \"{addr}\"\nport = {PG_PORT}\nsocket_dir = \"{socket}\"\nlog_file = \"{log}\"\n\
+         listen = \"{addr}\"\nport = {pg}\nsocket_dir = \"{socket}\"\nlog_file = \"{log}\"\n\
          hba = [\"local all all trust\", \"host all all {subnet}.0/24 trust\", \"host replication all {subnet}.0/24 trust\", \"host all all 127.0.0.0/8 trust\", \"host replication all 127.0.0.0/8 trust\"]\n\n\
          [postgresql.parameters]\nshared_buffers = \"32MB\"\nmax_connections = \"50\"\n",
         name = host.name,
+        cluster = listen.cluster,
+        http = listen.http_port,
+        pg = listen.pg_port,
         addr = host.address,
         managers = managers.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", "),
         state = dir.join("agent").display(),

@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -156,7 +156,17 @@ impl Deployment {
         let text = format!(
             "{}\n{}\n{}",
             self.agent_top.replace("{host}", &host.name),
-            agent_config(&dir, host, &self.subnet, &self.manager_addresses()),
+            pgquorum::drill::cluster::agent_config(
+                &dir,
+                host,
+                &self.subnet,
+                &self.manager_addresses(),
+                &pgquorum::drill::cluster::Listen {
+                    cluster: "main",
+                    pg_port: PG_PORT,
+                    http_port: HTTP_PORT,
+                }
+            ),
             self.agent_tables
         );
         std::fs::write(&config, text).expect("agent config");
@@ -308,23 +318,6 @@ pub async fn http_get(address: &str, path: &str) -> Option<u16> {
         .await
         .ok()
         .flatten()
-}
-
-fn agent_config(dir: &Path, host: &Host, subnet: &str, managers: &[String]) -> String {
-    format!(
-        "name = \"{name}\"\ncluster = \"main\"\nmanagers = [{managers}]\nhttp_listen = \"{addr}:{HTTP_PORT}\"\n\
-         state_dir = \"{state}\"\nregister_timeout = \"60s\"\n\n[postgresql]\ndata_dir = \"{data}\"\n\
-         listen = \"{addr}\"\nport = {PG_PORT}\nsocket_dir = \"{socket}\"\nlog_file = \"{log}\"\n\
-         hba = [\"local all all trust\", \"host all all {subnet}.0/24 trust\", \"host replication all {subnet}.0/24 trust\", \"host all all 127.0.0.0/8 trust\", \"host replication all 127.0.0.0/8 trust\"]\n\n\
-         [postgresql.parameters]\nshared_buffers = \"32MB\"\nmax_connections = \"50\"\n",
-        name = host.name,
-        addr = host.address,
-        managers = managers.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", "),
-        state = dir.join("agent").display(),
-        data = dir.join("data").display(),
-        socket = dir.join("socket").display(),
-        log = dir.join("postgresql.log").display(),
-    )
 }
 
 /// One acknowledged write.

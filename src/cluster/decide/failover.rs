@@ -358,18 +358,7 @@ pub fn manual_failover(
     old_primary_stopped: bool,
 ) -> Result<ManualFailover, Rejection> {
     let cluster = input.cluster;
-    let Some(member) = cluster.member(to) else {
-        return Err(Rejection::not_found(format!(
-            "cluster {:?} has no node named {to:?}; known nodes: {}",
-            cluster.name,
-            cluster
-                .members
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    };
+    let member = crate::cluster::command::require_member(cluster, to)?;
     if cluster.is_primary(to) {
         return Err(Rejection::precondition(format!(
             "{to} is already the primary"

@@ -9,18 +9,7 @@ use super::*;
 /// reporting; then it can go).
 pub fn check_node_removal(input: &Input, name: &str) -> Result<ClusterCommand, Rejection> {
     let cluster = input.cluster;
-    if cluster.member(name).is_none() {
-        return Err(Rejection::not_found(format!(
-            "cluster {:?} has no node named {name:?}; known nodes: {}",
-            cluster.name,
-            cluster
-                .members
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
+    crate::cluster::command::require_member(cluster, name)?;
     if cluster.is_primary(name) {
         return Err(Rejection::precondition(format!(
             "{name} is the primary; switch over to another node first (`pgquorum switchover`)"
