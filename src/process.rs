@@ -125,11 +125,6 @@ pub fn postgres_processes_in(canonical_dir: &Path) -> Vec<i32> {
     scan(|cwd, exe| cwd == canonical_dir && is_postgres_exe(exe))
 }
 
-/// How long [`fence`] waits for an immediate shutdown before SIGKILL. The
-/// whole fence must fit in the fence lead (300 ms before the lease ends):
-/// an immediate shutdown takes 8–30 ms, so 100 ms is generous, and SIGKILL
-/// ends anything that dawdles.
-pub const FENCE_GRACE: Duration = Duration::from_millis(100);
 /// How long [`fence`] waits for SIGKILLed processes to disappear.
 pub const FENCE_KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -138,72 +133,86 @@ pub const FENCE_KILL_WAIT: Duration = Duration::from_secs(5);
 pub enum Fenced {
     /// Nothing was running.
     Nothing,
-    /// The postmaster carried out an immediate shutdown (SIGQUIT).
-    Quit,
     /// Processes had to be killed.
     Killed,
+}
+
+/// The direct children of `pid`, from the kernel's own list
+/// (`/proc/PID/task/*/children`): one read per thread, no scan of `/proc`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut kids = Vec::new();
+    for t in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            kids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    kids
 }
 
 /// Stop every PostgreSQL process of `canonical_dir` now, without spawning
 /// anything and without touching the data directory's file system (the
 /// keeper's fence must not wait on a stuck disk).
 ///
-/// Order: (1) SIGQUIT to the postmaster — an immediate shutdown: it relays
-/// SIGQUIT to every backend, which exit at once without committing
-/// anything more; (2) poll `/proc` every 3 ms for up to `grace` until no
-/// process of the directory is left; (3) otherwise SIGKILL the postmaster
-/// first (so it forks no more backends), then SIGKILL + SIGCONT every
-/// remaining process, for up to `kill_wait`. A stopped (SIGSTOPped, frozen)
-/// postmaster cannot act on SIGQUIT while its backends keep running, so it
-/// goes to step 3 at once. SIGKILL of the postmaster alone would not do:
-/// its backends run on until they notice, and one executing a statement
-/// can still commit. Returns the processes that would not die.
+/// Order: (1) when the postmaster is known, SIGSTOP it (it forks nothing
+/// more) and every one of its children, taken from the kernel's list of its
+/// children: from that instant no backend runs another instruction, so
+/// none commits anything more; then SIGKILL + SIGCONT all of them. (An
+/// immediate shutdown — SIGQUIT, relayed by the postmaster — leaves the
+/// backends running until the postmaster gets to relay it: tens of
+/// milliseconds on a busy host, or on a host thawing after a freeze, in
+/// which a backend can still commit. Both leave the data directory as a
+/// crash would, for crash recovery.) (2) SIGKILL + SIGCONT whatever else
+/// still works in the directory (found through `/proc`), until nothing is
+/// left or `kill_wait` passes. SIGKILL of the postmaster alone would not
+/// do: its backends run on until they notice, and one executing a
+/// statement can still commit. Returns the processes that would not die.
 pub fn fence(
     canonical_dir: &Path,
     postmaster: Option<i32>,
-    grace: Duration,
     kill_wait: Duration,
 ) -> Result<Fenced, Vec<i32>> {
     let postmaster = postmaster.filter(|pm| alive(*pm));
-    let left = |pm: Option<i32>| {
+    let mut killed = false;
+    if let Some(pm) = postmaster {
+        signal_all(&[pm], Signal::SIGSTOP);
+        let kids = children_of(pm);
+        signal_all(&kids, Signal::SIGSTOP);
+        signal_all(&[pm], Signal::SIGKILL);
+        signal_all(&kids, Signal::SIGKILL);
+        signal_all(&[pm], Signal::SIGCONT);
+        signal_all(&kids, Signal::SIGCONT);
+        killed = true;
+    }
+    let left = || {
         let mut pids = postgres_processes_in(canonical_dir);
-        if let Some(pm) = pm.filter(|pm| alive(*pm) && !pids.contains(pm)) {
+        if let Some(pm) = postmaster.filter(|pm| alive(*pm) && !pids.contains(pm)) {
             pids.push(pm);
         }
         pids
     };
-    if left(postmaster).is_empty() {
-        return Ok(Fenced::Nothing);
-    }
-    if let Some(pm) = postmaster.filter(|pm| !is_stopped(*pm)) {
-        let _ = kill(Pid::from_raw(pm), Signal::SIGQUIT);
-        let deadline = Instant::now() + grace;
-        loop {
-            if left(postmaster).is_empty() {
-                return Ok(Fenced::Quit);
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(3));
-        }
-    }
-    if let Some(pm) = postmaster {
-        signal_all(&[pm], Signal::SIGKILL);
-        signal_all(&[pm], Signal::SIGCONT);
-    }
     let deadline = Instant::now() + kill_wait;
     loop {
-        let pids = left(postmaster);
+        let pids = left();
         if pids.is_empty() {
-            return Ok(Fenced::Killed);
+            return Ok(if killed {
+                Fenced::Killed
+            } else {
+                Fenced::Nothing
+            });
         }
         if Instant::now() >= deadline {
             return Err(pids);
         }
         signal_all(&pids, Signal::SIGKILL);
         signal_all(&pids, Signal::SIGCONT);
-        std::thread::sleep(Duration::from_millis(5));
+        killed = true;
+        std::thread::sleep(Duration::from_millis(3));
     }
 }
 
@@ -227,6 +236,20 @@ mod tests {
         assert!(!is_stopped(me));
         assert!(!alive(0));
         assert!(wait_gone(&[], Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn the_kernel_lists_a_child_of_this_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let kids = children_of(std::process::id() as i32);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(kids.contains(&pid), "{pid} not in {kids:?}");
+        assert!(children_of(0).is_empty());
     }
 
     #[test]

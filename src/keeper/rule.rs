@@ -11,8 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Stop PostgreSQL this long before the lease ends, so that it is down by
-/// the time the lease does: an immediate shutdown takes 8–30 ms, a SIGKILL
-/// of the whole tree a few more, and the keeper wakes at most this late
+/// the time the lease does: stopping and killing the postmaster and its
+/// children takes a few milliseconds, and the keeper wakes at most this late
 /// (see [`sleep_ms`]). The leader waits the booked lease plus its own
 /// margin on top of this.
 pub const FENCE_LEAD_MS: u64 = 300;

@@ -41,7 +41,7 @@ use super::protocol::{
 use super::rule::{self, Lease};
 use super::watchdog::Watchdog;
 use crate::boottime::boot_ms;
-use crate::process::{self, Fenced, FENCE_GRACE, FENCE_KILL_WAIT};
+use crate::process::{self, Fenced, FENCE_KILL_WAIT};
 
 /// How long a fast shutdown on SIGTERM may take before PostgreSQL is
 /// stopped immediately.
@@ -337,7 +337,7 @@ impl Keeper {
             .canonical
             .clone()
             .unwrap_or_else(|| self.data_dir.clone());
-        let outcome = process::fence(&dir, self.child_pid(), FENCE_GRACE, FENCE_KILL_WAIT);
+        let outcome = process::fence(&dir, self.child_pid(), FENCE_KILL_WAIT);
         self.reap();
         match outcome {
             Ok(Fenced::Nothing) => {

@@ -12,7 +12,7 @@ use super::process::{program_env, run, Cmd};
 use super::sql::Target;
 use super::{DataDirState, PgError, Postgres, RewindOutcome, StopMode, Upstream};
 use crate::keeper::StartSpec;
-use crate::process::{Fenced, FENCE_GRACE, FENCE_KILL_WAIT};
+use crate::process::{Fenced, FENCE_KILL_WAIT};
 
 /// How often start() looks whether the server is ready.
 const READY_POLL: Duration = Duration::from_millis(10);
@@ -306,8 +306,8 @@ impl Postgres {
     }
 
     /// Stop accepting writes now, without spawning anything: the fence the
-    /// keeper uses too ([`crate::process::fence`]: SIGQUIT to the
-    /// postmaster, then SIGKILL of the whole tree). Returns when no
+    /// keeper uses too ([`crate::process::fence`]: SIGSTOP, then SIGKILL,
+    /// of the postmaster and its children at once). Returns when no
     /// PostgreSQL process of this data directory runs; the next start
     /// performs crash recovery.
     pub async fn fence(&self) -> Result<(), PgError> {
@@ -318,17 +318,13 @@ impl Postgres {
             return Ok(());
         };
         let outcome = tokio::task::spawn_blocking(move || {
-            crate::process::fence(&dir, postmaster, FENCE_GRACE, FENCE_KILL_WAIT)
+            crate::process::fence(&dir, postmaster, FENCE_KILL_WAIT)
         })
         .await
         .map_err(|e| PgError::io("fence", &self.cfg.data_dir, std::io::Error::other(e)))?;
         match outcome {
             Ok(Fenced::Nothing) => {
                 tracing::debug!("fence: nothing runs");
-                Ok(())
-            }
-            Ok(Fenced::Quit) => {
-                tracing::warn!(pid = ?postmaster, elapsed = ?t0.elapsed(), "fenced: immediate shutdown");
                 Ok(())
             }
             Ok(Fenced::Killed) => {
