@@ -216,25 +216,6 @@ pub enum Command {
 /// Parse the command line and run the command; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(
-        cli.command,
-        Command::Manager(_)
-            | Command::Agent(_)
-            | Command::Keeper(_)
-            | Command::Sandbox(_)
-            | Command::Drill(_)
-    ) {
-        // A command whose output goes to a closed pipe (`| head`) ends
-        // quietly, as other Unix tools do, instead of panicking on the
-        // write. The daemons keep ignoring SIGPIPE: they see EPIPE.
-        // SAFETY: no other thread runs yet, and SIG_DFL is a valid action.
-        let _ = unsafe {
-            nix::sys::signal::signal(
-                nix::sys::signal::Signal::SIGPIPE,
-                nix::sys::signal::SigHandler::SigDfl,
-            )
-        };
-    }
     if let Command::Keeper(args) = &cli.command {
         // Before any runtime exists: the keeper is single-threaded (the
         // postmaster's parent-death signal follows the forking thread).
@@ -381,7 +362,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "pgquorum", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "pgquorum", &mut script);
+            output::out(&String::from_utf8_lossy(&script));
             Ok(())
         }
         Command::Version => {

@@ -52,6 +52,22 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// Write `text` to stdout. A closed pipe (`pgquorum … | head`) ends the
+/// command quietly, as other Unix tools do, instead of an error or a
+/// panic. (SIGPIPE stays ignored, as Rust sets it: a socket whose peer
+/// went away must be an error, not the end of the process.)
+pub fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
 /// Print `value` as JSON, or the human text `human` renders.
 pub fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) {
     let mut text = if json {
@@ -68,8 +84,7 @@ pub fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String
     if !text.ends_with('\n') {
         text.push('\n');
     }
-    // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = std::io::stdout().write_all(text.as_bytes());
+    out(&text);
 }
 
 /// A plain table with a header row.

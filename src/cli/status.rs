@@ -1,7 +1,4 @@
 //! `pgquorum status`: the cluster at a glance, like `patronictl list`.
-
-use std::io::Write;
-
 use clap::Args;
 use serde::Serialize;
 
@@ -248,14 +245,12 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<(), Failure> {
                         let mut json = StatusJson::from(&status);
                         json.at = Some(at);
                         if let Ok(line) = serde_json::to_string(&json) {
-                            println!("{line}");
+                            super::output::out(&format!("{line}\n"));
                         }
                     } else {
                         // Clear the screen and draw again, in place.
-                        print!("\x1b[2J\x1b[H{at}\n{}", render(&status));
-                        println!();
+                        super::output::out(&format!("\x1b[2J\x1b[H{at}\n{}\n", render(&status)));
                     }
-                    let _ = std::io::stdout().flush();
                 }
                 Ok(None) => break,
                 Err(status)
