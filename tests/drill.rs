@@ -13,25 +13,6 @@ use std::process::Command;
 
 use common::{bin, stderr, stdout};
 
-/// Every fault kind `--faults all` draws from.
-const KINDS: [&str; 15] = [
-    "host-crash",
-    "agent-kill",
-    "agent-freeze",
-    "host-freeze",
-    "postgres-freeze",
-    "primary-isolate",
-    "replica-isolate",
-    "manager-split",
-    "leader-isolate",
-    "primary-deaf",
-    "primary-mute",
-    "manager-kill",
-    "managers-restart",
-    "switchover",
-    "failover-to",
-];
-
 fn drill(dir: &Path, extra: &[&str]) -> (serde_json::Value, std::process::Output) {
     let out = Command::new(bin())
         .args(["drill", "--json", "--dir"])
@@ -92,7 +73,8 @@ fn short_drill(sync: bool, seed: &str, extra: &[&str]) -> tempfile::TempDir {
         .iter()
         .map(|f| f["kind"].as_str().expect("kind").to_string())
         .collect();
-    for k in KINDS {
+    // Every kind `--faults all` draws from.
+    for k in pgquorum::drill::fault::Kind::ALL.map(|k| k.name()) {
         assert!(kinds.iter().any(|x| x == k), "no {k} fault ran: {kinds:?}");
     }
     let epochs = v["timeline"]

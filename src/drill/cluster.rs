@@ -460,8 +460,25 @@ impl Cluster {
         ))
     }
 
+    /// The managers' API, for this cluster.
+    pub fn api(&self) -> ManagerApi {
+        ManagerApi {
+            addresses: self.manager_addresses(),
+        }
+    }
+}
+
+/// The managers' public API for the drill's cluster: each call asks the
+/// managers in turn and takes the first answer. Cheap to clone, so that a
+/// task of its own (the history observer) can hold one.
+#[derive(Clone)]
+pub struct ManagerApi {
+    addresses: Vec<String>,
+}
+
+impl ManagerApi {
     fn api_clients(&self) -> Vec<PgQuorumClient<tonic::transport::Channel>> {
-        self.manager_addresses()
+        self.addresses
             .iter()
             .filter_map(|a| crate::transport::lazy_channel(a).ok())
             .map(PgQuorumClient::new)

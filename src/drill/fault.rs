@@ -485,17 +485,17 @@ pub async fn inject(cluster: &mut Cluster, aim: &Aim, choice: Choice) -> Result<
             // Refused for now (the target still catching up, a failsafe
             // promise running out)? The operator tries again for a while.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            let (mut accepted, mut answer) = cluster.switchover(to).await;
+            let (mut accepted, mut answer) = cluster.api().switchover(to).await;
             while !accepted && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                (accepted, answer) = cluster.switchover(to).await;
+                (accepted, answer) = cluster.api().switchover(to).await;
             }
             if accepted {
                 // A switchover is over when someone else is the primary
                 // (or the managers gave up).
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
                 while tokio::time::Instant::now() < deadline {
-                    let s = cluster.status().await;
+                    let s = cluster.api().status().await;
                     if s.is_some_and(|s| !s.primary.is_empty() && s.primary != aim.target) {
                         break;
                     }
@@ -513,15 +513,15 @@ pub async fn inject(cluster: &mut Cluster, aim: &Aim, choice: Choice) -> Result<
             // The operator retries until the managers take it, or until
             // automatic failover has made someone else primary.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-            let (mut accepted, mut answer) = cluster.failover(to).await;
+            let (mut accepted, mut answer) = cluster.api().failover(to).await;
             while !accepted && tokio::time::Instant::now() < deadline {
-                if let Some(s) = cluster.status().await {
+                if let Some(s) = cluster.api().status().await {
                     if !s.primary.is_empty() && s.primary != *old {
                         break;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                (accepted, answer) = cluster.failover(to).await;
+                (accepted, answer) = cluster.api().failover(to).await;
             }
             Injected {
                 heal: Heal::RestartHost(old.clone()),

@@ -332,7 +332,7 @@ async fn drive(
     let first = c.nodes[0].clone();
     c.start_agent(&first).map_err(text)?;
     poll(stop, Duration::from_secs(90), || async {
-        c.status()
+        c.api().status()
             .await
             .filter(|s| s.nodes.iter().any(|n| n.name == first))
     })
@@ -343,7 +343,8 @@ async fn drive(
         config.push(("sync_mode".into(), "on".into()));
     }
     if !config.is_empty() {
-        c.set_config(&config)
+        c.api()
+            .set_config(&config)
             .await
             .map_err(|e| format!("the managers refused the configuration: {e}"))?;
     }
@@ -355,6 +356,7 @@ async fn drive(
         .await
         .map_err(|state| format!("the cluster did not come up within 240 s: {state}"))?;
     let ttl = c
+        .api()
         .config()
         .await
         .and_then(|m| m.get("ttl").cloned())
@@ -394,11 +396,7 @@ async fn drive(
         writes,
     );
     let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let observer = tokio::spawn(observe_history(
-        c.manager_addresses(),
-        events.clone(),
-        watching.clone(),
-    ));
+    let observer = tokio::spawn(observe_history(c.api(), events.clone(), watching.clone()));
 
     let faults = inject_and_heal(opts, c, kinds, ttl, events, &load, stop).await;
     // Whatever happened: heal everything, and the cluster must be whole.
@@ -415,7 +413,7 @@ async fn drive(
                 });
                 // A little more writing on the final primary.
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                final_primary = c.status().await.map(|s| s.primary);
+                final_primary = c.api().status().await.map(|s| s.primary);
             }
             Err(state) => events.record(Event::NotConverged {
                 id: 0,
@@ -559,7 +557,7 @@ async fn inject_and_heal(
         let room = if opts.overlap { MAX_OVERLAP } else { 1 };
         if Instant::now() >= next_start && Instant::now() < end && active.len() < room {
             next_start = Instant::now() + opts.every;
-            let Some(status) = c.status().await else {
+            let Some(status) = c.api().status().await else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
@@ -721,7 +719,7 @@ async fn wait_whole(
         if stop.requested() {
             return Err("interrupted".into());
         }
-        let state = match c.status().await {
+        let state = match c.api().status().await {
             Some(s) => {
                 let mut wrong = Vec::new();
                 let primaries: Vec<&str> = s
@@ -791,45 +789,29 @@ async fn wait_whole(
 /// Write every decision of the managers' history down as an epoch, stamped
 /// with its decision time, until `watching` turns false.
 async fn observe_history(
-    managers: Vec<String>,
+    api: cluster::ManagerApi,
     events: EventLog,
     watching: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut seen = std::collections::BTreeSet::new();
     let mut last_chance = tokio::time::Instant::now();
-    let clients: Vec<_> = managers
-        .iter()
-        .filter_map(|a| crate::transport::lazy_channel(a).ok())
-        .map(crate::proto::api::pg_quorum_client::PgQuorumClient::new)
-        .collect();
     loop {
         let last_round = !watching.load(Ordering::SeqCst);
-        let mut answered = false;
-        for mut client in clients.clone() {
-            let mut req = tonic::Request::new(crate::proto::api::ClusterRequest {
-                cluster: cluster::CLUSTER.into(),
-                local: false,
-            });
-            req.set_timeout(Duration::from_secs(1));
-            let Ok(r) = client.history(req).await else {
-                continue;
-            };
-            for e in r.into_inner().events {
-                if seen.insert((e.epoch, e.at_unix_ms, e.kind.clone(), e.new_primary.clone())) {
-                    events.record_at(
-                        e.at_unix_ms,
-                        Event::Epoch {
-                            epoch: e.epoch,
-                            kind: e.kind,
-                            primary: e.new_primary,
-                            old_primary: e.old_primary,
-                            reason: e.reason,
-                        },
-                    );
-                }
+        let history = api.history().await;
+        let answered = history.is_some();
+        for e in history.unwrap_or_default() {
+            if seen.insert((e.epoch, e.at_unix_ms, e.kind.clone(), e.new_primary.clone())) {
+                events.record_at(
+                    e.at_unix_ms,
+                    Event::Epoch {
+                        epoch: e.epoch,
+                        kind: e.kind,
+                        primary: e.new_primary,
+                        old_primary: e.old_primary,
+                        reason: e.reason,
+                    },
+                );
             }
-            answered = true;
-            break;
         }
         // The last round must get through: a decision missed would make
         // writes look as if they came after the wrong epoch.

@@ -45,6 +45,11 @@ fn ip(args: &[&str]) -> Result<(), NetError> {
     }
 }
 
+/// Drop the neighbour entry that cuts `from` → `to`.
+fn uncut(from: &Host, to: &Host) {
+    let _ = ip(&["-n", &from.ns, "neigh", "del", &to.address, "dev", "eth0"]);
+}
+
 /// Can this process make network namespaces (root, iproute2 present)?
 pub fn namespaces_available() -> bool {
     nix::unistd::geteuid().is_root()
@@ -256,7 +261,7 @@ impl Network {
         };
         if left == 0 {
             cuts.remove(&key);
-            let _ = ip(&["-n", &from.ns, "neigh", "del", &to.address, "dev", "eth0"]);
+            uncut(from, to);
         }
     }
 
@@ -326,7 +331,7 @@ impl Network {
         };
         for (from, to) in links {
             if let (Some(a), Some(b)) = (self.host(&from), self.host(&to)) {
-                let _ = ip(&["-n", &a.ns, "neigh", "del", &b.address, "dev", "eth0"]);
+                uncut(a, b);
             }
         }
     }
