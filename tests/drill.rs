@@ -41,6 +41,29 @@ fn check(verdict: &serde_json::Value, name: &str) -> bool {
         .expect("passed")
 }
 
+/// What a failed drill says, most telling first: the checks, the timeline
+/// (faults, epochs, convergence), then the drill's own output — the whole
+/// JSON would push the timeline out of a CI log.
+fn compact(v: &serde_json::Value, stderr: &str) -> String {
+    let mut out = String::from("checks:\n");
+    for c in v["checks"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  {} {}: {}\n",
+            if c["passed"] == true { "ok  " } else { "FAIL" },
+            c["name"].as_str().unwrap_or("?"),
+            c["summary"].as_str().unwrap_or("?")
+        );
+        for e in c["examples"].as_array().into_iter().flatten().take(5) {
+            out += &format!("       {}\n", e.as_str().unwrap_or("?"));
+        }
+    }
+    out += "timeline:\n";
+    for e in v["timeline"].as_array().into_iter().flatten() {
+        out += &format!("  +{} ms {}\n", e[0], e[1].as_str().unwrap_or("?"));
+    }
+    out + "stderr:\n" + stderr
+}
+
 /// One fault of every kind (the plan draws every kind once before any
 /// twice), then the final heal: every check passes, and the faults really
 /// did something — failovers happened, writes flowed through the
@@ -56,7 +79,7 @@ fn short_drill(sync: bool, seed: &str, extra: &[&str]) -> tempfile::TempDir {
     }
     args.extend_from_slice(extra);
     let (v, out) = drill(&dir.path().join("run"), &args);
-    let report = format!("{v:#}\nstderr:\n{}", stderr(&out));
+    let report = compact(&v, &stderr(&out));
     assert!(out.status.success(), "the drill failed: {report}");
     assert_eq!(v["passed"], true, "{report}");
     for name in [

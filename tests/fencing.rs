@@ -204,6 +204,70 @@ fn thaw_postgres(d: &mut Deployment, _: &Network, host: &Host) {
     pgquorum::process::signal_all(&server, Signal::SIGCONT);
 }
 
+/// The whole primary host frozen past its lease (a paused VM) while a
+/// client's COMMIT waits in a backend's socket, and on the thaw the
+/// server runs before its keeper — the worst order the scheduler can
+/// pick. In asynchronous mode too, nothing is acknowledged: every commit
+/// waits for the keeper's commit gate, which finds the lease over; the
+/// keeper then fences. Without the gate the backends acknowledge at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_frozen_past_its_lease_acknowledges_nothing_after_the_thaw() {
+    let (net, mut d) = start(false, &[]).await;
+    let (w, old, epoch) = writing(&d).await;
+    let keeper = d.keeper_pid(&old).expect("the primary's keeper");
+    let server = server_of(&d, &old);
+    let dsn = format!(
+        "host={} port={PG_PORT} user=postgres dbname=postgres",
+        old.address
+    );
+    let (pending, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the primary");
+    tokio::spawn(conn);
+    pending
+        .batch_execute("BEGIN; INSERT INTO acked (id, via) VALUES (-1, 'pending')")
+        .await
+        .expect("open a transaction");
+
+    // Everything on the host stops at once.
+    freeze_agent(&mut d, &old);
+    pgquorum::process::signal_all(&[keeper], Signal::SIGSTOP);
+    pgquorum::process::signal_all(&server, Signal::SIGSTOP);
+    let t0 = Instant::now();
+    let commit = tokio::spawn(async move { pending.batch_execute("COMMIT").await });
+    let new = d.new_primary(&old, epoch).await;
+    wait_for("writes on the new primary", LONG, || async {
+        (w.acks_by(&new.address).len() >= 10).then_some(())
+    })
+    .await;
+
+    // The server first: its backends serve what waits in their sockets.
+    pgquorum::process::signal_all(&server, Signal::SIGCONT);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgquorum::process::signal_all(&[keeper], Signal::SIGCONT);
+    thaw_agent(&mut d, &net, &old);
+    let fenced = postgres_gone(&server, t0).await;
+    eprintln!("old primary's PostgreSQL gone {fenced:?} after the freeze");
+    let answer = tokio::time::timeout(LONG, commit)
+        .await
+        .expect("the COMMIT answered")
+        .expect("the COMMIT task");
+    assert!(
+        answer.is_err(),
+        "the old primary acknowledged a COMMIT after the thaw, while {} was primary",
+        new.name
+    );
+    let so_far = w.acks.lock().expect("acks").clone();
+    assert_no_overlap(&so_far, &old, &new);
+
+    let fin = d.wait_all_streaming(3, LONG).await;
+    assert_eq!(fin.primary, new.name);
+    assert_eq!(Deployment::node(&fin, &old.name).role, "replica");
+    let acks = w.stop().await;
+    assert_no_overlap(&acks, &old, &new);
+    d.stop_and_check_nothing_left();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_frozen_under_a_live_agent_loses_its_lease_and_is_replaced() {
     primary_agent_fault(false, freeze_postgres, thaw_postgres).await;

@@ -233,11 +233,13 @@ fn parse_duration(
     }
 }
 
-/// Default pg_hba lines: the agent's own local connections, replication
-/// and clients with passwords from anywhere.
+/// Default pg_hba lines: the agent's own local connections, the keeper's
+/// commit gate (a local replication connection), replication and clients
+/// with passwords from anywhere.
 fn default_hba(superuser: &str, replication_user: &str) -> Vec<String> {
     vec![
         format!("local all {superuser} trust"),
+        format!("local replication {superuser} trust"),
         format!("host replication {replication_user} 0.0.0.0/0 scram-sha-256"),
         format!("host replication {replication_user} ::/0 scram-sha-256"),
         "host all all 0.0.0.0/0 scram-sha-256".to_string(),

@@ -17,7 +17,7 @@ use crate::cluster::wire::{
     AgentPhase, CommandOutcome, DataDirState, LeaseGrant, ManagedSettings, NodeReport, PgStatus,
     Upstream,
 };
-use crate::cluster::Lsn;
+use crate::cluster::{sync, Lsn};
 use crate::keeper::{rule, KeeperState, WatchdogSpec};
 
 /// A lease change the keeper has not confirmed within this long is given
@@ -361,6 +361,12 @@ impl Node {
         crate::lock::lock(&self.keeper).clone()
     }
 
+    /// Can the keeper stand as the commit gate? Not one started by a
+    /// pgquorum from before the gate (it reports none).
+    pub fn keeper_gates(&self) -> bool {
+        self.keeper_state().is_none_or(|k| k.gate.is_some())
+    }
+
     /// The watchdog the keeper should arm with the lease, if any.
     pub fn watchdog_spec(&self) -> Option<WatchdogSpec> {
         if self.config.watchdog == WatchdogMode::Off {
@@ -527,7 +533,19 @@ impl Node {
     pub fn next_report(&self) -> NodeReport {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let p = self.persisted();
-        let o = self.observation();
+        let mut o = self.observation();
+        if let Some(pg) = o.postgres.as_mut() {
+            let asked = self.settings().synchronous_standby_names;
+            if !self.keeper_gates()
+                && pg.synchronous_standby_names.is_empty()
+                && asked == sync::gate_only()
+            {
+                // Left out for an old keeper (see the executor's
+                // write_config): report it as applied, or the leader
+                // would ask again at every report.
+                pg.synchronous_standby_names = asked;
+            }
+        }
         let report = NodeReport {
             cluster: self.config.cluster.clone(),
             node: self.config.name.clone(),

@@ -70,6 +70,11 @@ pub struct DynamicConfig {
     /// In sync mode, refuse writes rather than fall back to asynchronous
     /// replication when no standby is available.
     pub sync_strict: bool,
+    /// Where commits would wait for no standby (asynchronous mode, or a
+    /// sync set that is empty and not strict), they wait for the primary's
+    /// own keeper, which acknowledges them only while the lease is valid:
+    /// a primary frozen past its lease acknowledges nothing after the thaw.
+    pub lease_gated_commits: bool,
     /// Asynchronous mode: a replica more than this many bytes behind the last
     /// known primary LSN is never promoted automatically.
     pub maximum_lag_on_failover: u64,
@@ -100,6 +105,7 @@ impl Default for DynamicConfig {
             sync_mode: SyncMode::Off,
             sync_count: 1,
             sync_strict: false,
+            lease_gated_commits: true,
             maximum_lag_on_failover: 1024 * 1024,
             primary_start_timeout_ms: 10_000,
             primary_unresponsive_timeout_ms: 1_500,
@@ -223,6 +229,14 @@ const KEYS: &[Key] = &[
         get: |c| on_off(c.sync_strict),
         set: |c, v| {
             c.sync_strict = boolean(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "lease_gated_commits",
+        get: |c| on_off(c.lease_gated_commits),
+        set: |c, v| {
+            c.lease_gated_commits = boolean(v)?;
             Ok(())
         },
     },

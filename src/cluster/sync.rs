@@ -14,17 +14,32 @@ use super::config::SyncMode;
 /// strict mode wants when no standby is available.
 pub const NOBODY: &str = "pgquorum_nobody";
 
+/// The application name of the node's keeper when it stands as its
+/// primary's synchronous standby (the commit gate, `keeper/gate.rs`): it
+/// acknowledges WAL only while the primary's lease is valid.
+pub const GATE: &str = "pgquorum_keeper";
+
 /// The value for `synchronous_standby_names` on a primary whose committed
-/// sync set is `set`.
-pub fn render(mode: SyncMode, count: u32, strict: bool, set: &BTreeSet<String>) -> String {
+/// sync set is `set`. Where commits would wait for nobody (asynchronous
+/// mode, or a non-strict empty set) they wait for the node's own keeper
+/// instead when `gate` is on: a commit then completes only while the lease
+/// is valid.
+pub fn render(
+    mode: SyncMode,
+    count: u32,
+    strict: bool,
+    gate: bool,
+    set: &BTreeSet<String>,
+) -> String {
+    let nobody = || if gate { gate_only() } else { String::new() };
     if mode == SyncMode::Off {
-        return String::new();
+        return nobody();
     }
     if set.is_empty() {
         return if strict {
             format!("FIRST 1 (\"{NOBODY}\")")
         } else {
-            String::new()
+            nobody()
         };
     }
     let k = if strict {
@@ -45,8 +60,14 @@ pub fn render(mode: SyncMode, count: u32, strict: bool, set: &BTreeSet<String>) 
     format!("{method} {k} ({names})")
 }
 
+/// The value that makes commits wait for the commit gate alone.
+pub fn gate_only() -> String {
+    format!("FIRST 1 (\"{GATE}\")")
+}
+
 /// The standby names in a `synchronous_standby_names` value (without the
-/// `FIRST k`/`ANY k` wrapper and quotes). `*` and [`NOBODY`] are left out.
+/// `FIRST k`/`ANY k` wrapper and quotes). `*`, [`NOBODY`] and [`GATE`] are
+/// left out: none of them is a member.
 pub fn parse_names(value: &str) -> BTreeSet<String> {
     let inner = match (value.find('('), value.rfind(')')) {
         (Some(a), Some(b)) if a < b => &value[a + 1..b],
@@ -55,7 +76,7 @@ pub fn parse_names(value: &str) -> BTreeSet<String> {
     inner
         .split(',')
         .map(|s| s.trim().trim_matches('"').to_string())
-        .filter(|s| !s.is_empty() && s != "*" && s != NOBODY)
+        .filter(|s| !s.is_empty() && s != "*" && s != NOBODY && s != GATE)
         .collect()
 }
 
@@ -77,27 +98,39 @@ mod tests {
     #[test]
     fn renders_first_and_any() {
         assert_eq!(
-            render(SyncMode::On, 1, false, &set(&["b", "c"])),
+            render(SyncMode::On, 1, false, false, &set(&["b", "c"])),
             "FIRST 1 (\"b\",\"c\")"
         );
         assert_eq!(
-            render(SyncMode::Quorum, 2, false, &set(&["b", "c"])),
+            render(SyncMode::Quorum, 2, false, false, &set(&["b", "c"])),
             "ANY 2 (\"b\",\"c\")"
         );
-        assert_eq!(render(SyncMode::Off, 1, false, &set(&["b"])), "");
+        assert_eq!(render(SyncMode::Off, 1, false, false, &set(&["b"])), "");
+        // With the commit gate, nobody becomes the keeper; a real set or
+        // strict mode's blocker stay as they are.
+        let gated = render(SyncMode::Off, 1, false, true, &set(&["b"]));
+        assert_eq!(gated, format!("FIRST 1 (\"{GATE}\")"));
+        assert_eq!(gated, gate_only());
+        assert!(parse_names(&gated).is_empty());
+        assert_eq!(render(SyncMode::On, 1, false, true, &set(&[])), gated);
+        assert!(render(SyncMode::On, 1, true, true, &set(&[])).contains(NOBODY));
+        assert_eq!(
+            render(SyncMode::On, 1, false, true, &set(&["b"])),
+            "FIRST 1 (\"b\")"
+        );
     }
 
     #[test]
     fn empty_set_blocks_only_in_strict_mode() {
-        assert_eq!(render(SyncMode::On, 1, false, &set(&[])), "");
-        assert!(render(SyncMode::On, 1, true, &set(&[])).contains(NOBODY));
+        assert_eq!(render(SyncMode::On, 1, false, false, &set(&[])), "");
+        assert!(render(SyncMode::On, 1, true, false, &set(&[])).contains(NOBODY));
         // Non-strict clamps k to what exists; strict keeps k and waits.
         assert_eq!(
-            render(SyncMode::On, 2, false, &set(&["b"])),
+            render(SyncMode::On, 2, false, false, &set(&["b"])),
             "FIRST 1 (\"b\")"
         );
         assert_eq!(
-            render(SyncMode::On, 2, true, &set(&["b"])),
+            render(SyncMode::On, 2, true, false, &set(&["b"])),
             "FIRST 2 (\"b\")"
         );
     }
@@ -108,7 +141,7 @@ mod tests {
         assert_eq!(parse_names("b, c"), set(&["b", "c"]));
         assert_eq!(parse_names(""), set(&[]));
         assert_eq!(
-            parse_names(&render(SyncMode::On, 1, true, &set(&[]))),
+            parse_names(&render(SyncMode::On, 1, true, false, &set(&[]))),
             set(&[])
         );
     }

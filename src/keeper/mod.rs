@@ -12,6 +12,8 @@
 //!   on CLOCK_BOOTTIME.
 //! * [`watchdog`] — the optional hardware watchdog, the backstop for a
 //!   keeper that hangs.
+//! * [`gate`] — the commit gate: the keeper as its primary's synchronous
+//!   standby, acknowledging WAL only while the lease is valid.
 //! * [`protocol`] — the JSON lines agent and keeper exchange.
 //! * [`client`] — the agent's end of the socket.
 //!
@@ -22,6 +24,7 @@
 //! minus the fence lead. Killed, the keeper takes PostgreSQL with it.
 
 pub mod client;
+pub mod gate;
 pub mod protocol;
 pub mod rule;
 pub mod server;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::gate::{GateSpec, GateStatus};
 use super::rule::Lease;
 
 /// Longest line either side accepts (a start request with its environment
@@ -69,6 +70,9 @@ pub struct StartSpec {
     pub log_file: PathBuf,
     /// Working directory (the data directory).
     pub cwd: PathBuf,
+    /// Where the commit gate connects to this server (none: no gate).
+    #[serde(default)]
+    pub gate: Option<GateSpec>,
 }
 
 /// The keeper's answers.
@@ -99,6 +103,8 @@ pub struct KeeperState {
     /// out (the agent notices a fence by this number changing).
     pub fences: u64,
     pub watchdog: WatchdogStatus,
+    /// The commit gate; `None` from a keeper too old to have one.
+    pub gate: Option<GateStatus>,
 }
 
 /// The hardware watchdog as the keeper has it.

@@ -5,6 +5,9 @@
 //! * [`must_fence`] — must PostgreSQL stop now?
 //! * [`may_start`] — may PostgreSQL be started now?
 //! * [`may_feed`] — may the hardware watchdog be fed now?
+//! * [`gates_commits`] — should the keeper stand as its server's
+//!   synchronous standby (the commit gate)?
+//! * [`may_acknowledge`] — may the gate acknowledge WAL now?
 //! * [`watchdog_timeout_s`] — which watchdog timeout fits a lease ttl?
 //! * [`sleep_ms`] — how long may the keeper sleep before it must look again?
 
@@ -82,6 +85,21 @@ pub fn may_feed(lease: Lease, now: u64, timeout_ms: u64) -> bool {
     }
 }
 
+/// The keeper stands as its server's synchronous standby (the commit
+/// gate, see `gate.rs`) while it holds a lease: the server is, or is
+/// becoming, the primary. A replica or a stopped node needs no gate.
+pub fn gates_commits(lease: Lease) -> bool {
+    lease != Lease::None
+}
+
+/// The gate may acknowledge WAL — let commits complete — only while the
+/// server may run: exactly when the keeper would not fence it. After a
+/// freeze that outlasted the lease nothing is acknowledged, whatever runs
+/// first on the thawed host.
+pub fn may_acknowledge(lease: Lease, now: u64) -> bool {
+    gates_commits(lease) && !must_fence(lease, now)
+}
+
 /// The watchdog timeout (whole seconds, as the kernel takes it) for a
 /// lease ttl: the longest that still leaves the keeper's fence lead, so
 /// that the feeding window [grant, deadline − timeout] is not empty. `None`
@@ -139,6 +157,18 @@ mod tests {
         assert!(!may_feed(UNTIL, 9_001, 1_000));
         assert!(!may_feed(Lease::None, 0, 1_000));
         assert!(may_feed(Lease::Open { epoch: 3 }, 123_456, 1_000));
+    }
+
+    #[test]
+    fn acknowledges_only_while_the_lease_lets_the_server_run() {
+        assert!(gates_commits(UNTIL));
+        assert!(gates_commits(Lease::Open { epoch: 3 }));
+        assert!(!gates_commits(Lease::None));
+        assert!(may_acknowledge(UNTIL, 9_699));
+        assert!(!may_acknowledge(UNTIL, 9_700));
+        assert!(!may_acknowledge(UNTIL, 50_000));
+        assert!(may_acknowledge(Lease::Open { epoch: 3 }, u64::MAX / 2));
+        assert!(!may_acknowledge(Lease::None, 0));
     }
 
     #[test]

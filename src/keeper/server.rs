@@ -3,8 +3,10 @@
 //! It is the parent of the postmaster and the one place that enforces the
 //! primary's lease. Each pass it reaps its child, stops PostgreSQL when
 //! [`rule::must_fence`] says so, feeds the watchdog when [`rule::may_feed`]
-//! allows, then sleeps in `poll(2)` on its socket until a request comes or
-//! the next check is due ([`rule::sleep_ms`]). No async runtime, no threads,
+//! allows, acknowledges the WAL its server sent to the commit gate when
+//! [`rule::may_acknowledge`] allows (see [`super::gate`]), then sleeps in
+//! `poll(2)` on its sockets until a request or WAL comes or the next check
+//! is due ([`rule::sleep_ms`]). No async runtime, no threads,
 //! no locks shared with anybody, no disk I/O on the way from a deadline to
 //! the fence: whatever the agent does — crash, hang, stall on a slow disk —
 //! the fence happens on time.
@@ -34,6 +36,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 
+use super::gate::Gate;
 use super::protocol::{
     encode, KeeperState, Reply, Request, StartSpec, WatchdogSpec, WatchdogStatus, LOCK, MAX_LINE,
     PID_FILE, SOCKET,
@@ -100,6 +103,8 @@ struct Keeper {
     feeds: u64,
     /// When the fast shutdown on SIGTERM began.
     stopping_since: Option<Instant>,
+    /// The keeper as its primary's synchronous standby.
+    gate: Gate,
 }
 
 /// Run the keeper until SIGTERM (and PostgreSQL stopped).
@@ -149,6 +154,7 @@ pub fn run(config: KeeperConfig) -> Result<(), KeeperError> {
         watchdog_error: None,
         feeds: 0,
         stopping_since: None,
+        gate: Gate::default(),
     };
     tracing::info!(dir = %config.dir.display(), data_dir = %config.data_dir.display(), pid = std::process::id(), "keeper running");
     let mut client: Option<Client> = None;
@@ -157,16 +163,30 @@ pub fn run(config: KeeperConfig) -> Result<(), KeeperError> {
         keeper.reap();
         keeper.enforce(now);
         keeper.tend_watchdog(now);
+        let running = keeper.child.is_some();
+        keeper.gate.step(keeper.lease, running, now);
         if keeper.shutdown_done() {
             break;
         }
         let fenced = keeper.fenced_for.is_some()
             && keeper.fenced_for == until_deadline(keeper.lease)
             && keeper.child.is_none();
-        let wait = rule::sleep_ms(keeper.lease, now, fenced);
+        let mut wait = rule::sleep_ms(keeper.lease, now, fenced);
+        if rule::gates_commits(keeper.lease) && keeper.child.is_some() {
+            wait = wait.min(keeper.gate.due_in(now).unwrap_or(wait));
+        }
         let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         if let Some(c) = &client {
             fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+        }
+        // Whatever woke the loop, the gate reads and answers in the next
+        // pass, after the lease was enforced.
+        if let Some((fd, writing)) = keeper.gate.poll_interest() {
+            let mut flags = PollFlags::POLLIN;
+            if writing {
+                flags |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(fd, flags));
         }
         let timeout = PollTimeout::try_from(wait as i32).unwrap_or(PollTimeout::ZERO);
         match poll(&mut fds, timeout) {
@@ -180,10 +200,11 @@ pub fn run(config: KeeperConfig) -> Result<(), KeeperError> {
             }
         }
         let listener_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let client_ready = fds
-            .get(1)
-            .and_then(|f| f.revents())
-            .is_some_and(|r| !r.is_empty());
+        let client_ready = client.is_some()
+            && fds
+                .get(1)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty());
         drop(fds);
         if client_ready {
             if let Some(c) = client.as_mut() {
@@ -441,7 +462,10 @@ impl Keeper {
                 self.enforce(now);
                 Reply::State(self.state(now))
             }
-            Request::Start(spec) => self.start(spec, now),
+            Request::Start(spec) => {
+                self.gate.set_spec(spec.gate.clone());
+                self.start(spec, now)
+            }
             Request::ProbeWatchdog(spec) => {
                 // Never by arming it: opening a watchdog starts its countdown.
                 let armed = self
@@ -551,6 +575,7 @@ impl Keeper {
                 error: self.watchdog_error.clone(),
                 feeds: self.feeds,
             },
+            gate: Some(self.gate.status()),
         }
     }
 }

@@ -173,7 +173,7 @@ impl World {
         self.keeper_check(n);
     }
 
-    fn keeper_lease(&self, n: usize) -> Held {
+    pub(super) fn keeper_lease(&self, n: usize) -> Held {
         self.nodes[n]
             .keeper
             .as_ref()

@@ -1243,13 +1243,20 @@ impl World {
                 if self.nodes[n].frozen_until.is_some_and(|t| t <= self.now) {
                     self.nodes[n].frozen_until = None;
                     self.log(format!("{}: resumes", self.nodes[n].name));
-                    // Assumption: on SIGCONT the keeper looks before
-                    // PostgreSQL commits anything (writes are impossible while
-                    // frozen).
-                    self.keeper_check(n);
+                    // Who runs first after SIGCONT is the scheduler's
+                    // choice: the keeper (it fences at once), or the server,
+                    // whose backends serve what waits in their sockets —
+                    // the commit gate then acknowledges nothing once the
+                    // lease is over.
+                    let keeper_first = self.rng.gen_bool(0.5);
+                    if keeper_first {
+                        self.keeper_check(n);
+                    }
                     let deferred = std::mem::take(&mut self.nodes[n].deferred);
                     for ev in deferred {
-                        self.schedule(self.now, ev);
+                        let late = !keeper_first && matches!(ev, Ev::Keeper { .. });
+                        let at = if late { self.now + 5 * MS } else { self.now };
+                        self.schedule(at, ev);
                     }
                     self.pg_release(n);
                 }
@@ -1282,7 +1289,7 @@ impl World {
     /// The invariants, after every event.
     fn check(&mut self) -> Result<(), String> {
         let writable: Vec<usize> = (0..self.nodes.len())
-            .filter(|&n| self.writable(n))
+            .filter(|&n| self.acknowledges_writes(n))
             .collect();
         if writable.len() > 1 {
             let names: Vec<String> = writable

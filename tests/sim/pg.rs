@@ -9,7 +9,8 @@
 use std::cmp::Reverse;
 
 use pgquorum::cluster::wire::{DataDirState, PgStatus, ReplicaConnection, WalReceiver};
-use pgquorum::cluster::Lsn;
+use pgquorum::cluster::{sync, Lsn};
+use pgquorum::keeper::rule;
 
 use super::{Ev, World, MS};
 
@@ -169,6 +170,50 @@ impl World {
                 .proc
                 .as_ref()
                 .is_some_and(|p| p.state == PState::Running && !p.in_recovery)
+    }
+
+    /// Could `n` acknowledge a commit now? A writable server whose
+    /// synchronous standbys (its commit gate among them) are not there to
+    /// confirm cannot: a host thawed before its keeper fenced, its
+    /// replicas detached and its lease over.
+    pub fn acknowledges_writes(&self, n: usize) -> bool {
+        if !self.writable(n) {
+            return false;
+        }
+        let Some(rule) = self.nodes[n]
+            .pg
+            .proc
+            .as_ref()
+            .and_then(|p| parse_rule(&p.ssn))
+        else {
+            return true;
+        };
+        rule.k <= self.confirmers(n, &rule).len()
+    }
+
+    /// The synchronous standbys of `rule` that confirm for `p` now: (their
+    /// place in the list, how much WAL they hold).
+    fn confirmers(&self, p: usize, rule: &SyncRule) -> Vec<(usize, usize)> {
+        let mut cands: Vec<(usize, usize)> = self
+            .standbys(p)
+            .into_iter()
+            .filter(|(_, _, streaming)| *streaming)
+            .filter_map(|(r, flush, _)| {
+                rule.names
+                    .iter()
+                    .position(|x| *x == self.nodes[r].name)
+                    .map(|pos| (pos, flush))
+            })
+            .collect();
+        // The commit gate: the node's own keeper, a standby that has all
+        // the WAL at once and acknowledges it only while its lease lets
+        // the server run (keeper/gate.rs).
+        if let Some(pos) = rule.names.iter().position(|x| x == sync::GATE) {
+            if rule::may_acknowledge(self.keeper_lease(p), self.agent_now(p)) {
+                cands.push((pos, self.wal_len(p)));
+            }
+        }
+        cands
     }
 
     pub fn wal_len(&self, n: usize) -> usize {
@@ -648,17 +693,10 @@ impl World {
             }
             return;
         };
-        let mut cands: Vec<(usize, usize)> = self
-            .standbys(p)
-            .into_iter()
-            .filter(|(_, _, streaming)| *streaming)
-            .filter_map(|(r, flush, _)| {
-                rule.names
-                    .iter()
-                    .position(|x| *x == self.nodes[r].name)
-                    .map(|pos| (pos, flush))
-            })
-            .collect();
+        let mut cands = self.confirmers(p, &rule);
+        // Acknowledged with a real standby's confirmation, or the gate's
+        // alone (then as unprotected as an asynchronous commit).
+        let confirmed_by_standby = rule.names.iter().any(|x| x != sync::GATE);
         if rule.k == 0 || cands.len() < rule.k {
             return;
         }
@@ -673,7 +711,7 @@ impl World {
         let (done, rest): (Vec<_>, Vec<_>) = waiters.drain(..).partition(|(idx, _)| *idx < upto);
         *waiters = rest;
         for (_, id) in done {
-            self.ack(p, id, true);
+            self.ack(p, id, confirmed_by_standby);
         }
     }
 

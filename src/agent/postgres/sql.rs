@@ -128,6 +128,10 @@ fn parse_status(sets: &[Vec<tokio_postgres::SimpleQueryRow>]) -> Result<PgStatus
     };
     let mut replicas = Vec::new();
     for r in sets.get(1).into_iter().flatten() {
+        // The node's own keeper (the commit gate) is no replica.
+        if r.get(0) == Some(crate::cluster::sync::GATE) {
+            continue;
+        }
         replicas.push(ReplicaConnection {
             application_name: r.get(0).unwrap_or_default().to_string(),
             state: r.get(1).unwrap_or_default().to_string(),

@@ -127,7 +127,13 @@ pub fn settings(cluster: &Cluster, sync_set: &BTreeSet<String>) -> ManagedSettin
     ManagedSettings {
         parameters: c.parameters.clone(),
         config_version: cluster.config_version,
-        synchronous_standby_names: sync::render(c.sync_mode, c.sync_count, c.sync_strict, sync_set),
+        synchronous_standby_names: sync::render(
+            c.sync_mode,
+            c.sync_count,
+            c.sync_strict,
+            c.lease_gated_commits,
+            sync_set,
+        ),
     }
 }
 

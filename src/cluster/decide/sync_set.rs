@@ -83,7 +83,13 @@ pub(super) fn manage_sync_set(
             sync_set: next,
         });
     }
-    let wanted_pg = sync::render(c.sync_mode, c.sync_count, c.sync_strict, &desired);
+    let wanted_pg = sync::render(
+        c.sync_mode,
+        c.sync_count,
+        c.sync_strict,
+        c.lease_gated_commits,
+        &desired,
+    );
     let wanted_names = sync::parse_names(&wanted_pg);
     if pg.synchronous_standby_names != wanted_pg {
         // PostgreSQL's set first (it is a subset of the committed one).
