@@ -73,7 +73,18 @@ fn short_drill(sync: bool, seed: &str, extra: &[&str]) -> tempfile::TempDir {
         .prefix("pgq-drill-")
         .tempdir_in("/tmp")
         .expect("tempdir");
-    let mut args = vec!["--seed", seed, "--count", "15", "--every", "1s"];
+    // Two writers through the multi-host string (plus one per node): the
+    // two drills of this file run side by side on small CI machines.
+    let mut args = vec![
+        "--seed",
+        seed,
+        "--count",
+        "15",
+        "--every",
+        "1s",
+        "--clients",
+        "2",
+    ];
     if sync {
         args.push("--sync");
     }

@@ -19,7 +19,6 @@ use crate::cluster::wire::{
     AgentCommand, AgentPhase, CommandOutcome, DataDirState, ManagedSettings, Upstream,
 };
 
-use crate::cluster::sync;
 use crate::keeper::rule::FENCE_LEAD_MS;
 
 /// How often the agent asks the keeper how it is.
@@ -274,12 +273,6 @@ async fn write_config(
 ) -> anyhow::Result<()> {
     node.set_settings(settings.clone());
     let mut merged = settings.clone();
-    if !node.keeper_gates() && merged.synchronous_standby_names == sync::gate_only() {
-        // A keeper started by an older pgquorum has no commit gate: waiting
-        // for it would block every commit. Run ungated until it restarts.
-        tracing::warn!("the keeper is too old to gate commits on the lease: restart it (on a replica, or after a switchover) to close the frozen-host window");
-        merged.synchronous_standby_names = String::new();
-    }
     for (k, v) in &node.config.local_parameters {
         merged.parameters.insert(k.clone(), v.clone());
     }

@@ -87,6 +87,12 @@ pub struct KeeperJson {
     pub fences: u64,
     pub watchdog_armed: bool,
     pub watchdog_error: Option<String>,
+    /// The commit gate streams from this primary (acknowledging its
+    /// commits while the lease is valid).
+    pub commit_gate_streaming: bool,
+    /// Why the commit gate has no connection, while it has none (commits
+    /// on a gated primary wait meanwhile).
+    pub commit_gate_error: Option<String>,
 }
 
 /// The state behind every endpoint.
@@ -105,6 +111,8 @@ pub fn status_of(node: &Node) -> NodeStatusJson {
         fences: k.fences,
         watchdog_armed: k.watchdog.armed,
         watchdog_error: k.watchdog.error,
+        commit_gate_streaming: k.gate.as_ref().is_some_and(|g| g.streaming),
+        commit_gate_error: k.gate.and_then(|g| g.error),
     });
     let phase = node.phase();
     let role = match pg {

@@ -89,6 +89,14 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
         .await
         .context("cannot reach or start the keeper")?;
     tracing::info!(keeper = keeper.pid, lease = ?keeper.lease, postmaster = ?keeper.postmaster, "keeper attached");
+    if !keeper.gate.as_ref().is_some_and(|g| g.configured) {
+        tracing::warn!(
+            keeper = keeper.pid,
+            version = keeper.version,
+            "this keeper cannot stand as the commit gate (started by an older pgquorum): \
+             commits on this node are not gated on the lease until the keeper restarts"
+        );
+    }
     check_watchdog(&mut config, &pg).await;
     let node = Arc::new(Node::new(config, pg, keeper)?);
 

@@ -17,7 +17,7 @@ use crate::cluster::wire::{
     AgentPhase, CommandOutcome, DataDirState, LeaseGrant, ManagedSettings, NodeReport, PgStatus,
     Upstream,
 };
-use crate::cluster::{sync, Lsn};
+use crate::cluster::Lsn;
 use crate::keeper::{rule, KeeperState, WatchdogSpec};
 
 /// A lease change the keeper has not confirmed within this long is given
@@ -68,6 +68,8 @@ pub struct Node {
     /// A release the keeper did not take yet: retried on every keeper look,
     /// or the keeper would stop a replica at a stale deadline.
     release_pending: std::sync::atomic::AtomicBool,
+    /// The keeper last seen can stand as the commit gate.
+    keeper_gates: std::sync::atomic::AtomicBool,
     /// The keeper's pid and fence count as the keeper watch last saw them.
     fences_seen: Mutex<Option<(u32, u64)>>,
     /// Boot-clock ms when this agent process started, if a previous process
@@ -135,6 +137,7 @@ impl Node {
             keeper: Mutex::new(Some(keeper)),
             lease_ttl_ms: AtomicU64::new(0),
             release_pending: std::sync::atomic::AtomicBool::new(false),
+            keeper_gates: std::sync::atomic::AtomicBool::new(false),
             started_at: (persisted_failsafe && persisted_intent == Intent::Replica)
                 .then(crate::boottime::boot_ms),
             leader_contact: AtomicU64::new(0),
@@ -353,6 +356,8 @@ impl Node {
 
     fn seen_keeper(&self, state: KeeperState) {
         self.lease.confirm(state.lease);
+        let gates = state.gate.as_ref().is_some_and(|g| g.configured);
+        self.keeper_gates.store(gates, Ordering::Relaxed);
         *crate::lock::lock(&self.keeper) = Some(state);
     }
 
@@ -362,9 +367,10 @@ impl Node {
     }
 
     /// Can the keeper stand as the commit gate? Not one started by a
-    /// pgquorum from before the gate (it reports none).
+    /// pgquorum from before the gate (it reports none). Sticky: a keeper
+    /// that stops answering for a while still has its gate.
     pub fn keeper_gates(&self) -> bool {
-        self.keeper_state().is_none_or(|k| k.gate.is_some())
+        self.keeper_gates.load(Ordering::Relaxed)
     }
 
     /// The watchdog the keeper should arm with the lease, if any.
@@ -533,19 +539,7 @@ impl Node {
     pub fn next_report(&self) -> NodeReport {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let p = self.persisted();
-        let mut o = self.observation();
-        if let Some(pg) = o.postgres.as_mut() {
-            let asked = self.settings().synchronous_standby_names;
-            if !self.keeper_gates()
-                && pg.synchronous_standby_names.is_empty()
-                && asked == sync::gate_only()
-            {
-                // Left out for an old keeper (see the executor's
-                // write_config): report it as applied, or the leader
-                // would ask again at every report.
-                pg.synchronous_standby_names = asked;
-            }
-        }
+        let o = self.observation();
         let report = NodeReport {
             cluster: self.config.cluster.clone(),
             node: self.config.name.clone(),
@@ -565,6 +559,7 @@ impl Node {
             lease_seq: self.lease.held_seq(),
             promise_ms: self.holdoff_ms(),
             unresponsive_ms: self.unresponsive_ms(),
+            commit_gate: self.keeper_gates(),
         };
         self.lease.sent(seq);
         report

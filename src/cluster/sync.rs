@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::config::SyncMode;
+use super::config::{DynamicConfig, SyncMode};
 
 /// A name no standby ever has: waiting for it blocks commits, which is what
 /// strict mode wants when no standby is available.
@@ -19,19 +19,23 @@ pub const NOBODY: &str = "pgquorum_nobody";
 /// acknowledges WAL only while the primary's lease is valid.
 pub const GATE: &str = "pgquorum_keeper";
 
+/// The value that makes commits wait for the commit gate alone.
+pub const GATE_ONLY: &str = "FIRST 1 (\"pgquorum_keeper\")";
+
 /// The value for `synchronous_standby_names` on a primary whose committed
 /// sync set is `set`. Where commits would wait for nobody (asynchronous
 /// mode, or a non-strict empty set) they wait for the node's own keeper
-/// instead when `gate` is on: a commit then completes only while the lease
-/// is valid.
-pub fn render(
-    mode: SyncMode,
-    count: u32,
-    strict: bool,
-    gate: bool,
-    set: &BTreeSet<String>,
-) -> String {
-    let nobody = || if gate { gate_only() } else { String::new() };
+/// instead — with `lease_gated_commits`, and if its keeper `can_gate` — so
+/// that a commit completes only while the lease is valid.
+pub fn render(config: &DynamicConfig, set: &BTreeSet<String>, can_gate: bool) -> String {
+    let nobody = || {
+        if config.lease_gated_commits && can_gate {
+            GATE_ONLY.to_string()
+        } else {
+            String::new()
+        }
+    };
+    let (mode, count, strict) = (config.sync_mode, config.sync_count, config.sync_strict);
     if mode == SyncMode::Off {
         return nobody();
     }
@@ -60,11 +64,6 @@ pub fn render(
     format!("{method} {k} ({names})")
 }
 
-/// The value that makes commits wait for the commit gate alone.
-pub fn gate_only() -> String {
-    format!("FIRST 1 (\"{GATE}\")")
-}
-
 /// The standby names in a `synchronous_standby_names` value (without the
 /// `FIRST k`/`ANY k` wrapper and quotes). `*`, [`NOBODY`] and [`GATE`] are
 /// left out: none of them is a member.
@@ -91,6 +90,15 @@ pub fn reports_needed(n: usize, count: u32) -> usize {
 mod tests {
     use super::*;
 
+    fn cfg(sync_mode: SyncMode, sync_count: u32, sync_strict: bool) -> DynamicConfig {
+        DynamicConfig {
+            sync_mode,
+            sync_count,
+            sync_strict,
+            ..DynamicConfig::default()
+        }
+    }
+
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
@@ -98,39 +106,49 @@ mod tests {
     #[test]
     fn renders_first_and_any() {
         assert_eq!(
-            render(SyncMode::On, 1, false, false, &set(&["b", "c"])),
+            render(&cfg(SyncMode::On, 1, false), &set(&["b", "c"]), false),
             "FIRST 1 (\"b\",\"c\")"
         );
         assert_eq!(
-            render(SyncMode::Quorum, 2, false, false, &set(&["b", "c"])),
+            render(&cfg(SyncMode::Quorum, 2, false), &set(&["b", "c"]), false),
             "ANY 2 (\"b\",\"c\")"
         );
-        assert_eq!(render(SyncMode::Off, 1, false, false, &set(&["b"])), "");
+        assert_eq!(
+            render(&cfg(SyncMode::Off, 1, false), &set(&["b"]), false),
+            ""
+        );
         // With the commit gate, nobody becomes the keeper; a real set or
         // strict mode's blocker stay as they are.
-        let gated = render(SyncMode::Off, 1, false, true, &set(&["b"]));
+        let gated = render(&cfg(SyncMode::Off, 1, false), &set(&["b"]), true);
         assert_eq!(gated, format!("FIRST 1 (\"{GATE}\")"));
-        assert_eq!(gated, gate_only());
+        assert_eq!(gated, GATE_ONLY);
+        // Not for a keeper that cannot gate, nor with the gate turned off.
+        assert_eq!(render(&cfg(SyncMode::Off, 1, false), &set(&[]), false), "");
+        let off = DynamicConfig {
+            lease_gated_commits: false,
+            ..DynamicConfig::default()
+        };
+        assert_eq!(render(&off, &set(&[]), true), "");
         assert!(parse_names(&gated).is_empty());
-        assert_eq!(render(SyncMode::On, 1, false, true, &set(&[])), gated);
-        assert!(render(SyncMode::On, 1, true, true, &set(&[])).contains(NOBODY));
+        assert_eq!(render(&cfg(SyncMode::On, 1, false), &set(&[]), true), gated);
+        assert!(render(&cfg(SyncMode::On, 1, true), &set(&[]), true).contains(NOBODY));
         assert_eq!(
-            render(SyncMode::On, 1, false, true, &set(&["b"])),
+            render(&cfg(SyncMode::On, 1, false), &set(&["b"]), true),
             "FIRST 1 (\"b\")"
         );
     }
 
     #[test]
     fn empty_set_blocks_only_in_strict_mode() {
-        assert_eq!(render(SyncMode::On, 1, false, false, &set(&[])), "");
-        assert!(render(SyncMode::On, 1, true, false, &set(&[])).contains(NOBODY));
+        assert_eq!(render(&cfg(SyncMode::On, 1, false), &set(&[]), false), "");
+        assert!(render(&cfg(SyncMode::On, 1, true), &set(&[]), false).contains(NOBODY));
         // Non-strict clamps k to what exists; strict keeps k and waits.
         assert_eq!(
-            render(SyncMode::On, 2, false, false, &set(&["b"])),
+            render(&cfg(SyncMode::On, 2, false), &set(&["b"]), false),
             "FIRST 1 (\"b\")"
         );
         assert_eq!(
-            render(SyncMode::On, 2, true, false, &set(&["b"])),
+            render(&cfg(SyncMode::On, 2, true), &set(&["b"]), false),
             "FIRST 2 (\"b\")"
         );
     }
@@ -141,7 +159,7 @@ mod tests {
         assert_eq!(parse_names("b, c"), set(&["b", "c"]));
         assert_eq!(parse_names(""), set(&[]));
         assert_eq!(
-            parse_names(&render(SyncMode::On, 1, true, false, &set(&[]))),
+            parse_names(&render(&cfg(SyncMode::On, 1, true), &set(&[]), false)),
             set(&[])
         );
     }

@@ -189,6 +189,11 @@ pub struct NodeReport {
     /// picture, which a frozen server keeps looking healthy in.
     #[serde(default)]
     pub unresponsive_ms: u64,
+    /// The node's keeper can stand as its commit gate (false from agents
+    /// and keepers older than the gate): only then may the primary's
+    /// commits wait for it.
+    #[serde(default)]
+    pub commit_gate: bool,
 }
 
 /// How a command ended.

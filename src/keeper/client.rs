@@ -15,6 +15,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
+use super::gate::GateSpec;
 use super::protocol::{
     encode, KeeperState, Reply, Request, StartSpec, WatchdogSpec, MAX_LINE, SOCKET,
 };
@@ -49,6 +50,8 @@ pub struct KeeperLink {
     data_dir: PathBuf,
     /// The program that runs a keeper; `None`: never start one.
     binary: Option<PathBuf>,
+    /// Where the keeper's commit gate reaches the server (sent on attach).
+    gate: Option<GateSpec>,
     conn: Mutex<Option<Conn>>,
 }
 
@@ -70,8 +73,16 @@ impl KeeperLink {
             dir: dir.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             binary: binary.map(Path::to_path_buf),
+            gate: None,
             conn: Mutex::new(None),
         }
+    }
+
+    /// Tell the keeper, whenever the link attaches, how its commit gate
+    /// reaches the server.
+    pub fn with_gate(mut self, gate: GateSpec) -> KeeperLink {
+        self.gate = Some(gate);
+        self
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -122,6 +133,7 @@ impl KeeperLink {
             &mut conn,
             &Request::Attach {
                 data_dir: self.data_dir.clone(),
+                gate: self.gate.clone(),
             },
         )
         .await

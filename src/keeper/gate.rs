@@ -32,7 +32,8 @@ use bytes::{Buf, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
-use postgres_protocol::message::{backend::Message, frontend};
+use postgres_protocol::message::backend::{Header, Message};
+use postgres_protocol::message::frontend;
 use serde::{Deserialize, Serialize};
 
 use super::rule::{self, Lease};
@@ -40,7 +41,7 @@ use crate::cluster::sync::GATE;
 
 /// How to reach the local server: its Unix socket and a user that may open
 /// a physical replication connection there.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateSpec {
     pub socket_dir: PathBuf,
     pub port: u16,
@@ -54,6 +55,18 @@ pub struct GateSpec {
     pub os_uid: Option<u32>,
 }
 
+impl std::fmt::Debug for GateSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateSpec")
+            .field("socket_dir", &self.socket_dir)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("os_uid", &self.os_uid)
+            .finish()
+    }
+}
+
 /// The gate as the keeper reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -64,15 +77,25 @@ pub struct GateStatus {
     pub acknowledged: u64,
     /// Replication connections that reached streaming.
     pub connections: u64,
+    /// The agent told the keeper where its server listens (without that
+    /// the gate cannot connect, and a gated primary takes no commit).
+    pub configured: bool,
     /// Why the last connection failed or ended, until one streams again.
     pub error: Option<String>,
 }
 
-/// First retry after a failed connection; doubled up to [`RETRY_MAX_MS`].
-/// Short: right after a promotion the server refuses connections for a few
-/// milliseconds, and commits wait for the gate meanwhile.
+/// Retry a failed connection this soon, [`FAST_RETRIES`] times: right
+/// after a promotion (or a start) the server refuses connections for a few
+/// milliseconds, and commits wait for the gate meanwhile. Then back off,
+/// doubling up to [`RETRY_MAX_MS`] (a server that keeps refusing, say for
+/// want of a `pg_hba.conf` line, logs every attempt).
 const RETRY_MS: u64 = 10;
-const RETRY_MAX_MS: u64 = 2_000;
+const FAST_RETRIES: u32 = 50;
+const RETRY_MAX_MS: u64 = 500;
+/// A connection that has not reached streaming this long after it was
+/// opened (a server that accepted it and then said nothing) is dropped and
+/// tried again.
+const HANDSHAKE_LIMIT_MS: u64 = 5_000;
 /// Report the position at least this often while nothing changes (the
 /// server drops a standby silent for `wal_sender_timeout`).
 const STATUS_INTERVAL_MS: u64 = 1_000;
@@ -95,6 +118,7 @@ enum Phase {
 }
 
 struct Conn {
+    opened_at: u64,
     stream: UnixStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -128,13 +152,17 @@ pub struct Gate {
     spec: Option<GateSpec>,
     conn: Option<Conn>,
     retry_at: u64,
-    backoff_ms: u64,
+    /// Failed connections in a row.
+    failures: u32,
     status: GateStatus,
 }
 
 impl Gate {
     pub fn status(&self) -> GateStatus {
-        self.status.clone()
+        GateStatus {
+            configured: self.spec.is_some(),
+            ..self.status.clone()
+        }
     }
 
     /// Where to connect (from the agent's start request); a new spec
@@ -144,7 +172,7 @@ impl Gate {
             self.close();
             self.spec = spec;
             self.retry_at = 0;
-            self.backoff_ms = 0;
+            self.failures = 0;
         }
     }
 
@@ -167,14 +195,18 @@ impl Gate {
     pub fn step(&mut self, lease: Lease, running: bool, now: u64) {
         let wanted = running && self.spec.is_some() && rule::gates_commits(lease);
         if !wanted {
+            // Whatever failed before (a server still starting, say) says
+            // nothing about the next time the gate is wanted.
             self.close();
+            self.failures = 0;
+            self.retry_at = 0;
             return;
         }
         if self.conn.is_none() {
             if now < self.retry_at {
                 return;
             }
-            match self.connect() {
+            match self.connect(now) {
                 Ok(c) => self.conn = Some(c),
                 Err(e) => {
                     self.failed(now, e);
@@ -185,6 +217,16 @@ impl Gate {
         let Some(mut c) = self.conn.take() else {
             return;
         };
+        if c.phase != Phase::Streaming && now.saturating_sub(c.opened_at) > HANDSHAKE_LIMIT_MS {
+            self.failed(
+                now,
+                format!(
+                    "no answer from the server within {HANDSHAKE_LIMIT_MS} ms while {:?}",
+                    c.phase
+                ),
+            );
+            return;
+        }
         match self.drive(&mut c, lease) {
             Ok(()) => self.conn = Some(c),
             Err(End::Timeline) => {
@@ -209,11 +251,12 @@ impl Gate {
             tracing::warn!(error = %why, "commit gate: no replication connection to the local server");
             self.status.error = Some(why);
         }
-        self.backoff_ms = (self.backoff_ms * 2).clamp(RETRY_MS, RETRY_MAX_MS);
-        self.retry_at = now + self.backoff_ms;
+        self.failures = self.failures.saturating_add(1);
+        let doublings = self.failures.saturating_sub(FAST_RETRIES).min(16);
+        self.retry_at = now + (RETRY_MS << doublings).min(RETRY_MAX_MS);
     }
 
-    fn connect(&self) -> Result<Conn, String> {
+    fn connect(&self, now: u64) -> Result<Conn, String> {
         let spec = self.spec.as_ref().ok_or("no server to connect to")?;
         let path = spec.socket_dir.join(format!(".s.PGSQL.{}", spec.port));
         let stream = connect_nonblocking(&path, spec.os_uid)
@@ -229,6 +272,7 @@ impl Gate {
         )
         .map_err(|e| e.to_string())?;
         Ok(Conn {
+            opened_at: now,
             stream,
             rbuf: BytesMut::new(),
             wbuf,
@@ -244,11 +288,12 @@ impl Gate {
 
     fn drive(&mut self, c: &mut Conn, lease: Lease) -> Result<(), End> {
         flush(c)?;
-        read(c)?;
-        while let Some(end) = self.handle_one(c)? {
-            if end {
-                break;
-            }
+        let open = read(c)?;
+        // What arrived before the end of the connection first: an error
+        // message says why the server closed it.
+        while self.handle_one(c)? {}
+        if !open {
+            return Err(End::Failed("the server closed the connection".into()));
         }
         // The lease is read here, after everything that arrived: what was
         // received before a freeze is acknowledged only if the lease is
@@ -269,20 +314,20 @@ impl Gate {
         flush(c)
     }
 
-    /// Handle the next complete message: `Some(false)` to go on, `None`
-    /// when no complete message is buffered.
-    fn handle_one(&mut self, c: &mut Conn) -> Result<Option<bool>, End> {
+    /// Handle the next complete message; false when no complete message is
+    /// buffered.
+    fn handle_one(&mut self, c: &mut Conn) -> Result<bool, End> {
         // CopyBothResponse is not among the messages postgres-protocol
-        // parses: frame it by hand (tag, length).
+        // parses: skip it by its header.
         if c.rbuf.first() == Some(&b'W') {
-            if c.rbuf.len() < 5 {
-                return Ok(None);
+            let Some(header) = Header::parse(&c.rbuf)? else {
+                return Ok(false);
+            };
+            let total = 1 + header.len() as usize;
+            if c.rbuf.len() < total {
+                return Ok(false);
             }
-            let len = u32::from_be_bytes([c.rbuf[1], c.rbuf[2], c.rbuf[3], c.rbuf[4]]) as usize;
-            if c.rbuf.len() < 1 + len {
-                return Ok(None);
-            }
-            c.rbuf.advance(1 + len);
+            c.rbuf.advance(total);
             if c.phase != Phase::Starting {
                 return Err(End::Failed("unexpected CopyBothResponse".into()));
             }
@@ -290,25 +335,25 @@ impl Gate {
             self.status.streaming = true;
             self.status.connections += 1;
             self.status.error = None;
-            self.backoff_ms = 0;
+            self.failures = 0;
             tracing::info!(timeline = c.timeline, start = %crate::cluster::lsn::Lsn(c.received), "commit gate: streaming from the local server");
-            return Ok(Some(false));
+            return Ok(true);
         }
         let tag = c.rbuf.first().copied().unwrap_or(b'?');
         let Some(message) = Message::parse(&mut c.rbuf)? else {
-            return Ok(None);
+            return Ok(false);
         };
         match (c.phase, message) {
             (_, Message::ErrorResponse(body)) => Err(End::Failed(error_text(body.fields()))),
             (_, Message::NoticeResponse(_))
             | (_, Message::ParameterStatus(_))
-            | (_, Message::BackendKeyData(_)) => Ok(Some(false)),
+            | (_, Message::BackendKeyData(_)) => Ok(true),
             (Phase::Startup, message) => {
                 self.authenticate(c, message)?;
-                Ok(Some(false))
+                Ok(true)
             }
             (Phase::Identify, Message::RowDescription(_))
-            | (Phase::Identify, Message::CommandComplete(_)) => Ok(Some(false)),
+            | (Phase::Identify, Message::CommandComplete(_)) => Ok(true),
             (Phase::Identify, Message::DataRow(row)) => {
                 let buf = row.buffer();
                 let cols: Vec<Option<&str>> = row
@@ -325,7 +370,7 @@ impl Gate {
                     (Some(t), Some(p)) => {
                         c.timeline = t;
                         c.received = p.0;
-                        Ok(Some(false))
+                        Ok(true)
                     }
                     _ => Err(End::Failed(format!(
                         "IDENTIFY_SYSTEM answered {cols:?}, not a timeline and a position"
@@ -340,13 +385,15 @@ impl Gate {
                 );
                 frontend::query(&query, &mut c.wbuf)?;
                 c.phase = Phase::Starting;
-                Ok(Some(false))
+                Ok(true)
             }
             (Phase::Streaming, Message::CopyData(body)) => {
                 on_copy_data(c, body.data())?;
-                Ok(Some(false))
+                Ok(true)
             }
             (Phase::Streaming, Message::CopyDone) => Err(End::Timeline),
+            // A walsender ends a clean shutdown with CommandComplete.
+            (Phase::Streaming, Message::CommandComplete(_)) => Err(End::Timeline),
             (phase, _) => Err(End::Failed(format!(
                 "unexpected message {:?} from the server while {phase:?}",
                 tag as char
@@ -424,7 +471,7 @@ fn on_copy_data(c: &mut Conn, data: &[u8]) -> Result<(), End> {
             let start = data.get(1..9).ok_or_else(short)?;
             let start = u64::from_be_bytes(start.try_into().map_err(|_| short())?);
             let payload = data.len().checked_sub(25).ok_or_else(short)?;
-            c.received = c.received.max(start + payload as u64);
+            c.received = c.received.max(start.saturating_add(payload as u64));
         }
         Some(b'k') => {
             c.reply_requested |= data.get(17).copied().ok_or_else(short)? != 0;
@@ -451,12 +498,14 @@ fn standby_status(lsn: u64, out: &mut BytesMut) -> std::io::Result<()> {
     Ok(())
 }
 
-fn read(c: &mut Conn) -> Result<(), End> {
+/// Read what is there (up to [`READ_PER_PASS`]); false once the server
+/// closed the connection.
+fn read(c: &mut Conn) -> Result<bool, End> {
     let mut chunk = [0u8; 64 * 1024];
     let mut total = 0;
     while total < READ_PER_PASS {
         match c.stream.read(&mut chunk) {
-            Ok(0) => return Err(End::Failed("the server closed the connection".into())),
+            Ok(0) => return Ok(false),
             Ok(n) => {
                 c.rbuf.extend_from_slice(&chunk[..n]);
                 total += n;
@@ -466,7 +515,7 @@ fn read(c: &mut Conn) -> Result<(), End> {
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn flush(c: &mut Conn) -> Result<(), End> {
@@ -504,7 +553,8 @@ fn error_text<'a>(
 /// full (a frozen postmaster) refuses at once instead of blocking the
 /// keeper. With `as_uid`, connect under that effective user id (the
 /// server reads the peer's credentials as they were at `connect`), then
-/// switch back: the keeper has one thread, nothing else runs meanwhile.
+/// switch back (for the whole process: the log writer's thread does
+/// nothing that needs root).
 fn connect_nonblocking(path: &std::path::Path, as_uid: Option<u32>) -> std::io::Result<UnixStream> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     use nix::unistd::{geteuid, seteuid, Uid};
@@ -525,12 +575,209 @@ fn connect_nonblocking(path: &std::path::Path, as_uid: Option<u32>) -> std::io::
     let connected = connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr);
     if switch.is_some() {
         if let Err(e) = seteuid(me) {
-            // Cannot happen for root going back from a saved set-user-id
-            // of 0; if it did, the keeper could no longer fence root-owned
-            // processes — say so loudly.
+            // Cannot happen for root going back to a saved set-user-id of
+            // 0. If it did, the keeper could no longer be trusted to fence:
+            // dying takes PostgreSQL with it (the parent-death signal).
             tracing::error!(error = %e, "commit gate: cannot switch back to the keeper's user");
+            std::process::abort();
         }
     }
     connected?;
     Ok(UnixStream::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    use std::time::Duration;
+
+    /// A backend message: tag, length, body.
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn data_row(cols: &[&str]) -> Vec<u8> {
+        let mut body = (cols.len() as u16).to_be_bytes().to_vec();
+        for c in cols {
+            body.extend_from_slice(&(c.len() as u32).to_be_bytes());
+            body.extend_from_slice(c.as_bytes());
+        }
+        msg(b'D', &body)
+    }
+
+    fn xlog(start: u64, payload: usize) -> Vec<u8> {
+        let mut body = vec![b'w'];
+        body.extend_from_slice(&start.to_be_bytes());
+        body.extend_from_slice(&(start + payload as u64).to_be_bytes());
+        body.extend_from_slice(&0i64.to_be_bytes());
+        body.extend(std::iter::repeat_n(0u8, payload));
+        msg(b'd', &body)
+    }
+
+    /// Everything the server has been sent so far (non-blocking reads).
+    fn drain(s: &mut UnixStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    /// The flush positions of the standby status updates in `sent`.
+    fn acks(sent: &[u8]) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i + 5 <= sent.len() {
+            let len = u32::from_be_bytes(sent[i + 1..i + 5].try_into().unwrap()) as usize;
+            if sent[i] == b'd' && sent.get(i + 5) == Some(&b'r') {
+                let flush = &sent[i + 14..i + 22];
+                out.push(u64::from_be_bytes(flush.try_into().unwrap()));
+            }
+            i += 1 + len;
+        }
+        out
+    }
+
+    fn step_until(gate: &mut Gate, lease: Lease, mut done: impl FnMut(&Gate) -> bool) {
+        for _ in 0..200 {
+            gate.step(lease, true, crate::boottime::boot_ms());
+            if done(gate) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the gate did not get there: {:?}", gate.status());
+    }
+
+    /// A scripted server: the gate authenticates, identifies, starts
+    /// streaming (the CopyBothResponse split across two writes), and
+    /// acknowledges exactly the WAL received — until the lease is over,
+    /// after which WAL that arrives is never acknowledged.
+    #[test]
+    fn acknowledges_received_wal_only_while_the_lease_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join(".s.PGSQL.5999")).unwrap();
+        let mut gate = Gate::default();
+        gate.set_spec(Some(GateSpec {
+            socket_dir: dir.path().to_path_buf(),
+            port: 5999,
+            user: "postgres".into(),
+            password: None,
+            os_uid: None,
+        }));
+        let now = crate::boottime::boot_ms();
+        let lease = Lease::Until {
+            epoch: 1,
+            deadline: now + 60_000,
+        };
+        gate.step(lease, true, now);
+        let (mut server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut script = msg(b'R', &0u32.to_be_bytes());
+        script.extend(msg(b'Z', b"I"));
+        server.write_all(&script).unwrap();
+        step_until(&mut gate, lease, |g| {
+            g.conn.as_ref().is_some_and(|c| c.phase == Phase::Identify)
+        });
+        let mut identify = data_row(&["7", "3", "0/1000", ""]);
+        identify.extend(msg(b'C', b"IDENTIFY_SYSTEM\0"));
+        identify.extend(msg(b'Z', b"I"));
+        server.write_all(&identify).unwrap();
+        step_until(&mut gate, lease, |g| {
+            g.conn.as_ref().is_some_and(|c| c.phase == Phase::Starting)
+        });
+        let sent = String::from_utf8_lossy(&drain(&mut server)).into_owned();
+        assert!(
+            sent.contains("START_REPLICATION PHYSICAL 0/1000 TIMELINE 3"),
+            "{sent}"
+        );
+
+        let both = msg(b'W', &[0, 0, 0]);
+        server.write_all(&both[..3]).unwrap();
+        gate.step(lease, true, crate::boottime::boot_ms());
+        assert!(!gate.status().streaming, "streaming on half a message");
+        server.write_all(&both[3..]).unwrap();
+        step_until(&mut gate, lease, |g| g.status().streaming);
+        server.write_all(&xlog(0x1000, 0x20)).unwrap();
+        step_until(&mut gate, lease, |g| g.status().acknowledged == 0x1020);
+        assert_eq!(acks(&drain(&mut server)), vec![0x1000, 0x1020]);
+
+        // The lease runs out (the host was frozen past it): WAL written
+        // now is never acknowledged, however often the gate looks.
+        let over = Lease::Until {
+            epoch: 1,
+            deadline: crate::boottime::boot_ms(),
+        };
+        server.write_all(&xlog(0x1020, 0x40)).unwrap();
+        let mut keepalive = vec![b'k'];
+        keepalive.extend_from_slice(&0x2000u64.to_be_bytes());
+        keepalive.extend_from_slice(&0i64.to_be_bytes());
+        keepalive.push(1);
+        server.write_all(&msg(b'd', &keepalive)).unwrap();
+        for _ in 0..20 {
+            gate.step(over, true, crate::boottime::boot_ms());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(acks(&drain(&mut server)), Vec::<u64>::new());
+        assert_eq!(gate.status().acknowledged, 0x1020);
+
+        // The lease is renewed: what was received is acknowledged, never
+        // the server's own WAL end from the keepalive.
+        step_until(&mut gate, lease, |g| g.status().acknowledged == 0x1060);
+        assert_eq!(acks(&drain(&mut server)), vec![0x1060]);
+    }
+
+    #[test]
+    fn says_why_the_server_closed_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join(".s.PGSQL.5998")).unwrap();
+        let mut gate = Gate::default();
+        gate.set_spec(Some(GateSpec {
+            socket_dir: dir.path().to_path_buf(),
+            port: 5998,
+            user: "postgres".into(),
+            password: None,
+            os_uid: None,
+        }));
+        let lease = Lease::Open { epoch: 1 };
+        gate.step(lease, true, crate::boottime::boot_ms());
+        let (mut server, _) = listener.accept().unwrap();
+        // As PostgreSQL does: read the startup packet, answer, close.
+        let mut startup = [0u8; 4];
+        server.read_exact(&mut startup).unwrap();
+        let mut rest = vec![0u8; u32::from_be_bytes(startup) as usize - 4];
+        server.read_exact(&mut rest).unwrap();
+        server
+            .write_all(&msg(
+                b'E',
+                b"SFATAL\0MNo pg_hba.conf entry for replication connection\0\0",
+            ))
+            .unwrap();
+        drop(server);
+        step_until(&mut gate, lease, |g| g.status().error.is_some());
+        let error = gate.status().error.unwrap_or_default();
+        assert!(error.contains("pg_hba.conf"), "{error}");
+        assert!(!gate.status().streaming);
+    }
+
+    #[test]
+    fn the_password_stays_out_of_debug_output() {
+        let spec = GateSpec {
+            socket_dir: "/run".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: Some("s3cret".into()),
+            os_uid: None,
+        };
+        assert!(!format!("{spec:?}").contains("s3cret"));
+    }
 }

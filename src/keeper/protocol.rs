@@ -30,7 +30,12 @@ pub const PID_FILE: &str = "keeper.pid";
 pub enum Request {
     /// The first request of a connection: the agent names the data
     /// directory it drives, which must be the keeper's.
-    Attach { data_dir: PathBuf },
+    Attach {
+        data_dir: PathBuf,
+        /// Where the commit gate reaches the server (none: no gate).
+        #[serde(default)]
+        gate: Option<GateSpec>,
+    },
     /// The keeper's state.
     Status,
     /// Enforce this lease from now on, and arm the watchdog with it when
@@ -70,9 +75,6 @@ pub struct StartSpec {
     pub log_file: PathBuf,
     /// Working directory (the data directory).
     pub cwd: PathBuf,
-    /// Where the commit gate connects to this server (none: no gate).
-    #[serde(default)]
-    pub gate: Option<GateSpec>,
 }
 
 /// The keeper's answers.

@@ -50,6 +50,9 @@ use crate::process::{self, Fenced, FENCE_KILL_WAIT};
 /// stopped immediately.
 pub const STOP_LIMIT: Duration = Duration::from_secs(60);
 
+/// Feed the watchdog at most this often (its timeout is whole seconds).
+const FEED_EVERY_MS: u64 = 100;
+
 static TERMINATE: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_terminate(_: libc::c_int) {
@@ -101,6 +104,10 @@ struct Keeper {
     watchdog: Option<Watchdog>,
     watchdog_error: Option<String>,
     feeds: u64,
+    /// When the watchdog was last fed (boot ms): the loop now also wakes
+    /// for every batch of WAL, and a feed may be slow (some drivers talk
+    /// to the board's controller), so at most every [`FEED_EVERY_MS`].
+    fed_at: u64,
     /// When the fast shutdown on SIGTERM began.
     stopping_since: Option<Instant>,
     /// The keeper as its primary's synchronous standby.
@@ -153,6 +160,7 @@ pub fn run(config: KeeperConfig) -> Result<(), KeeperError> {
         watchdog: None,
         watchdog_error: None,
         feeds: 0,
+        fed_at: 0,
         stopping_since: None,
         gate: Gate::default(),
     };
@@ -387,11 +395,16 @@ impl Keeper {
         let Some(w) = self.watchdog.as_mut() else {
             return;
         };
-        if !rule::may_feed(self.lease, now, w.timeout_s() as u64 * 1000) {
+        if now.saturating_sub(self.fed_at) < FEED_EVERY_MS
+            || !rule::may_feed(self.lease, now, w.timeout_s() as u64 * 1000)
+        {
             return;
         }
         match w.feed() {
-            Ok(()) => self.feeds += 1,
+            Ok(()) => {
+                self.feeds += 1;
+                self.fed_at = now;
+            }
             Err(e) => {
                 if self.watchdog_error.is_none() {
                     tracing::error!(error = %e, "watchdog feed failed");
@@ -439,7 +452,7 @@ impl Keeper {
     fn handle(&mut self, c: &mut Client, request: Request) -> Reply {
         let now = boot_ms();
         match request {
-            Request::Attach { data_dir } => {
+            Request::Attach { data_dir, gate } => {
                 if !same_dir(&data_dir, &self.data_dir) {
                     return Reply::Error {
                         message: format!(
@@ -450,6 +463,7 @@ impl Keeper {
                     };
                 }
                 c.attached = true;
+                self.gate.set_spec(gate);
                 Reply::State(self.state(now))
             }
             Request::Status => Reply::State(self.state(now)),
@@ -462,10 +476,7 @@ impl Keeper {
                 self.enforce(now);
                 Reply::State(self.state(now))
             }
-            Request::Start(spec) => {
-                self.gate.set_spec(spec.gate.clone());
-                self.start(spec, now)
-            }
+            Request::Start(spec) => self.start(spec, now),
             Request::ProbeWatchdog(spec) => {
                 // Never by arming it: opening a watchdog starts its countdown.
                 let armed = self
@@ -527,6 +538,7 @@ impl Keeper {
             }
         }
         // Feed at once: the lease may have just become valid again.
+        self.fed_at = 0;
         self.tend_watchdog(boot_ms());
     }
 

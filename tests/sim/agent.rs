@@ -308,6 +308,7 @@ impl World {
             lease_seq: a.lease.held_seq(),
             // Failsafe mode is not modelled (agents never talk to agents).
             promise_ms: 0,
+            commit_gate: true,
             // PostgreSQL never freezes without its agent here (see mod.rs).
             unresponsive_ms: 0,
         };

@@ -270,7 +270,14 @@ impl Postgres {
             &cfg.keeper_dir,
             &cfg.data_dir,
             cfg.keeper_binary.as_deref(),
-        );
+        )
+        .with_gate(crate::keeper::gate::GateSpec {
+            socket_dir: cfg.socket_dir.clone(),
+            port: cfg.port,
+            user: cfg.superuser.clone(),
+            password: cfg.superuser_password.clone(),
+            os_uid: user.switch.then_some(user.uid),
+        });
         Ok(Postgres {
             keeper,
             cfg,

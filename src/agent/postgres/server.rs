@@ -11,7 +11,6 @@ use super::error::{tail_of, Tail};
 use super::process::{program_env, run, Cmd};
 use super::sql::Target;
 use super::{DataDirState, PgError, Postgres, RewindOutcome, StopMode, Upstream};
-use crate::keeper::gate::GateSpec;
 use crate::keeper::StartSpec;
 use crate::process::{Fenced, FENCE_KILL_WAIT};
 
@@ -198,13 +197,6 @@ impl Postgres {
             gid: self.user.switch.then_some(self.user.gid),
             log_file: self.cfg.log_file.clone(),
             cwd: self.cfg.data_dir.clone(),
-            gate: Some(GateSpec {
-                socket_dir: self.cfg.socket_dir.clone(),
-                port: self.cfg.port,
-                user: self.cfg.superuser.clone(),
-                password: self.cfg.superuser_password.clone(),
-                os_uid: self.user.switch.then_some(self.user.uid),
-            }),
         };
         let t0 = Instant::now();
         let pid = self.keeper.start(spec).await.map_err(|e| PgError::Failed {

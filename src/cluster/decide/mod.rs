@@ -121,20 +121,23 @@ fn upstream_of(member: &Member) -> Upstream {
     }
 }
 
-/// Settings a node should run with; the sync names only matter on a primary.
-pub fn settings(cluster: &Cluster, sync_set: &BTreeSet<String>) -> ManagedSettings {
-    let c = &cluster.config;
+/// Settings a node should run with; the sync names only matter on a
+/// primary. `gate`: the node's keeper can stand as its commit gate
+/// ([`gate_for`]).
+pub fn settings(cluster: &Cluster, sync_set: &BTreeSet<String>, gate: bool) -> ManagedSettings {
     ManagedSettings {
-        parameters: c.parameters.clone(),
+        parameters: cluster.config.parameters.clone(),
         config_version: cluster.config_version,
-        synchronous_standby_names: sync::render(
-            c.sync_mode,
-            c.sync_count,
-            c.sync_strict,
-            c.lease_gated_commits,
-            sync_set,
-        ),
+        synchronous_standby_names: sync::render(&cluster.config, sync_set, gate),
     }
+}
+
+/// May `node`'s commits wait for its keeper's commit gate? Only if its
+/// agent reports a keeper that can stand as one: an agent or keeper from
+/// before the gate would leave every commit waiting for a standby that
+/// never comes.
+pub(super) fn gate_for(input: &Input, node: &str) -> bool {
+    fresh(input, node).is_some_and(|o| o.report.commit_gate)
 }
 
 /// Settings for a replica: no synchronous standby names (they matter only
@@ -142,7 +145,7 @@ pub fn settings(cluster: &Cluster, sync_set: &BTreeSet<String>) -> ManagedSettin
 pub fn replica_settings(cluster: &Cluster) -> ManagedSettings {
     ManagedSettings {
         synchronous_standby_names: String::new(),
-        ..settings(cluster, &BTreeSet::new())
+        ..settings(cluster, &BTreeSet::new(), false)
     }
 }
 

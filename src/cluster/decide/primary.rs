@@ -36,7 +36,7 @@ pub(super) fn primary_duties(input: &Input, primary: &Member, d: &mut Decision) 
         Some(SwitchoverPhase::Demoting { .. })
     );
     let obs = fresh(input, &primary.name);
-    let settings_now = settings(cluster, &cluster.sync_set);
+    let settings_now = settings(cluster, &cluster.sync_set, gate_for(input, &primary.name));
     if let Some(c) = bound_open_lease(input, primary) {
         d.commit = Some(c);
         return false;

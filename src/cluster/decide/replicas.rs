@@ -141,7 +141,11 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
                     d,
                     &primary.name,
                     Action::Configure {
-                        settings: settings(cluster, &cluster.sync_set),
+                        settings: settings(
+                            cluster,
+                            &cluster.sync_set,
+                            gate_for(input, &primary.name),
+                        ),
                     },
                 );
             }

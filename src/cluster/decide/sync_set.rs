@@ -83,13 +83,8 @@ pub(super) fn manage_sync_set(
             sync_set: next,
         });
     }
-    let wanted_pg = sync::render(
-        c.sync_mode,
-        c.sync_count,
-        c.sync_strict,
-        c.lease_gated_commits,
-        &desired,
-    );
+    let gate = o.report.commit_gate;
+    let wanted_pg = sync::render(c, &desired, gate);
     let wanted_names = sync::parse_names(&wanted_pg);
     if pg.synchronous_standby_names != wanted_pg {
         // PostgreSQL's set first (it is a subset of the committed one).
@@ -101,7 +96,7 @@ pub(super) fn manage_sync_set(
                 Action::Configure {
                     settings: ManagedSettings {
                         synchronous_standby_names: wanted_pg,
-                        ..settings(cluster, committed)
+                        ..settings(cluster, committed, gate)
                     },
                 },
             );

@@ -1240,3 +1240,35 @@ fn a_cluster_is_removed_only_once_every_node_is_silent() {
         })
     );
 }
+
+/// An asynchronous primary whose keeper can gate commits is made to wait
+/// for it; one whose agent or keeper predates the gate never is (every
+/// commit would wait for a standby that never comes), nor any primary with
+/// `lease_gated_commits` off.
+#[test]
+fn the_commit_gate_only_for_a_primary_whose_keeper_can_stand_as_it() {
+    let configure = |c: &Cluster, gate: bool| {
+        let mut r = primary("n1", 1_000);
+        r.commit_gate = gate;
+        let s = soft(
+            c,
+            vec![(r, 1_000), (replica("n2", 1_000, Some("n1")), 1_000)],
+        );
+        let d = run(c, &s, 1_000, 0);
+        d.commands.iter().find_map(|(n, a)| match a {
+            Action::Configure { settings } if n == "n1" => {
+                Some(settings.synchronous_standby_names.clone())
+            }
+            _ => None,
+        })
+    };
+    let c = three(&[]);
+    assert_eq!(
+        configure(&c, true).as_deref(),
+        Some(crate::cluster::sync::GATE_ONLY)
+    );
+    let ungated = |names: Option<String>| names.is_none_or(|n| n.is_empty());
+    assert!(ungated(configure(&c, false)));
+    let off = three(&[("lease_gated_commits", "off")]);
+    assert!(ungated(configure(&off, true)));
+}
