@@ -306,6 +306,8 @@ pub struct Node {
     pub clock: Clock,
     pub up: bool,
     pub frozen_until: Option<u64>,
+    /// When the host last ran again after a freeze (its own clock).
+    pub resumed_at: u64,
     deferred: Vec<Ev>,
     pub mgr_cut_until: u64,
     pub isolated_until: u64,
@@ -441,6 +443,7 @@ impl World {
                 clock: Clock::random(&mut rng, p.max_ppm),
                 up: true,
                 frozen_until: None,
+                resumed_at: 0,
                 deferred: Vec::new(),
                 mgr_cut_until: 0,
                 isolated_until: 0,
@@ -1242,6 +1245,7 @@ impl World {
             Ev::Unfreeze { n } => {
                 if self.nodes[n].frozen_until.is_some_and(|t| t <= self.now) {
                     self.nodes[n].frozen_until = None;
+                    self.nodes[n].resumed_at = self.agent_now(n);
                     self.log(format!("{}: resumes", self.nodes[n].name));
                     // Who runs first after SIGCONT is the scheduler's
                     // choice: the keeper (it fences at once), or the server,
@@ -1300,6 +1304,25 @@ impl World {
                 "SPLIT BRAIN: {} accept writes at the same time",
                 names.join(" and ")
             ));
+        }
+        // Acknowledging nothing is not enough for long: a server past its
+        // lease is fenced soon after its host runs again (the keeper fences
+        // FENCE_LEAD before the deadline; after a thaw it may run a few
+        // milliseconds after the server).
+        for n in 0..self.nodes.len() {
+            if !self.writable(n) || self.frozen(n) {
+                continue;
+            }
+            if let pgquorum::keeper::Lease::Until { deadline, .. } = self.keeper_lease(n) {
+                let since = deadline.max(self.nodes[n].resumed_at);
+                let late = self.agent_now(n).saturating_sub(since);
+                if late > 100 {
+                    return Err(format!(
+                        "LATE FENCE: {} runs writable {late} ms past its lease (and any freeze)",
+                        self.nodes[n].name
+                    ));
+                }
+            }
         }
         for n in 0..self.nodes.len() {
             let w = writable.contains(&n);
