@@ -202,6 +202,16 @@ async fn every_command_in_human_and_json_form() {
     // history
     let h = json(&d.cli(&["history", "--json"]));
     assert_eq!(h[0]["kind"], "bootstrap");
+    // The pause and the resume above are in it too, in order.
+    let kinds: Vec<&str> = h
+        .as_array()
+        .expect("history is a list")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    let pause = kinds.iter().position(|k| *k == "pause");
+    let resume = kinds.iter().position(|k| *k == "resume");
+    assert!(pause.is_some() && resume > pause, "{h}");
     assert!(stdout(&d.cli(&["history"])).contains("bootstrap"));
 
     // Confirmations: refused without a terminal unless --force.

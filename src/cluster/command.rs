@@ -36,10 +36,7 @@ pub enum ClusterCommand {
         tags: Tags,
     },
     /// Forget a node.
-    RemoveNode {
-        cluster: String,
-        name: String,
-    },
+    RemoveNode { cluster: String, name: String },
     /// Name the first primary of a cluster (epoch 0 → 1).
     Bootstrap {
         cluster: String,
@@ -47,10 +44,7 @@ pub enum ClusterCommand {
         at_unix_ms: u64,
     },
     /// Remember the PostgreSQL system identifier of the bootstrapped data.
-    SetSystemIdentifier {
-        cluster: String,
-        id: u64,
-    },
+    SetSystemIdentifier { cluster: String, id: u64 },
     /// Make `node` the primary of epoch `expected_epoch + 1`.
     Promote {
         cluster: String,
@@ -74,17 +68,20 @@ pub enum ClusterCommand {
     SetConfig {
         cluster: String,
         changes: BTreeMap<String, String>,
+        /// When the operator asked (for the history; 0 in entries written
+        /// before it was recorded).
+        #[serde(default)]
+        at_unix_ms: u64,
     },
     SetPaused {
         cluster: String,
         paused: bool,
+        #[serde(default)]
+        at_unix_ms: u64,
     },
     /// The primary of `epoch` enforces a bounded lease again after a
     /// pause: automatic failover may resume.
-    LeaseBounded {
-        cluster: String,
-        epoch: u64,
-    },
+    LeaseBounded { cluster: String, epoch: u64 },
     /// Plan a switchover away from the current primary.
     RequestSwitchover {
         cluster: String,
@@ -103,15 +100,17 @@ pub enum ClusterCommand {
     CancelSwitchover {
         cluster: String,
         reason: String,
+        #[serde(default)]
+        at_unix_ms: u64,
     },
     /// Forget a whole cluster whose nodes are all gone (`cluster remove`).
-    RemoveCluster {
-        cluster: String,
-    },
+    RemoveCluster { cluster: String },
     /// The operator drops a scheduled switchover (`switchover --cancel`):
     /// refused once it is under way.
     CancelScheduledSwitchover {
         cluster: String,
+        #[serde(default)]
+        at_unix_ms: u64,
     },
     /// Ask a node's agent to restart or re-clone.
     RequestNodeAction {
@@ -127,19 +126,12 @@ pub enum ClusterCommand {
     },
     /// Disaster recovery: bump every cluster's epoch by `bump` so that no
     /// agent trusts a decision taken before the group was re-formed.
-    Recover {
-        bump: u64,
-        at_unix_ms: u64,
-    },
+    Recover { bump: u64, at_unix_ms: u64 },
     /// A manager left the Raft group; its id must never be used again.
-    RetireManager {
-        id: u64,
-    },
+    RetireManager { id: u64 },
     /// Disaster recovery: the first entry of a re-formed group carries the
     /// state the surviving manager had. Only accepted on an empty state.
-    RestoreState {
-        state: Box<ClusterState>,
-    },
+    RestoreState { state: Box<ClusterState> },
 }
 
 /// What a successful command did.
@@ -221,6 +213,15 @@ fn cluster_mut<'a>(state: &'a mut ClusterState, name: &str) -> Result<&'a mut Cl
     })
 }
 
+/// A switchover as the history names it: from whom, to whom.
+fn describe(s: &Switchover) -> String {
+    format!(
+        "from {} to {}",
+        s.from,
+        s.to.as_deref().unwrap_or("the best replica")
+    )
+}
+
 /// The member named `node`, or NOT_FOUND naming the ones there are.
 pub(crate) fn require_member<'a>(
     cluster: &'a Cluster,
@@ -276,7 +277,7 @@ impl ClusterCommand {
             | RequestSwitchover { cluster, .. }
             | AdvanceSwitchover { cluster, .. }
             | CancelSwitchover { cluster, .. }
-            | CancelScheduledSwitchover { cluster }
+            | CancelScheduledSwitchover { cluster, .. }
             | RequestNodeAction { cluster, .. }
             | CompleteNodeAction { cluster, .. }
             | RemoveCluster { cluster } => Some(cluster),
@@ -487,7 +488,11 @@ impl ClusterCommand {
                 c.sync_set = sync_set.clone();
                 applied(c, "sync set changed")
             }
-            SetConfig { changes, .. } => {
+            SetConfig {
+                changes,
+                at_unix_ms,
+                ..
+            } => {
                 if changes.is_empty() {
                     return Err(Rejection::invalid(
                         "no configuration change given; use KEY=VALUE",
@@ -495,9 +500,26 @@ impl ClusterCommand {
                 }
                 c.config = c.config.with_changes(changes)?;
                 c.config_version += 1;
-                applied(c, format!("configuration version {}", c.config_version))
+                let what: Vec<String> = changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let version = format!("configuration version {}", c.config_version);
+                c.note(
+                    EventKind::Config,
+                    format!("{version}: {}", what.join(", ")),
+                    *at_unix_ms,
+                );
+                applied(c, version)
             }
-            SetPaused { paused, .. } => {
+            SetPaused {
+                paused, at_unix_ms, ..
+            } => {
+                if c.paused != *paused {
+                    let (kind, why) = if *paused {
+                        (EventKind::Pause, "paused: no automatic failover until resumed")
+                    } else {
+                        (EventKind::Resume, "resumed")
+                    };
+                    c.note(kind, why.to_string(), *at_unix_ms);
+                }
                 c.paused = *paused;
                 if *paused && c.primary.is_some() {
                     c.open_lease = true;
@@ -575,19 +597,28 @@ impl ClusterCommand {
                 switchover.phase = phase.clone();
                 applied(c, "switchover advanced")
             }
-            CancelSwitchover { reason, .. } => {
-                if c.switchover.take().is_none() {
+            CancelSwitchover {
+                reason, at_unix_ms, ..
+            } => {
+                let Some(dropped) = c.switchover.take() else {
                     return Err(Rejection::precondition("no switchover is planned"));
-                }
+                };
+                c.note(
+                    EventKind::SwitchoverCancelled,
+                    format!("switchover {} given up: {reason}", describe(&dropped)),
+                    *at_unix_ms,
+                );
                 applied(c, format!("switchover cancelled: {reason}"))
             }
-            CancelScheduledSwitchover { .. } => match &c.switchover {
+            CancelScheduledSwitchover { at_unix_ms, .. } => match &c.switchover {
                 None => Err(Rejection::precondition("no switchover is scheduled")),
                 Some(s) if s.phase != SwitchoverPhase::Scheduled => Err(Rejection::precondition(
                     "the switchover is under way and can no longer be cancelled; see `pgquorum status`",
                 )),
-                Some(_) => {
+                Some(s) => {
+                    let why = format!("scheduled switchover {} cancelled by an operator", describe(s));
                     c.switchover = None;
+                    c.note(EventKind::SwitchoverCancelled, why, *at_unix_ms);
                     applied(c, "scheduled switchover cancelled")
                 }
             },
@@ -776,6 +807,7 @@ mod tests {
     fn pausing_opens_the_lease_and_only_the_current_epoch_bounds_it() {
         let mut s = three_nodes();
         let pause = |paused| ClusterCommand::SetPaused {
+            at_unix_ms: 0,
             cluster: "main".into(),
             paused,
         };
@@ -805,6 +837,7 @@ mod tests {
     fn unknown_cluster_and_node_are_not_found() {
         let mut s = three_nodes();
         let err = ClusterCommand::SetPaused {
+            at_unix_ms: 0,
             cluster: "nope".into(),
             paused: true,
         }
@@ -820,6 +853,7 @@ mod tests {
         let mut s = three_nodes();
         let before = s.clone();
         let err = ClusterCommand::SetConfig {
+            at_unix_ms: 0,
             cluster: "main".into(),
             changes: [("ttl".to_string(), "nonsense".to_string())].into(),
         }
@@ -863,6 +897,7 @@ mod tests {
         .apply(&mut s)
         .unwrap();
         let cancel = ClusterCommand::CancelScheduledSwitchover {
+            at_unix_ms: 0,
             cluster: "main".into(),
         };
         let err = cancel.apply(&mut s).unwrap_err();
@@ -880,6 +915,10 @@ mod tests {
         schedule.apply(&mut s).unwrap();
         cancel.apply(&mut s).unwrap();
         assert!(s.clusters["main"].switchover.is_none());
+        let last = s.clusters["main"].history.last().expect("history");
+        assert_eq!(last.kind, EventKind::SwitchoverCancelled);
+        assert!(last.reason.contains("from a to b"), "{last:?}");
+        assert!(last.new_primary.is_none());
 
         // Once under way it runs to its end (or the leader gives up on it).
         schedule.apply(&mut s).unwrap();
@@ -896,5 +935,53 @@ mod tests {
         assert_eq!(err.kind, RejectionKind::FailedPrecondition);
         assert!(err.message.contains("under way"), "{err:?}");
         assert_eq!(s, before);
+    }
+
+    /// Pauses, resumes and configuration changes are in the history (a
+    /// repeated pause once), stamped with the operator's time, in the
+    /// current epoch, naming no primary.
+    #[test]
+    fn operators_acts_are_in_the_history() {
+        let mut s = three_nodes();
+        ClusterCommand::Bootstrap {
+            cluster: "main".into(),
+            node: "a".into(),
+            at_unix_ms: 0,
+        }
+        .apply(&mut s)
+        .unwrap();
+        let pause = |paused, at_unix_ms| ClusterCommand::SetPaused {
+            cluster: "main".into(),
+            paused,
+            at_unix_ms,
+        };
+        pause(true, 10).apply(&mut s).unwrap();
+        pause(true, 11).apply(&mut s).unwrap();
+        pause(false, 12).apply(&mut s).unwrap();
+        ClusterCommand::SetConfig {
+            cluster: "main".into(),
+            changes: [("ttl".to_string(), "3s".to_string())].into(),
+            at_unix_ms: 13,
+        }
+        .apply(&mut s)
+        .unwrap();
+        let h = &s.clusters["main"].history;
+        let acts: Vec<(EventKind, u64)> =
+            h.iter().skip(1).map(|e| (e.kind, e.at_unix_ms)).collect();
+        assert_eq!(
+            acts,
+            vec![
+                (EventKind::Pause, 10),
+                (EventKind::Resume, 12),
+                (EventKind::Config, 13)
+            ]
+        );
+        let config = h.last().expect("config event");
+        assert!(config.reason.contains("ttl=3s"), "{config:?}");
+        assert_eq!(config.epoch, 1);
+        assert!(h
+            .iter()
+            .skip(1)
+            .all(|e| e.new_primary.is_none() && !EventKind::starts_epoch(e.kind.as_str())));
     }
 }

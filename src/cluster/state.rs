@@ -165,6 +165,14 @@ pub enum EventKind {
     ManualFailover,
     /// The manager group was recovered from a single manager's data.
     Recovery,
+    /// An operator paused automatic actions.
+    Pause,
+    /// An operator resumed them.
+    Resume,
+    /// The dynamic configuration changed.
+    Config,
+    /// A switchover was dropped: cancelled by an operator, or given up.
+    SwitchoverCancelled,
 }
 
 impl EventKind {
@@ -175,7 +183,24 @@ impl EventKind {
             EventKind::Switchover => "switchover",
             EventKind::ManualFailover => "manual_failover",
             EventKind::Recovery => "recovery",
+            EventKind::Pause => "pause",
+            EventKind::Resume => "resume",
+            EventKind::Config => "config",
+            EventKind::SwitchoverCancelled => "switchover_cancelled",
         }
+    }
+
+    /// Does an event of this kind (by its name) start an epoch — a new
+    /// primary — rather than record an operator's or the leader's act?
+    pub fn starts_epoch(kind: &str) -> bool {
+        [
+            "bootstrap",
+            "failover",
+            "switchover",
+            "manual_failover",
+            "recovery",
+        ]
+        .contains(&kind)
     }
 }
 
@@ -209,6 +234,22 @@ impl Cluster {
 
     pub fn is_primary(&self, name: &str) -> bool {
         self.primary.as_deref() == Some(name)
+    }
+
+    /// Record an act that changes no primary (a pause, a configuration
+    /// change, a dropped switchover) in the history.
+    pub(crate) fn note(&mut self, kind: EventKind, reason: String, at_unix_ms: u64) {
+        let event = HistoryEvent {
+            at_unix_ms,
+            kind,
+            reason,
+            old_primary: None,
+            new_primary: None,
+            epoch: self.epoch,
+            timeline: 0,
+            lsn: Lsn::default(),
+        };
+        self.push_history(event);
     }
 
     pub(crate) fn push_history(&mut self, event: HistoryEvent) {

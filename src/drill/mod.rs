@@ -800,6 +800,11 @@ async fn observe_history(
         let history = api.history().await;
         let answered = history.is_some();
         for e in history.unwrap_or_default() {
+            // Pauses, configuration changes and dropped switchovers are
+            // in the history too; only new primaries are epochs.
+            if !crate::cluster::state::EventKind::starts_epoch(&e.kind) {
+                continue;
+            }
             if seen.insert((e.epoch, e.at_unix_ms, e.kind.clone(), e.new_primary.clone())) {
                 events.record_at(
                     e.at_unix_ms,

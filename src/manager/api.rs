@@ -298,6 +298,7 @@ impl PgQuorum for ApiService {
         if r.cancel {
             let response = self
                 .propose(ClusterCommand::CancelScheduledSwitchover {
+                    at_unix_ms: crate::wallclock::unix_ms(),
                     cluster: cluster.name.clone(),
                 })
                 .await?;
@@ -374,6 +375,7 @@ impl PgQuorum for ApiService {
         let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
         let response = self
             .propose(ClusterCommand::SetPaused {
+                at_unix_ms: crate::wallclock::unix_ms(),
                 cluster: cluster.name.clone(),
                 paused: true,
             })
@@ -391,6 +393,7 @@ impl PgQuorum for ApiService {
         let cluster = pick_cluster(&state, &request.get_ref().cluster)?;
         let response = self
             .propose(ClusterCommand::SetPaused {
+                at_unix_ms: crate::wallclock::unix_ms(),
                 cluster: cluster.name.clone(),
                 paused: false,
             })
@@ -427,6 +430,7 @@ impl PgQuorum for ApiService {
             .with_changes(&changes)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.propose(ClusterCommand::SetConfig {
+            at_unix_ms: crate::wallclock::unix_ms(),
             cluster: cluster.name.clone(),
             changes,
         })

@@ -727,6 +727,7 @@ impl World {
                 p.start_timeout_ms.to_string(),
             );
             let cmd = ClusterCommand::SetConfig {
+                at_unix_ms: 0,
                 cluster: CLUSTER.into(),
                 changes,
             };
@@ -1024,6 +1025,7 @@ impl World {
             if paused { "pause" } else { "resume" }
         ));
         let _ = self.apply(&ClusterCommand::SetPaused {
+            at_unix_ms: 0,
             cluster: CLUSTER.into(),
             paused,
         });

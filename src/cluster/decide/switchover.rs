@@ -85,6 +85,7 @@ pub(super) fn switchover(
         return Some(ClusterCommand::CancelSwitchover {
             cluster: cluster.name.clone(),
             reason: format!("{} is no longer the primary", s.from),
+            at_unix_ms: input.wall_ms,
         });
     }
     let target = match &s.to {
@@ -114,6 +115,7 @@ pub(super) fn switchover(
             Some(ClusterCommand::CancelSwitchover {
                 cluster: cluster.name.clone(),
                 reason: "no streaming replica to switch over to".to_string(),
+                at_unix_ms: input.wall_ms,
             })
         }
         None => {
@@ -137,6 +139,7 @@ pub(super) fn demote_step(input: &Input, primary: &Member, target: &str, d: &mut
             d.commit = Some(ClusterCommand::CancelSwitchover {
                 cluster: cluster.name.clone(),
                 reason: reason.to_string(),
+                at_unix_ms: input.wall_ms,
             });
         }
     };

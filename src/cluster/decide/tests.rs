@@ -23,6 +23,7 @@ fn cluster(nodes: &[(&str, Tags)], config: &[(&str, &str)]) -> Cluster {
     }
     if !config.is_empty() {
         ClusterCommand::SetConfig {
+            at_unix_ms: 0,
             cluster: "main".into(),
             changes: config
                 .iter()
@@ -167,6 +168,7 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 fn paused_grants_hold_open_and_resume_waits_until_the_agent_bounds_the_lease() {
     let mut c = three(&[]);
     let pause = |paused| ClusterCommand::SetPaused {
+        at_unix_ms: 0,
         cluster: "main".into(),
         paused,
     };
@@ -281,6 +283,7 @@ fn resumed_with_the_primary_down_bounds_its_lease_with_a_grant_then_fails_over()
     // waited forever for an operator.
     let mut c = three(&[("primary_start_timeout", "0")]);
     let pause = |paused| ClusterCommand::SetPaused {
+        at_unix_ms: 0,
         cluster: "main".into(),
         paused,
     };
@@ -352,6 +355,7 @@ fn resumed_with_a_primary_that_never_learned_its_promotion_starts_it() {
         apply(
             &mut c,
             ClusterCommand::SetPaused {
+                at_unix_ms: 0,
                 cluster: "main".into(),
                 paused,
             },
@@ -482,6 +486,7 @@ fn restarts_the_primary_when_no_replica_could_take_over() {
     apply(
         &mut c,
         ClusterCommand::SetConfig {
+            at_unix_ms: 0,
             cluster: "main".into(),
             changes: [("maximum_lag_on_failover".to_string(), "1000".to_string())].into(),
         },
@@ -802,6 +807,7 @@ fn not_strict_sync_failover_hears_from_every_member() {
     apply(
         &mut c,
         ClusterCommand::SetConfig {
+            at_unix_ms: 0,
             cluster: "main".into(),
             changes: [("sync_strict".to_string(), "on".to_string())].into(),
         },
