@@ -77,13 +77,19 @@ async fn start(sync: bool, env: &[(&str, &str)]) -> (Network, Deployment) {
     let config: &[(&str, &str)] = if sync { &[("sync_mode", "on")] } else { &[] };
     let d = Deployment::start_custom(&net, config, "", "", env).await;
     if sync {
-        wait_for("a sync standby", LONG, || async {
+        let standby = wait_for("a sync standby", LONG, || async {
             d.status()
                 .await
-                .filter(|s| s.nodes.iter().any(|n| n.sync))
-                .map(|_| ())
+                .and_then(|s| s.nodes.into_iter().find(|n| n.sync))
         })
         .await;
+        // Patroni's /sync and /async agree with the managers.
+        let host = d.host_of_node(&standby.name);
+        wait_for("/sync on the sync standby", LONG, || async {
+            (d.http(&host, "/sync").await == Some(200)).then_some(())
+        })
+        .await;
+        assert_eq!(d.http(&host, "/async").await, Some(503));
     }
     (net, d)
 }

@@ -357,6 +357,8 @@ fn up_streams_reports_serves_health_and_down_leaves_nothing() {
             }
             assert_eq!(http_code(&http, "/replica"), 503, "{n} /replica");
             assert_eq!(http_code(&http, "/replica?lag=1000000000"), 503);
+            assert_eq!(http_code(&http, "/sync"), 503, "{n} /sync");
+            assert_eq!(http_code(&http, "/async"), 503, "{n} /async");
         } else {
             assert_eq!(http_code(&http, "/primary"), 503, "{n} /primary");
             for alias in ["/leader", "/read-write", "/master"] {
@@ -364,6 +366,9 @@ fn up_streams_reports_serves_health_and_down_leaves_nothing() {
             }
             assert_eq!(http_code(&http, "/replica"), 200, "{n} /replica");
             assert_eq!(http_code(&http, "/replica?lag=1000000000"), 200);
+            // Asynchronous mode: every replica is an asynchronous standby.
+            assert_eq!(http_code(&http, "/async?lag=1GB"), 200, "{n} /async");
+            assert_eq!(http_code(&http, "/sync"), 503, "{n} /sync");
             assert_eq!(http_code(&http, "/replica?lag=1GB"), 200, "{n}");
             assert_eq!(http_code(&http, "/read-only?lag=1GB"), 200, "{n}");
             poll(

@@ -57,6 +57,9 @@ pub struct NodeStatusJson {
     pub lease_open: bool,
     pub phase: String,
     pub upstream: Option<String>,
+    /// The leader counts this replica in the committed sync set
+    /// (synchronous mode).
+    pub sync_standby: bool,
     pub pending_restart: bool,
     /// The node's keeper (the postmaster's parent, the lease's enforcer).
     pub keeper: Option<KeeperJson>,
@@ -143,6 +146,7 @@ pub fn status_of(node: &Node) -> NodeStatusJson {
         lease_open,
         phase: phase.as_str().to_string(),
         upstream: p.upstream.map(|u| u.node),
+        sync_standby: pg.is_some_and(|pg| pg.in_recovery) && node.sync_standby(),
         pending_restart: pg.is_some_and(|pg| pg.pending_restart),
         keeper,
         failsafe: FailsafeJson {
@@ -238,6 +242,29 @@ async fn read_only(
         leased_primary(&node) || streaming_replica(&status_of(&node), limit),
         &node,
     )
+}
+
+/// Patroni's `/sync`: a streaming replica (within `?lag`) that the leader
+/// counts in the committed sync set.
+async fn sync(State(node): State<Arc<Node>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Ok(limit) = lag_limit(&q) else {
+        return bad_lag();
+    };
+    let s = status_of(&node);
+    answer(streaming_replica(&s, limit) && s.sync_standby, &node)
+}
+
+/// Patroni's `/async`: a streaming replica (within `?lag`) outside the sync
+/// set.
+async fn asynchronous(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Ok(limit) = lag_limit(&q) else {
+        return bad_lag();
+    };
+    let s = status_of(&node);
+    answer(streaming_replica(&s, limit) && !s.sync_standby, &node)
 }
 
 /// Patroni's `/readiness`: ready to serve as what it is.
@@ -421,6 +448,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/read-write", any(primary))
         .route("/master", any(primary))
         .route("/read-only", any(read_only))
+        .route("/sync", any(sync))
+        .route("/synchronous", any(sync))
+        .route("/async", any(asynchronous))
+        .route("/asynchronous", any(asynchronous))
         .route("/standby-leader", any(standby_leader))
         .route("/liveness", any(liveness))
         .route("/readiness", any(readiness))

@@ -70,6 +70,8 @@ pub struct Node {
     release_pending: std::sync::atomic::AtomicBool,
     /// The keeper last seen can stand as the commit gate.
     keeper_gates: std::sync::atomic::AtomicBool,
+    /// The leader's last answer counted this node in the sync set.
+    sync_standby: std::sync::atomic::AtomicBool,
     /// The keeper's pid and fence count as the keeper watch last saw them.
     fences_seen: Mutex<Option<(u32, u64)>>,
     /// Boot-clock ms when this agent process started, if a previous process
@@ -138,6 +140,7 @@ impl Node {
             lease_ttl_ms: AtomicU64::new(0),
             release_pending: std::sync::atomic::AtomicBool::new(false),
             keeper_gates: std::sync::atomic::AtomicBool::new(false),
+            sync_standby: std::sync::atomic::AtomicBool::new(false),
             started_at: (persisted_failsafe && persisted_intent == Intent::Replica)
                 .then(crate::boottime::boot_ms),
             leader_contact: AtomicU64::new(0),
@@ -508,6 +511,15 @@ impl Node {
 
     pub fn set_settings(&self, settings: ManagedSettings) {
         *lock(&self.settings) = settings;
+    }
+
+    /// The leader counts this node in the committed sync set.
+    pub fn set_sync_standby(&self, yes: bool) {
+        self.sync_standby.store(yes, Ordering::Relaxed);
+    }
+
+    pub fn sync_standby(&self) -> bool {
+        self.sync_standby.load(Ordering::Relaxed)
     }
 
     pub fn set_primary_lsn(&self, lsn: Lsn) {

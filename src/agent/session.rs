@@ -305,7 +305,14 @@ async fn session(
             ManagerMessage::Lease(grant) => {
                 node.apply_grant(&grant).await;
             }
-            ManagerMessage::Ack { primary_lsn, .. } => node.set_primary_lsn(primary_lsn),
+            ManagerMessage::Ack {
+                primary_lsn,
+                sync_standby,
+                ..
+            } => {
+                node.set_primary_lsn(primary_lsn);
+                node.set_sync_standby(sync_standby);
+            }
             ManagerMessage::Command(command) => {
                 if commands.send(command).await.is_err() {
                     break Ok(());

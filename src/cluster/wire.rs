@@ -328,6 +328,10 @@ pub enum ManagerMessage {
         /// that lost its quorum still answers, but counts for nothing.
         #[serde(default)]
         quorum: bool,
+        /// The node is a member of the committed sync set (synchronous
+        /// mode): Patroni's `/sync` and `/async` ask this.
+        #[serde(default)]
+        sync_standby: bool,
     },
     /// Send a report now (the leader waits for fresh facts from this node).
     Poll,

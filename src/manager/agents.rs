@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::api::status_of;
-use super::control::Control;
+use super::control::{Control, ReportAnswer};
 use super::node::{ManagerNode, NodeError};
 use crate::channel::{decode, encode};
 use crate::cluster::wire::{
@@ -149,11 +149,12 @@ impl AgentChannel for AgentService {
             drop(tx);
             let control = self.control.clone();
             tokio::spawn(async move {
-                let ack = |(primary_lsn, quorum)| {
+                let ack = |a: ReportAnswer| {
                     if let Some(tx) = weak.upgrade() {
                         let _ = tx.try_send(ManagerMessage::Ack {
-                            primary_lsn,
-                            quorum,
+                            primary_lsn: a.primary_lsn,
+                            quorum: a.quorum,
+                            sync_standby: a.sync_standby,
                         });
                     }
                 };

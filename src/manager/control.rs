@@ -448,16 +448,18 @@ impl Control {
 
     /// A report arrived on a session; returns the primary's latest LSN, and
     /// whether this leader confirmed its leadership with a quorum lately.
-    pub fn report(&self, report: NodeReport) -> (Lsn, bool) {
+    pub fn report(&self, report: NodeReport) -> ReportAnswer {
         let now = self.now();
         let applied = self.inner.node.local_state();
         let Some(cluster) = applied.state.clusters.get(&report.cluster) else {
-            return (Lsn(0), false);
+            return ReportAnswer::default();
         };
+        let sync_standby = cluster.config.sync_mode != crate::cluster::config::SyncMode::Off
+            && cluster.sync_set.contains(&report.node);
         let answer = {
             let mut l = self.lock();
             if l.term.is_none() {
-                return (Lsn(0), false);
+                return ReportAnswer::default();
             }
             let since = l.since;
             let soft = l
@@ -471,11 +473,15 @@ impl Control {
             let quorum = soft
                 .confirmed_at
                 .is_some_and(|at| now.saturating_sub(at) <= fresh);
-            let lsn = soft
+            let primary_lsn = soft
                 .last_primary_lsn
                 .map(|(lsn, _)| lsn)
                 .unwrap_or_default();
-            (lsn, quorum)
+            ReportAnswer {
+                primary_lsn,
+                quorum,
+                sync_standby,
+            }
         };
         self.inner.wake.notify_one();
         answer
@@ -610,4 +616,15 @@ fn new_soft(leader_since: u64) -> Soft {
     // Command ids must not repeat across leaders: start somewhere random.
     soft.next_command = (rand::random::<u32>() as u64) << 16;
     soft
+}
+
+/// What the leader answers to every report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReportAnswer {
+    /// The primary's latest write LSN (replica lag on the agent's side).
+    pub primary_lsn: Lsn,
+    /// The leader confirmed its leadership lately.
+    pub quorum: bool,
+    /// The reporting node is in the committed sync set.
+    pub sync_standby: bool,
 }
