@@ -188,7 +188,8 @@ pub enum Command {
     /// Print the connection string for a cluster (every node, the primary
     /// first; read-write, or --read-only).
     Dsn(With<dsn::DsnArgs>),
-    /// Every promotion, with time, reason, epoch, timeline and LSN.
+    /// Every promotion, with time, reason, epoch, timeline and LSN; pauses,
+    /// resumes, configuration changes and dropped switchovers between them.
     History(With<ops::ClusterArg>),
     /// Planned switchover to a replica.
     Switchover(With<ops::SwitchoverArgs>),

@@ -92,11 +92,17 @@ pub struct FailoverArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// Restart PostgreSQL on a node.
+    /// Restart PostgreSQL on one node or several, one at a time (replicas
+    /// first, the primary last), each healthy again before the next.
     Restart {
         #[command(flatten)]
         cluster: ClusterArg,
-        name: String,
+        /// The nodes to restart (or pick them with --role).
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// Also every node in this role now: primary, replica or any.
+        #[arg(long, value_parser = ["primary", "replica", "any"])]
+        role: Option<String>,
         /// Only if a parameter change waits for a restart.
         #[arg(long)]
         pending: bool,
@@ -567,16 +573,25 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
         }
         NodeCommand::Restart {
             cluster,
-            name,
+            names,
+            role,
             pending,
             no_wait,
         } => {
-            let req = NodeRequest {
-                cluster: cluster.cluster,
-                node: name,
-                pending_only: pending,
-            };
-            (req, false, no_wait)
+            let names = restart_order(&client, &cluster.cluster, names, role.as_deref()).await?;
+            for (i, name) in names.iter().enumerate() {
+                let req = NodeRequest {
+                    cluster: cluster.cluster.clone(),
+                    node: name.clone(),
+                    pending_only: pending,
+                };
+                if i + 1 < names.len() {
+                    node_action(global, &client, req, false, no_wait).await?;
+                } else {
+                    return node_action(global, &client, req, false, no_wait).await;
+                }
+            }
+            return Ok(());
         }
         NodeCommand::Reinit {
             cluster,
@@ -596,6 +611,57 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
             (req, true, no_wait)
         }
     };
+    node_action(global, &client, req, reinit, no_wait).await
+}
+
+/// Which nodes `node restart` restarts, in order: those named and those in
+/// `role`, replicas first and the primary last (a rolling restart moves
+/// the write outage to the end, once).
+async fn restart_order(
+    client: &super::ApiClient,
+    cluster: &str,
+    names: Vec<String>,
+    role: Option<&str>,
+) -> Result<Vec<String>, Failure> {
+    if names.is_empty() && role.is_none() {
+        return Err(Failure::usage(
+            "name the nodes to restart, or pick them with --role primary|replica|any",
+        ));
+    }
+    // A name the cluster does not know is refused by the managers, which
+    // say so.
+    let status = super::progress::status(client, cluster).await?;
+    let mut chosen: Vec<String> = names;
+    for n in &status.nodes {
+        let pick = match role {
+            Some("any") => true,
+            Some(r) => n.role == r,
+            None => false,
+        };
+        if pick && !chosen.contains(&n.name) {
+            chosen.push(n.name.clone());
+        }
+    }
+    if chosen.is_empty() {
+        return Err(Failure::usage(format!(
+            "no node of cluster {} is {}",
+            status.cluster,
+            role.unwrap_or("named")
+        )));
+    }
+    chosen.sort_by_key(|name| *name == status.primary);
+    Ok(chosen)
+}
+
+/// Ask for a node's restart or re-initialisation, and wait for it unless
+/// `no_wait`.
+async fn node_action(
+    global: &GlobalArgs,
+    client: &super::ApiClient,
+    req: NodeRequest,
+    reinit: bool,
+    no_wait: bool,
+) -> Result<(), Failure> {
     let r = client
         .call(|mut api, t| {
             let req = request(req.clone(), t);
@@ -611,7 +677,7 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
     let (cluster, name) = (req.cluster, req.node);
     if !no_wait {
         wait(
-            &client,
+            client,
             &cluster,
             Goal::NodeDone { node: name.clone() },
             global.timeout.unwrap_or(WAIT),
