@@ -398,6 +398,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
             "The hardware watchdog is armed.",
             b(k.watchdog_armed),
         );
+        metric(
+            "pgquorum_commit_gate_streaming",
+            "The keeper's commit gate streams from this server (a gated primary's commits wait for it).",
+            b(k.commit_gate_streaming),
+        );
     }
     let o = node.observation();
     if let Some(pg) = o.postgres {
