@@ -743,6 +743,19 @@ mod tests {
         }
     }
 
+    /// Three nodes, `a` bootstrapped as the primary of epoch 1.
+    fn bootstrapped() -> ClusterState {
+        let mut s = three_nodes();
+        ClusterCommand::Bootstrap {
+            cluster: "main".into(),
+            node: "a".into(),
+            at_unix_ms: 0,
+        }
+        .apply(&mut s)
+        .unwrap();
+        s
+    }
+
     fn three_nodes() -> ClusterState {
         let mut s = ClusterState::default();
         for (i, n) in ["a", "b", "c"].iter().enumerate() {
@@ -785,14 +798,7 @@ mod tests {
 
     #[test]
     fn stale_epoch_promotion_changes_nothing() {
-        let mut s = three_nodes();
-        ClusterCommand::Bootstrap {
-            cluster: "main".into(),
-            node: "a".into(),
-            at_unix_ms: 0,
-        }
-        .apply(&mut s)
-        .unwrap();
+        let mut s = bootstrapped();
         promote("b", 1).apply(&mut s).unwrap();
         let before = s.clone();
         let err = promote("c", 1).apply(&mut s).unwrap_err();
@@ -865,14 +871,7 @@ mod tests {
 
     #[test]
     fn switchover_to_primary_is_refused() {
-        let mut s = three_nodes();
-        ClusterCommand::Bootstrap {
-            cluster: "main".into(),
-            node: "a".into(),
-            at_unix_ms: 0,
-        }
-        .apply(&mut s)
-        .unwrap();
+        let mut s = bootstrapped();
         let err = ClusterCommand::RequestSwitchover {
             cluster: "main".into(),
             from: None,
@@ -888,14 +887,7 @@ mod tests {
 
     #[test]
     fn only_a_scheduled_switchover_can_be_cancelled_by_the_operator() {
-        let mut s = three_nodes();
-        ClusterCommand::Bootstrap {
-            cluster: "main".into(),
-            node: "a".into(),
-            at_unix_ms: 0,
-        }
-        .apply(&mut s)
-        .unwrap();
+        let mut s = bootstrapped();
         let cancel = ClusterCommand::CancelScheduledSwitchover {
             at_unix_ms: 0,
             cluster: "main".into(),
@@ -942,14 +934,7 @@ mod tests {
     /// current epoch, naming no primary.
     #[test]
     fn operators_acts_are_in_the_history() {
-        let mut s = three_nodes();
-        ClusterCommand::Bootstrap {
-            cluster: "main".into(),
-            node: "a".into(),
-            at_unix_ms: 0,
-        }
-        .apply(&mut s)
-        .unwrap();
+        let mut s = bootstrapped();
         let pause = |paused, at_unix_ms| ClusterCommand::SetPaused {
             cluster: "main".into(),
             paused,

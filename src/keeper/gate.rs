@@ -647,6 +647,21 @@ mod tests {
         out
     }
 
+    /// A gate whose server is a socket the test answers on.
+    fn gate_and_server() -> (tempfile::TempDir, UnixListener, Gate) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join(".s.PGSQL.5999")).unwrap();
+        let mut gate = Gate::default();
+        gate.set_spec(Some(GateSpec {
+            socket_dir: dir.path().to_path_buf(),
+            port: 5999,
+            user: "postgres".into(),
+            password: None,
+            os_uid: None,
+        }));
+        (dir, listener, gate)
+    }
+
     fn step_until(gate: &mut Gate, lease: Lease, mut done: impl FnMut(&Gate) -> bool) {
         for _ in 0..200 {
             gate.step(lease, true, crate::boottime::boot_ms());
@@ -664,16 +679,7 @@ mod tests {
     /// after which WAL that arrives is never acknowledged.
     #[test]
     fn acknowledges_received_wal_only_while_the_lease_is_valid() {
-        let dir = tempfile::tempdir().unwrap();
-        let listener = UnixListener::bind(dir.path().join(".s.PGSQL.5999")).unwrap();
-        let mut gate = Gate::default();
-        gate.set_spec(Some(GateSpec {
-            socket_dir: dir.path().to_path_buf(),
-            port: 5999,
-            user: "postgres".into(),
-            password: None,
-            os_uid: None,
-        }));
+        let (_dir, listener, mut gate) = gate_and_server();
         let now = crate::boottime::boot_ms();
         let lease = Lease::Until {
             epoch: 1,
@@ -738,16 +744,7 @@ mod tests {
 
     #[test]
     fn says_why_the_server_closed_the_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        let listener = UnixListener::bind(dir.path().join(".s.PGSQL.5998")).unwrap();
-        let mut gate = Gate::default();
-        gate.set_spec(Some(GateSpec {
-            socket_dir: dir.path().to_path_buf(),
-            port: 5998,
-            user: "postgres".into(),
-            password: None,
-            os_uid: None,
-        }));
+        let (_dir, listener, mut gate) = gate_and_server();
         let lease = Lease::Open { epoch: 1 };
         gate.step(lease, true, crate::boottime::boot_ms());
         let (mut server, _) = listener.accept().unwrap();
