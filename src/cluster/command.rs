@@ -811,7 +811,7 @@ mod tests {
 
     #[test]
     fn pausing_opens_the_lease_and_only_the_current_epoch_bounds_it() {
-        let mut s = three_nodes();
+        let mut s = bootstrapped();
         let pause = |paused| ClusterCommand::SetPaused {
             at_unix_ms: 0,
             cluster: "main".into(),
@@ -821,13 +821,6 @@ mod tests {
             cluster: "main".into(),
             epoch,
         };
-        ClusterCommand::Bootstrap {
-            cluster: "main".into(),
-            node: "a".into(),
-            at_unix_ms: 0,
-        }
-        .apply(&mut s)
-        .unwrap();
         pause(true).apply(&mut s).unwrap();
         assert!(s.clusters["main"].open_lease);
         let err = bounded(1).apply(&mut s).unwrap_err();
