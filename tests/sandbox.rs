@@ -643,7 +643,18 @@ fn failover_rewinds_a_diverged_old_primary_and_reclones_when_rewind_fails() {
 
     // Make the divergence real: freeze the primary's WAL senders, commit a
     // row only the primary has, then crash it.
-    let senders = pids_of(&psql(&sb.conninfo(&p0), "SELECT pid FROM pg_stat_replication").unwrap());
+    // The keeper's commit gate is a WAL sender too; freezing it would hold
+    // the INSERT below, which must commit on the primary alone.
+    let senders = pids_of(
+        &psql(
+            &sb.conninfo(&p0),
+            &format!(
+                "SELECT pid FROM pg_stat_replication WHERE application_name <> '{}'",
+                pgquorum::cluster::sync::GATE
+            ),
+        )
+        .unwrap(),
+    );
     assert_eq!(
         senders.len(),
         all.len() - 1,
