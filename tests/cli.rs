@@ -332,12 +332,51 @@ async fn a_restart_needing_parameter_is_pending_until_node_restart_pending() {
         "{s}"
     );
     assert!(stdout(&d.cli(&["status"])).contains("nosync"));
+
+    // Parameters are checked against the servers' own pg_settings. Until
+    // a server reported its catalog a change is taken unchecked (and says
+    // so): wait for a harmless one to be checked.
+    wait_for("the servers' parameter catalog", LONG, || async {
+        let out = d.cli(&["config", "set", "postgresql.parameters.work_mem=8MB"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        (!stderr(&out).contains("not checked")).then_some(())
+    })
+    .await;
+    let before = json(&d.cli(&["config", "show", "--json"]));
+    for (change, says) in [
+        ("wrok_mem=64MB", "did you mean \"work_mem\""),
+        ("work_mem=banana", "expected a number"),
+        ("work_mem=10", "outside the valid range 64 .. 2147483647"),
+        (
+            "work_mem=64mb",
+            "valid units for this parameter are B, kB, MB, GB or TB",
+        ),
+        ("synchronous_commit=remote", "expected one of"),
+        ("log_checkpoints=maybe", "expected a boolean"),
+        ("block_size=4096", "read-only"),
+    ] {
+        let out = d.cli(&["config", "set", &format!("postgresql.parameters.{change}")]);
+        assert_eq!(out.status.code(), Some(1), "{change}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{change}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("nothing was changed"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(json(&d.cli(&["config", "show", "--json"])), before);
+
     let out = d.cli(&[
         "config",
         "set",
         "postgresql.parameters.max_locks_per_transaction=128",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("max_locks_per_transaction only takes effect after a restart"),
+        "{}",
+        stderr(&out)
+    );
 
     let s = wait_for("pending restart on every node", LONG, || async {
         let s = json(&d.cli(&["status", "--json"]));

@@ -19,6 +19,7 @@ use crate::cluster::wire::{
     AgentCommand, AgentPhase, CommandOutcome, DataDirState, ManagedSettings, Upstream,
 };
 
+use crate::cluster::settings::ServerSettings;
 use crate::keeper::rule::FENCE_LEAD_MS;
 
 /// How often the agent asks the keeper how it is.
@@ -65,7 +66,37 @@ pub async fn observe(node: Arc<Node>, interval: Duration) {
         if node.observation_age_ms() >= interval.as_millis() as u64 {
             refresh(&node).await;
         }
+        read_parameter_catalog(&node).await;
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// Read the server's parameter catalog once per server start (it changes
+/// only when a restart loads an extension); forget it while the server is
+/// down, so the next start is read again.
+async fn read_parameter_catalog(node: &Node) {
+    let running = node.observation().postgres.is_some();
+    let known = node.server_settings().is_some();
+    if !running {
+        if known {
+            node.set_server_settings(None);
+        }
+        return;
+    }
+    if known {
+        return;
+    }
+    match node.pg.parameter_catalog().await {
+        Ok((server_version, catalog)) => {
+            node.set_server_settings(Some(ServerSettings {
+                server_version,
+                catalog,
+                local: node.config.local_parameters.clone(),
+            }));
+            // The leader gets it with the next report, not a heartbeat later.
+            node.report_now.notify_one();
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot read pg_settings yet"),
     }
 }
 

@@ -4,7 +4,7 @@
 //! `Arc<Node>`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -13,6 +13,7 @@ use super::config::{AgentConfig, WatchdogMode};
 use super::lease::Lease;
 use super::postgres::{Look, Postgres};
 use super::state::{Intent, Persisted, StateError, StateFile};
+use crate::cluster::settings::ServerSettings;
 use crate::cluster::wire::{
     AgentPhase, CommandOutcome, DataDirState, LeaseGrant, ManagedSettings, NodeReport, PgStatus,
     Upstream,
@@ -87,6 +88,11 @@ pub struct Node {
     /// Failsafe mode as the primary: `None` when not in it; otherwise the
     /// extended deadline, or why the peers did not all promise.
     failsafe: Mutex<Option<Result<u64, String>>>,
+    /// The running server's parameter catalog (None until read, and again
+    /// once the server stops: a restart may load an extension), numbered
+    /// so that a session sends each one once.
+    server_settings: Mutex<Option<(u64, Arc<ServerSettings>)>>,
+    settings_generation: AtomicU64,
 }
 
 /// A failsafe promise this node gave.
@@ -147,6 +153,8 @@ impl Node {
             heartbeat_ms: AtomicU64::new(250),
             promise: Mutex::new(None),
             failsafe: Mutex::new(None),
+            server_settings: Mutex::new(None),
+            settings_generation: AtomicU64::new(0),
         })
     }
 
@@ -572,9 +580,23 @@ impl Node {
             promise_ms: self.holdoff_ms(),
             unresponsive_ms: self.unresponsive_ms(),
             commit_gate: self.keeper_gates(),
+            settings: None,
         };
         self.lease.sent(seq);
         report
+    }
+
+    /// The server's parameter catalog and its number, if read.
+    pub fn server_settings(&self) -> Option<(u64, Arc<ServerSettings>)> {
+        lock(&self.server_settings).clone()
+    }
+
+    pub fn set_server_settings(&self, settings: Option<ServerSettings>) {
+        let numbered = settings.map(|s| {
+            let n = self.settings_generation.fetch_add(1, Ordering::Relaxed) + 1;
+            (n, Arc::new(s))
+        });
+        *lock(&self.server_settings) = numbered;
     }
 
     /// The sequence number of the last report sent.

@@ -199,6 +199,19 @@ fn leader_of(answers: &[LeaderHint], configured: &[String]) -> Option<String> {
         .and_then(|h| h.leader_address.clone())
 }
 
+/// Attach the server's parameter catalog to `report` if this session has
+/// not sent that one yet (`sent`: the number of the last one sent); returns
+/// the number now sent.
+fn with_new_settings(node: &Node, report: &mut NodeReport, sent: u64) -> u64 {
+    match node.server_settings() {
+        Some((n, settings)) if n != sent => {
+            report.settings = Some((*settings).clone());
+            n
+        }
+        _ => sent,
+    }
+}
+
 /// One session: returns when it breaks.
 async fn session(
     node: &Arc<Node>,
@@ -209,7 +222,8 @@ async fn session(
     let (up_tx, up_rx) = mpsc::channel::<AgentEnvelope>(16);
     // The first report names us; send it before the call so the leader can
     // refuse an unknown node at once.
-    let first = node.next_report();
+    let mut first = node.next_report();
+    let mut settings_sent = with_new_settings(node, &mut first, 0);
     up_tx
         .send(encode(&first)?)
         .await
@@ -251,7 +265,8 @@ async fn session(
                 )
                 .await;
                 spent = look.elapsed();
-                let report: NodeReport = node.next_report();
+                let mut report: NodeReport = node.next_report();
+                settings_sent = with_new_settings(&node, &mut report, settings_sent);
                 let Ok(envelope) = encode(&report) else {
                     continue;
                 };

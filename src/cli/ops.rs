@@ -181,6 +181,8 @@ struct ConfigJson {
     version: u64,
     config: BTreeMap<String, String>,
     pending_restart: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
 }
 
 fn print_config(global: &GlobalArgs, r: ConfigResponse) {
@@ -190,7 +192,13 @@ fn print_config(global: &GlobalArgs, r: ConfigResponse) {
         version: r.version,
         config,
         pending_restart: r.pending_restart,
+        notes: r.notes,
     };
+    // Notes go to stderr too, so that a script reading the JSON sees them
+    // in a log.
+    for note in &json.notes {
+        eprintln!("note: {note}");
+    }
     print(global.json, &json, || {
         let mut out = format!(
             "# cluster {} — configuration version {}\n",

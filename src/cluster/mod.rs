@@ -6,6 +6,7 @@ pub mod command;
 pub mod config;
 pub mod decide;
 pub mod lsn;
+pub mod settings;
 pub mod soft;
 pub mod state;
 pub mod sync;

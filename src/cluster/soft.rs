@@ -7,8 +7,10 @@
 //! passed in by the caller, so the simulation can drive it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::lsn::Lsn;
+use super::settings::ServerSettings;
 use super::state::Cluster;
 use super::wire::{Action, LeaseGrant, NodeReport};
 
@@ -81,6 +83,9 @@ pub struct Soft {
     pub bounding: Option<(u64, u64)>,
     /// Next command id.
     pub next_command: u64,
+    /// The parameter catalog each node's server reported last (sent once
+    /// per session, not with every heartbeat).
+    pub settings: BTreeMap<String, Arc<ServerSettings>>,
 }
 
 /// The node's PostgreSQL runs but has not answered its agent for
@@ -109,12 +114,16 @@ impl Soft {
             catch_up_since: None,
             bounding: None,
             next_command: 1,
+            settings: BTreeMap::new(),
         }
     }
 
     /// Take in a report that arrived at `now`.
-    pub fn observe(&mut self, cluster: &Cluster, report: NodeReport, now: u64) {
+    pub fn observe(&mut self, cluster: &Cluster, mut report: NodeReport, now: u64) {
         let node = report.node.clone();
+        if let Some(settings) = report.settings.take() {
+            self.settings.insert(node.clone(), Arc::new(settings));
+        }
         if cluster.is_primary(&node) {
             let silent = silent(&report, cluster);
             if silent {

@@ -194,6 +194,11 @@ pub struct NodeReport {
     /// commits wait for it.
     #[serde(default)]
     pub commit_gate: bool,
+    /// The server's parameter catalog and the node's own parameters: in
+    /// the first report of a session and after the server restarted, so
+    /// that the leader can check `config set` (see `cluster::settings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<super::settings::ServerSettings>,
 }
 
 /// How a command ended.

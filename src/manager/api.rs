@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use super::control::Control;
 use super::node::{ManagerNode, ManagerView, NodeError};
 use super::status;
+use crate::cluster::config::PARAMETER_PREFIX;
 use crate::cluster::{Cluster, ClusterCommand, ClusterState, RejectionKind};
 use crate::proto::api::pg_quorum_client::PgQuorumClient;
 use crate::proto::api::pg_quorum_server::PgQuorum;
@@ -429,6 +430,20 @@ impl PgQuorum for ApiService {
             .config
             .with_changes(&changes)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // PostgreSQL parameters are checked against what the servers
+        // report: a bad one would make every node log it at reload, or
+        // refuse to start at the next restart.
+        let parameters: BTreeMap<String, String> = changes
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(PARAMETER_PREFIX)?.to_string(), v.clone())))
+            .collect();
+        let review = self.control.review_parameters(cluster, &parameters);
+        if !review.errors.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "nothing was changed: {}",
+                review.errors.join("; ")
+            )));
+        }
         self.propose(ClusterCommand::SetConfig {
             at_unix_ms: crate::wallclock::unix_ms(),
             cluster: cluster.name.clone(),
@@ -437,7 +452,9 @@ impl PgQuorum for ApiService {
         .await?;
         let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &cluster.name)?;
-        Ok(Response::new(self.config_response(cluster)))
+        let mut response = self.config_response(cluster);
+        response.notes = review.notes;
+        Ok(Response::new(response))
     }
 
     async fn history(
@@ -565,6 +582,7 @@ impl ApiService {
             config: cluster.config.to_map().into_iter().collect(),
             version: cluster.config_version,
             pending_restart: self.control.soft_view(&cluster.name).pending_restart(),
+            notes: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use super::node::{ManagerNode, NodeError};
 use crate::cluster::decide::{self, Input};
+use crate::cluster::settings;
 use crate::cluster::soft::Soft;
 use crate::cluster::state::EventKind;
 use crate::cluster::wire::{AgentCommand, ManagerMessage, NodeReport};
@@ -529,6 +530,25 @@ impl Control {
             soft,
             now: self.now(),
             wall_ms: crate::wallclock::unix_ms(),
+        })
+    }
+
+    /// Check PostgreSQL parameter changes (`name -> value`) against the
+    /// catalog the cluster's servers reported (`settings::review`).
+    pub fn review_parameters(
+        &self,
+        cluster: &Cluster,
+        changes: &BTreeMap<String, String>,
+    ) -> settings::Review {
+        self.ask(cluster, |input| {
+            let reported: BTreeMap<_, _> = input
+                .soft
+                .settings
+                .iter()
+                .filter(|(node, _)| cluster.members.contains_key(*node))
+                .map(|(node, s)| (node.clone(), s.clone()))
+                .collect();
+            settings::review(changes, &reported, cluster.primary.as_deref())
         })
     }
 

@@ -309,6 +309,7 @@ impl World {
             // Failsafe mode is not modelled (agents never talk to agents).
             promise_ms: 0,
             commit_gate: true,
+            settings: None,
             // PostgreSQL never freezes without its agent here (see mod.rs).
             unresponsive_ms: 0,
         };

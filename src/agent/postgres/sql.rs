@@ -5,12 +5,14 @@
 //! connect and statement timeouts, so a frozen server (SIGSTOP, hung
 //! storage) can never hang the agent.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use super::{PgError, PgStatus, Postgres, ReplicaConnection, Upstream, WalReceiver};
 use crate::cluster::lsn::Lsn;
+use crate::cluster::settings::{ParamSpec, VarType};
 
 /// Bound of a whole status() call.
 const STATUS_BUDGET: Duration = Duration::from_secs(2);
@@ -46,6 +48,39 @@ FROM (SELECT pg_is_in_recovery() AS rec OFFSET 0) r
 LEFT JOIN pg_stat_wal_receiver w ON true;
 SELECT application_name, state, flush_lsn::text, replay_lsn::text, sync_state
 FROM pg_stat_replication ORDER BY application_name";
+
+/// `server_version_num`, then one row per parameter (enum values joined
+/// by a control character no value contains).
+const CATALOG_SQL: &str = "\
+SELECT current_setting('server_version_num');
+SELECT name, vartype, unit, min_val, max_val, array_to_string(enumvals, chr(31)), context
+FROM pg_settings";
+
+/// One `pg_settings` row of [`CATALOG_SQL`].
+fn param_spec(row: &tokio_postgres::SimpleQueryRow) -> Option<(String, ParamSpec)> {
+    let vartype = match row.get(1)? {
+        "bool" => VarType::Bool,
+        "integer" => VarType::Integer,
+        "real" => VarType::Real,
+        "enum" => VarType::Enum,
+        _ => VarType::String,
+    };
+    let number = |i: usize| row.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some((
+        row.get(0)?.to_string(),
+        ParamSpec {
+            vartype,
+            unit: row.get(2).map(str::to_string),
+            min: number(3),
+            max: number(4),
+            enumvals: row
+                .get(5)
+                .map(|v| v.split('\u{1f}').map(str::to_string).collect())
+                .unwrap_or_default(),
+            context: row.get(6)?.to_string(),
+        },
+    ))
+}
 
 /// The first column of the first row of the first result set.
 fn first_value(sets: &[Vec<tokio_postgres::SimpleQueryRow>]) -> Option<&str> {
@@ -460,6 +495,30 @@ impl Postgres {
         .await?;
         tracing::info!(role = %name, created = !exists, "replication role ensured");
         Ok(())
+    }
+
+    /// The running server's parameter catalog (`pg_settings`), with which
+    /// the leader checks `config set` before committing it.
+    pub async fn parameter_catalog(&self) -> Result<(u32, BTreeMap<String, ParamSpec>), PgError> {
+        let sets = self
+            .query_on(
+                Target::Local,
+                "reading pg_settings",
+                CATALOG_SQL,
+                Duration::from_secs(2),
+            )
+            .await?;
+        let version = sets
+            .first()
+            .and_then(|s| s.first())
+            .and_then(|r| r.get(0))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let catalog = sets
+            .get(1)
+            .map(|rows| rows.iter().filter_map(param_spec).collect())
+            .unwrap_or_default();
+        Ok((version, catalog))
     }
 
     /// Run SQL (one or more statements, no results) on the local server as
