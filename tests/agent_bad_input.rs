@@ -228,6 +228,28 @@ async fn agent_refuses_bad_input_and_touches_nothing() {
     assert_eq!(tree_digest(&data), pristine, "the data directory changed");
     assert!(processes_in(&data).is_empty(), "PostgreSQL was started");
 
+    // Plaintext to a manager beyond this machine: refused at once, before
+    // anything starts, unless the operator says it is deliberate.
+    let mut cfg = AgentToml::new(root, "n1", vec!["192.0.2.10:7001".into()], data.clone());
+    cfg.state_dir = root.join("plain-state");
+    let (code, err) = agent_refuses(
+        &cfg.write(&root.join("plain.toml")),
+        Duration::from_secs(60),
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("dials the manager at 192.0.2.10:7001 without TLS")
+            && err.contains("pgquorum tls init")
+            && err.contains("insecure = true"),
+        "{err}"
+    );
+    assert!(
+        pgquorum::keeper::running_pid(&cfg.state_dir).is_none(),
+        "a keeper was started"
+    );
+    // (`insecure = true` is what the network tests and the drill run with.)
+    assert_eq!(tree_digest(&data), pristine, "the data directory changed");
+
     // The keeper is a service of its own (spawn_keeper = false) and does
     // not run: the agent says so and starts nothing.
     let mut cfg = AgentToml::new(root, "n1", vec![nobody()], data.clone());

@@ -98,6 +98,30 @@ fn manager_configuration_errors_are_named() {
         "a refused start created {d}"
     );
 
+    // Plaintext beyond loopback is a deliberate choice (--insecure).
+    for listen in ["192.0.2.1:7001", "0.0.0.0:7001"] {
+        let (_, err) = manager_refuses(&[
+            "--id",
+            "1",
+            "--data-dir",
+            d,
+            "--peers",
+            "1=192.0.2.1:7001",
+            "--listen",
+            listen,
+        ]);
+        assert!(
+            err.contains(&format!("this manager listens on {listen} without TLS"))
+                && err.contains("pgquorum tls init")
+                && err.contains("--insecure"),
+            "{err}"
+        );
+    }
+    assert!(
+        !std::path::Path::new(d).exists(),
+        "a refused start created {d}"
+    );
+
     let file = tmp.path().join("bad.toml");
     std::fs::write(&file, "id = 1\nlisten_adress = \"127.0.0.1:7001\"\n").unwrap();
     let (_, err) = manager_refuses(&["--config", file.to_str().unwrap()]);

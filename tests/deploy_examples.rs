@@ -17,6 +17,17 @@ fn example_configurations_parse() {
     assert!(a.postgresql.hba.is_some());
     assert_eq!(a.spawn_keeper, Some(false), "the keeper has its own unit");
     assert_eq!(a.watchdog.as_deref(), Some("auto"));
+    // Shipped with TLS on: on these non-loopback addresses they would not
+    // start otherwise.
+    for (what, tls) in [("manager", &m.tls), ("agent", &a.tls)] {
+        assert!(
+            tls.ca.is_some() && tls.cert.is_some() && tls.key.is_some() && tls.http_cert.is_some(),
+            "deploy/{what}.toml without TLS"
+        );
+    }
+    assert_eq!(m.insecure, None);
+    assert_eq!(a.insecure, None);
+    assert!(read("haproxy.cfg").contains("check-ssl verify required ca-file"));
 }
 
 #[test]

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::postgres::PgConfig;
 use crate::cluster::command::valid_name;
 use crate::cluster::Tags;
+use crate::security::exposure::{self, Plaintext};
 use crate::security::{self, ClientSecurity, TlsFile, TlsPaths};
 use crate::transport::check_address;
 
@@ -98,6 +99,9 @@ pub struct AgentFile {
     /// the HTTP endpoints (http_cert, http_key).
     #[serde(default)]
     pub tls: TlsFile,
+    /// Dial managers and serve HTTP on non-loopback addresses without TLS
+    /// (a trusted network only; see `security::exposure`).
+    pub insecure: Option<bool>,
 }
 
 /// Flags; they override the file.
@@ -146,6 +150,10 @@ pub struct AgentArgs {
     /// command shares (see `cli::ConnArgs`), set by the command line.
     #[arg(skip)]
     pub tls: TlsPaths,
+    /// Allow plaintext to non-loopback managers and a plaintext HTTP port
+    /// on a non-loopback address (a trusted network only).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// The hardware watchdog setting (as Patroni's `watchdog.mode`).
@@ -398,7 +406,7 @@ impl AgentConfig {
         let http_advertise = if http_listen.ip().is_unspecified() {
             format!("{pg_host}:{}", http_listen.port())
         } else {
-            http_text
+            http_text.clone()
         };
 
         let state_dir = args
@@ -448,6 +456,21 @@ impl AgentConfig {
             .load(true, &security::CONFIG_NAMES)
             .map_err(|e| invalid(e.to_string()))?;
         let http_tls = security::http_config(&file.tls).map_err(|e| invalid(e.to_string()))?;
+        let mut plaintext = Vec::new();
+        if tls.is_none() {
+            plaintext.extend(managers.iter().map(|address| Plaintext {
+                what: "dials the manager at",
+                address,
+            }));
+        }
+        if http_tls.is_none() {
+            plaintext.push(Plaintext {
+                what: "serves HTTP on",
+                address: &http_text,
+            });
+        }
+        let insecure = args.insecure || file.insecure.unwrap_or(false);
+        exposure::check("agent", &plaintext, insecure).map_err(invalid)?;
         let socket_dir = pg.socket_dir.unwrap_or_else(|| state_dir.join("socket"));
         if socket_dir.as_os_str().len() > 90 {
             return Err(invalid(format!(

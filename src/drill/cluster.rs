@@ -243,7 +243,9 @@ impl Cluster {
         let host = self.managers[i].host.clone();
         let dir = self.host_dir(&host.name)?;
         let mut cmd = self.net.command(&host, &self.exe);
+        // Plaintext on the drill's private bridge.
         cmd.args(["manager", "--id", &id.to_string(), "--peers", &self.peers])
+            .arg("--insecure")
             .arg("--data-dir")
             .arg(dir.join(format!("manager{id}")));
         let p = Proc::spawn(
@@ -639,7 +641,8 @@ pub struct Listen<'a> {
 }
 
 /// The agent configuration of a test node on `host` (data under `dir`):
-/// trust authentication for the hosts' /24 and loopback only.
+/// trust authentication for the hosts' /24 and loopback only, and
+/// plaintext on that private bridge (`insecure`).
 pub fn agent_config(
     dir: &Path,
     host: &Host,
@@ -650,7 +653,7 @@ pub fn agent_config(
     format!(
         "# pgquorum test node {name}: trust authentication on the test hosts only.\n\
          name = \"{name}\"\ncluster = \"{cluster}\"\nmanagers = [{managers}]\nhttp_listen = \"{addr}:{http}\"\n\
-         state_dir = \"{state}\"\nregister_timeout = \"60s\"\n\n[postgresql]\ndata_dir = \"{data}\"\n\
+         state_dir = \"{state}\"\nregister_timeout = \"60s\"\ninsecure = true\n\n[postgresql]\ndata_dir = \"{data}\"\n\
          listen = \"{addr}\"\nport = {pg}\nsocket_dir = \"{socket}\"\nlog_file = \"{log}\"\n\
          hba = [\"local all all trust\", \"host all all {subnet}.0/24 trust\", \"host replication all {subnet}.0/24 trust\", \"host all all 127.0.0.0/8 trust\", \"host replication all 127.0.0.0/8 trust\"]\n\n\
          [postgresql.parameters]\nshared_buffers = \"32MB\"\nmax_connections = \"50\"\n",

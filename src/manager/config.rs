@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::types::NodeId;
+use crate::security::exposure::{self, Plaintext};
 use crate::security::{self, TlsFile, TlsPaths, Token};
 use crate::transport::check_address;
 
@@ -75,6 +76,9 @@ pub struct ManagerFile {
     /// A file whose first line is the bearer token that allows
     /// state-changing API calls (besides a client certificate).
     pub api_token_file: Option<PathBuf>,
+    /// Listen on and dial non-loopback addresses without TLS (a trusted
+    /// network only; see `security::exposure`).
+    pub insecure: Option<bool>,
 }
 
 /// Flags given on the command line; they override the file.
@@ -123,6 +127,10 @@ pub struct ManagerArgs {
     /// File with the bearer token that allows state-changing API calls.
     #[arg(long, value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Allow plaintext gRPC on non-loopback addresses (a trusted network
+    /// only): without TLS anyone who reaches the port controls the cluster.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// How this manager comes into its group.
@@ -382,6 +390,26 @@ impl ManagerConfig {
                 .map_or(advertise.as_str(), |(h, _)| h);
             tls.check_server_name(host)
                 .map_err(|e| invalid(e.to_string()))?;
+        }
+        if tls.is_none() {
+            let mut plaintext = vec![
+                Plaintext {
+                    what: "listens on",
+                    address: &listen_text,
+                },
+                Plaintext {
+                    what: "advertises",
+                    address: &advertise,
+                },
+            ];
+            if let Membership::Peers(peers) = &membership {
+                plaintext.extend(peers.values().map(|address| Plaintext {
+                    what: "dials a manager at",
+                    address,
+                }));
+            }
+            let insecure = args.insecure || file.insecure.unwrap_or(false);
+            exposure::check("manager", &plaintext, insecure).map_err(invalid)?;
         }
         let http_tls = security::http_config(&file.tls).map_err(|e| invalid(e.to_string()))?;
         let api_token = match args

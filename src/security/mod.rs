@@ -13,6 +13,7 @@
 //!
 //! See docs/security.md for the model.
 
+pub mod exposure;
 pub mod guard;
 pub mod http;
 pub mod init;

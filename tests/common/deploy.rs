@@ -133,7 +133,8 @@ impl Deployment {
         let dir = self.host_dir(host);
         std::fs::create_dir_all(&dir).expect("host dir");
         let mut cmd = net.command(host, &bin());
-        cmd.args(["manager", "--id", &(i + 1).to_string()])
+        // Plaintext on the test hosts' private bridge.
+        cmd.args(["manager", "--id", &(i + 1).to_string(), "--insecure"])
             .args(extra)
             .arg("--data-dir")
             .arg(dir.join("manager"));
