@@ -49,7 +49,6 @@ const MANAGED_PARAMETERS: &[&str] = &[
     "hba_file",
     "ident_file",
     "config_file",
-    "restore_command",
     "recovery_target_timeline",
 ];
 
@@ -129,6 +128,11 @@ pub enum ConfigError {
         value: String,
         expected: String,
     },
+    #[error(
+        "{key} cannot be set: pgquorum sets that parameter itself (it manages {managed}); \
+         nothing was changed"
+    )]
+    Managed { key: String, managed: String },
     #[error("{0}")]
     Inconsistent(String),
 }
@@ -375,13 +379,9 @@ fn validate_parameter_name(key: &str, name: &str) -> Result<(), ConfigError> {
         });
     }
     if MANAGED_PARAMETERS.contains(&name) {
-        return Err(ConfigError::BadValue {
+        return Err(ConfigError::Managed {
             key: key.to_string(),
-            value: name.to_string(),
-            expected: format!(
-                "a parameter pgquorum does not manage itself ({} are set by pgquorum)",
-                MANAGED_PARAMETERS.join(", ")
-            ),
+            managed: MANAGED_PARAMETERS.join(", "),
         });
     }
     Ok(())
@@ -428,7 +428,20 @@ mod tests {
                 "*",
             )]))
             .unwrap_err();
-        assert!(err.to_string().contains("does not manage"), "{err}");
+        assert!(
+            err.to_string().starts_with(
+                "postgresql.parameters.synchronous_standby_names cannot be set: pgquorum sets that parameter itself"
+            ),
+            "{err}"
+        );
+        // A backup tool's restore_command is the operator's to set.
+        let c = DynamicConfig::default()
+            .with_changes(&changes(&[(
+                "postgresql.parameters.restore_command",
+                "pgbackrest --stanza=main archive-get %f \"%p\"",
+            )]))
+            .unwrap();
+        assert!(c.parameters.contains_key("restore_command"));
     }
 
     #[test]
