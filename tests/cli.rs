@@ -438,3 +438,100 @@ async fn a_restart_needing_parameter_is_pending_until_node_restart_pending() {
         stderr(&out)
     );
 }
+
+/// One value from the server on `host` (the test hosts trust each other).
+async fn sql_value(host: &str, query: &str) -> Option<String> {
+    let dsn = format!(
+        "host={host} port={} user=postgres dbname=postgres connect_timeout=2",
+        common::deploy::PG_PORT
+    );
+    let (c, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let row = c.simple_query(query).await.ok()?;
+    row.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_tags_and_node_parameters_without_restarting_postgres() {
+    let net = Network::loopback(2);
+    let d = Deployment::start_custom(&net, &[], "", "", &[]).await;
+    let s = json(&d.cli(&["status", "--json"]));
+    let replica = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["role"] == "replica")
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let host = d.host_of_node(&replica);
+    let started = sql_value(&host.address, "SELECT pg_postmaster_start_time()")
+        .await
+        .expect("postmaster start time");
+    let agent_pid = d.agents[&host.name].pid().expect("agent pid");
+    let config = d.host_dir(&host).join("agent.toml");
+    let log = d.host_dir(&host).join("agent.log");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent_pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
+    };
+
+    // A file that no longer parses changes nothing and stops nothing.
+    std::fs::write(&config, format!("{original}\nthis is not toml\n")).unwrap();
+    hup();
+    wait_for("the refused reload logged", LONG, || async {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("configuration not reloaded")
+            .then_some(())
+    })
+    .await;
+
+    // Tags and a node parameter: the node registers again, PostgreSQL
+    // reloads; it is not restarted.
+    let edited = original.replace(
+        "max_connections = \"50\"\n",
+        "max_connections = \"50\"\nwork_mem = \"7MB\"\n",
+    );
+    assert_ne!(edited, original, "the test's agent.toml changed shape");
+    std::fs::write(&config, format!("{edited}\n[tags]\nnofailover = true\n")).unwrap();
+    hup();
+    wait_for("nofailover in status", LONG, || async {
+        json(&d.cli(&["status", "--json"]))["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["name"] == replica.as_str() && n["nofailover"] == true)
+            .then_some(())
+    })
+    .await;
+    wait_for("work_mem = 7MB on the node", LONG, || async {
+        (sql_value(&host.address, "SHOW work_mem").await? == "7MB").then_some(())
+    })
+    .await;
+    assert_eq!(
+        sql_value(&host.address, "SELECT pg_postmaster_start_time()").await,
+        Some(started),
+        "PostgreSQL was restarted"
+    );
+    assert_eq!(
+        d.agents[&host.name].pid(),
+        Some(agent_pid),
+        "the agent was restarted"
+    );
+    // The other node keeps the default.
+    let other = d.hosts.iter().find(|h| h.name != host.name).unwrap();
+    assert_eq!(
+        sql_value(&other.address, "SHOW work_mem").await.as_deref(),
+        Some("4MB")
+    );
+}

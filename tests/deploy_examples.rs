@@ -38,4 +38,8 @@ fn systemd_units_keep_postgres_with_the_keeper() {
     let agent = read("pgquorum-agent.service");
     assert!(agent.contains("BindsTo=pgquorum-keeper.service"), "{agent}");
     assert!(agent.contains("After=network-online.target pgquorum-keeper.service"));
+    assert!(
+        agent.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "{agent}"
+    );
 }

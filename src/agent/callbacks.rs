@@ -29,14 +29,18 @@ impl Event {
 /// Run the script for `event`, if one is configured, in the background:
 /// `SCRIPT EVENT ROLE CLUSTER`.
 pub fn fire(node: &Node, event: Event, role: &str) {
-    let c = &node.config;
+    let c = node.live();
     let script: Option<PathBuf> = match event {
-        Event::RoleChange => c.on_role_change.clone(),
-        Event::Start => c.on_start.clone(),
-        Event::Stop => c.on_stop.clone(),
+        Event::RoleChange => c.on_role_change,
+        Event::Start => c.on_start,
+        Event::Stop => c.on_stop,
     };
     let Some(script) = script else { return };
-    let (cluster, timeout, role) = (c.cluster.clone(), c.callback_timeout, role.to_string());
+    let (cluster, timeout, role) = (
+        node.config.cluster.clone(),
+        c.callback_timeout,
+        role.to_string(),
+    );
     tokio::spawn(async move { run(script, event, role, cluster, timeout).await });
 }
 

@@ -91,7 +91,7 @@ async fn read_parameter_catalog(node: &Node) {
             node.set_server_settings(Some(ServerSettings {
                 server_version,
                 catalog,
-                local: node.config.local_parameters.clone(),
+                local: node.live().local_parameters,
             }));
             // The leader gets it with the next report, not a heartbeat later.
             node.report_now.notify_one();
@@ -121,8 +121,21 @@ pub async fn watch_keeper(node: Arc<Node>) {
 }
 
 /// Run commands as they come.
-pub async fn run(node: Arc<Node>, mut commands: mpsc::Receiver<AgentCommand>) {
-    while let Some(command) = commands.recv().await {
+pub async fn run(
+    node: Arc<Node>,
+    mut commands: mpsc::Receiver<AgentCommand>,
+    mut reloads: mpsc::Receiver<super::config::AgentConfig>,
+) {
+    loop {
+        // A reloaded configuration is applied between commands.
+        let command = tokio::select! {
+            command = commands.recv() => command,
+            Some(config) = reloads.recv() => {
+                super::reload::apply(&node, config).await;
+                continue;
+            }
+        };
+        let Some(command) = command else { return };
         let action = command.action.name();
         tracing::info!(id = command.id, epoch = command.epoch, action, "command");
         let result = execute(&node, &command).await;
@@ -304,10 +317,11 @@ async fn write_config(
 ) -> anyhow::Result<()> {
     node.set_settings(settings.clone());
     let mut merged = settings.clone();
-    for (k, v) in &node.config.local_parameters {
-        merged.parameters.insert(k.clone(), v.clone());
+    for (k, v) in node.live().local_parameters {
+        merged.parameters.insert(k, v);
     }
     node.pg.write_config(&merged, upstream).await?;
+    node.set_wants_config(false);
     Ok(())
 }
 

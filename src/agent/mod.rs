@@ -21,6 +21,7 @@ pub mod http;
 pub mod lease;
 pub mod node;
 pub mod postgres;
+pub mod reload;
 pub mod session;
 pub mod stall;
 pub mod state;
@@ -70,7 +71,11 @@ fn lock_node(config: &AgentConfig) -> anyhow::Result<nix::fcntl::Flock<std::fs::
 
 /// Run the agent until SIGTERM. PostgreSQL is left running under its
 /// keeper, which enforces the lease: a restarted agent picks both up again.
-pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
+/// `reload` reads the configuration again, on SIGHUP (see [`reload`]).
+pub async fn run(
+    mut config: AgentConfig,
+    reload: impl Fn() -> anyhow::Result<AgentConfig> + Send + 'static,
+) -> anyhow::Result<()> {
     let mut stop = crate::signals::StopSignals::install();
     let pg = prepare(&config)?;
     let _lock = lock_node(&config)?;
@@ -119,11 +124,13 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
 
     stall::spawn(node.config.state_dir.clone());
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(16);
+    let (reloads_tx, reloads_rx) = tokio::sync::mpsc::channel(1);
     let tasks = vec![
         tokio::spawn(executor::observe(node.clone(), OBSERVE_EVERY)),
         tokio::spawn(executor::watch_keeper(node.clone())),
         tokio::spawn(failsafe::run(node.clone())),
-        tokio::spawn(executor::run(node.clone(), commands_rx)),
+        tokio::spawn(reload::listen(reload, reloads_tx)),
+        tokio::spawn(executor::run(node.clone(), commands_rx, reloads_rx)),
         tokio::spawn(session::run(node.clone(), commands_tx)),
     ];
     let http = {

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use super::config::{AgentConfig, WatchdogMode};
 use super::lease::Lease;
 use super::postgres::{Look, Postgres};
+use super::reload::Live;
 use super::state::{Intent, Persisted, StateError, StateFile};
 use crate::cluster::settings::ServerSettings;
 use crate::cluster::wire::{
@@ -93,6 +94,10 @@ pub struct Node {
     /// so that a session sends each one once.
     server_settings: Mutex<Option<(u64, Arc<ServerSettings>)>>,
     settings_generation: AtomicU64,
+    /// What a configuration reload (SIGHUP) can change while running.
+    live: Mutex<Live>,
+    /// Node parameters changed: the configuration is to be written again.
+    wants_config: std::sync::atomic::AtomicBool,
 }
 
 /// A failsafe promise this node gave.
@@ -123,6 +128,7 @@ impl Node {
         let (persisted_failsafe, persisted_intent) = (persisted.failsafe, persisted.intent);
         let session = rand::random::<u64>() | 1;
         let lease = Lease::new(session, keeper.lease);
+        let live = Mutex::new(Live::of(&config));
         Ok(Node {
             config,
             pg,
@@ -155,6 +161,8 @@ impl Node {
             failsafe: Mutex::new(None),
             server_settings: Mutex::new(None),
             settings_generation: AtomicU64::new(0),
+            live,
+            wants_config: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -581,9 +589,25 @@ impl Node {
             unresponsive_ms: self.unresponsive_ms(),
             commit_gate: self.keeper_gates(),
             settings: None,
+            wants_config: self.wants_config.load(Ordering::Relaxed),
         };
         self.lease.sent(seq);
         report
+    }
+
+    /// Ask the leader for the configuration (set by a reload, cleared once
+    /// the configuration was written).
+    pub fn set_wants_config(&self, yes: bool) {
+        self.wants_config.store(yes, Ordering::Relaxed);
+    }
+
+    /// Tags, node parameters and callbacks as last (re)loaded.
+    pub fn live(&self) -> Live {
+        lock(&self.live).clone()
+    }
+
+    pub fn set_live(&self, live: Live) {
+        *lock(&self.live) = live;
     }
 
     /// The server's parameter catalog and its number, if read.

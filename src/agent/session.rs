@@ -66,7 +66,7 @@ pub async fn register(node: &Node, timeout: Duration) -> Result<RegistrationRepl
         host: c.pg_host.clone(),
         port: c.postgres.port,
         http: c.http_advertise.clone(),
-        tags: c.tags.clone(),
+        tags: node.live().tags,
     };
     let deadline = tokio::time::Instant::now() + timeout;
     let mut hint = None;

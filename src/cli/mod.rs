@@ -334,7 +334,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let config = crate::agent::config::AgentConfig::load(&w.args, &global.managers)
                 .map_err(Failure::usage)?;
             crate::logging::init(config.json_logs, "info");
-            crate::agent::run(config).await.map_err(|e| {
+            let (args, managers) = (w.args.clone(), global.managers.clone());
+            let reload = move || {
+                crate::agent::config::AgentConfig::load(&args, &managers)
+                    .map_err(anyhow::Error::from)
+            };
+            crate::agent::run(config, reload).await.map_err(|e| {
                 tracing::error!(error = format!("{e:#}"), "agent failed");
                 Failure::failed(e)
             })

@@ -199,6 +199,11 @@ pub struct NodeReport {
     /// that the leader can check `config set` (see `cluster::settings`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<super::settings::ServerSettings>,
+    /// The agent's own part of the configuration changed (a reload with
+    /// new node parameters): it asks for the current settings again, to
+    /// write them merged with its own.
+    #[serde(default)]
+    pub wants_config: bool,
 }
 
 /// How a command ended.

@@ -310,6 +310,7 @@ impl World {
             promise_ms: 0,
             commit_gate: true,
             settings: None,
+            wants_config: false,
             // PostgreSQL never freezes without its agent here (see mod.rs).
             unresponsive_ms: 0,
         };

@@ -99,7 +99,7 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
                     reclone: cluster.config.reclone_on_rewind_failure,
                 },
             );
-        } else if r.config_version < cluster.config_version {
+        } else if r.config_version < cluster.config_version || r.wants_config {
             command(
                 input,
                 d,
@@ -135,7 +135,9 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
             }
         }
         if let Some(o) = fresh(input, &primary.name) {
-            if o.report.config_version < cluster.config_version && !busy(input, &primary.name) {
+            let outdated =
+                o.report.config_version < cluster.config_version || o.report.wants_config;
+            if outdated && !busy(input, &primary.name) {
                 command(
                     input,
                     d,

@@ -387,6 +387,33 @@ fn resumed_with_a_primary_that_never_learned_its_promotion_starts_it() {
 }
 
 #[test]
+fn a_node_that_asks_for_its_configuration_gets_it_again() {
+    // An agent reloaded with new node parameters: same configuration
+    // version, but it wants the settings again to write them merged.
+    let c = three(&[]);
+    let wants = |r: NodeReport| NodeReport {
+        wants_config: true,
+        ..r
+    };
+    let mut s = soft(
+        &c,
+        vec![
+            (primary("n1", 1_000), 9_900),
+            (replica("n2", 1_000, Some("n1")), 9_900),
+            (replica("n3", 1_000, Some("n1")), 9_900),
+        ],
+    );
+    s.confirmed_at = Some(10_000);
+    assert!(run(&c, &s, 10_000, 0).commands.is_empty());
+    s.observe(&c, wants(replica("n2", 1_000, Some("n1"))), 10_000);
+    s.observe(&c, wants(primary("n1", 1_000)), 10_000);
+    let d = run(&c, &s, 10_000, 0);
+    assert_eq!(commands_to(&d, "n1"), ["configure"], "{d:?}");
+    assert_eq!(commands_to(&d, "n2"), ["configure"], "{d:?}");
+    assert!(commands_to(&d, "n3").is_empty(), "{d:?}");
+}
+
+#[test]
 fn a_primary_that_stops_answering_loses_its_lease_and_is_replaced() {
     // PostgreSQL frozen with its agent alive: the agent's reports went on
     // showing the last (healthy) picture, the lease was renewed, and the

@@ -1,0 +1,146 @@
+//! `kill -HUP` (`systemctl reload pgquorum-agent`): re-read the
+//! configuration file without restarting the agent or PostgreSQL.
+//!
+//! What can change while running ([`Live`]): the tags (`nofailover`,
+//! `nosync`, `priority`: the node registers again, which the leader
+//! commits), the node's own `[postgresql.parameters]` (written and
+//! reloaded into PostgreSQL with the next configuration the leader sends,
+//! asked for at once; a restart-only one shows as pending restart) and
+//! the callbacks. Everything else (name, cluster, addresses,
+//! ports, directories, TLS) is named in a warning and takes effect at the
+//! next restart of the agent. A file that no longer parses changes
+//! nothing: the error is logged and the running configuration stays.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::config::{AgentConfig, WatchdogMode};
+use super::node::Node;
+use crate::cluster::state::Tags;
+
+/// The part of the configuration a reload changes in the running agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    pub tags: Tags,
+    pub local_parameters: BTreeMap<String, String>,
+    pub on_role_change: Option<PathBuf>,
+    pub on_start: Option<PathBuf>,
+    pub on_stop: Option<PathBuf>,
+    pub callback_timeout: Duration,
+}
+
+impl Live {
+    pub fn of(config: &AgentConfig) -> Live {
+        Live {
+            tags: config.tags.clone(),
+            local_parameters: config.local_parameters.clone(),
+            on_role_change: config.on_role_change.clone(),
+            on_start: config.on_start.clone(),
+            on_stop: config.on_stop.clone(),
+            callback_timeout: config.callback_timeout,
+        }
+    }
+}
+
+/// Settings that only a restart of the agent applies, changed in `new`.
+pub fn needs_restart(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
+    let pg = (&running.postgres, &new.postgres);
+    [
+        ("name", running.name != new.name),
+        ("cluster", running.cluster != new.cluster),
+        ("managers", running.managers != new.managers),
+        ("http_listen", running.http_listen != new.http_listen),
+        ("state_dir", running.state_dir != new.state_dir),
+        ("postgresql.host", running.pg_host != new.pg_host),
+        ("postgresql.data_dir", pg.0.data_dir != pg.1.data_dir),
+        ("postgresql.port", pg.0.port != pg.1.port),
+        (
+            "postgresql.listen",
+            pg.0.listen_addresses != pg.1.listen_addresses,
+        ),
+        ("postgresql.socket_dir", pg.0.socket_dir != pg.1.socket_dir),
+        ("postgresql.hba", pg.0.hba != pg.1.hba),
+        ("watchdog", running.watchdog != new.watchdog),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(name, _)| name)
+    .collect()
+}
+
+/// Re-read the configuration on every SIGHUP and hand a good one to the
+/// executor (which applies it between commands, never during one).
+pub async fn listen(
+    load: impl Fn() -> anyhow::Result<AgentConfig>,
+    reloads: mpsc::Sender<AgentConfig>,
+) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot catch SIGHUP: configuration reloads need a restart");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        match load() {
+            Ok(config) => {
+                if reloads.send(config).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "configuration not reloaded: the running one stays; fix the file and send SIGHUP again"
+            ),
+        }
+    }
+}
+
+/// Apply a re-read configuration to the running agent.
+pub async fn apply(node: &Node, mut new: AgentConfig) {
+    let restart = needs_restart(&node.config, &new);
+    if !restart.is_empty() {
+        tracing::warn!(
+            settings = restart.join(", "),
+            "changed settings take effect at the next restart of the agent"
+        );
+    }
+    // A required watchdog that cannot be armed keeps the node out of
+    // promotion whatever the file says (see `check_watchdog`).
+    if node.config.watchdog == WatchdogMode::Required && node.config.tags.nofailover {
+        new.tags.nofailover = true;
+    }
+    let before = node.live();
+    let after = Live::of(&new);
+    if before == after {
+        tracing::info!("configuration reloaded: nothing that applies while running changed");
+        return;
+    }
+    node.set_live(after.clone());
+    if before.local_parameters != after.local_parameters {
+        // Ask the leader for the configuration again: it sends a
+        // `configure` with the whole current settings, written with the
+        // new node parameters and reloaded into PostgreSQL by the same
+        // steps as any configuration change.
+        node.set_wants_config(true);
+        node.report_now.notify_one();
+        tracing::info!(
+            parameters = ?after.local_parameters,
+            "node parameters changed: asking the leader for the configuration again"
+        );
+        // The leader's `config set` checks name this node's own settings.
+        node.set_server_settings(None);
+    }
+    if before.tags != after.tags {
+        match super::session::register(node, Duration::from_secs(10)).await {
+            Ok(_) => tracing::info!(tags = ?after.tags, "tags changed: registered again"),
+            Err(e) => {
+                tracing::warn!(error = %e, "tags changed but the leader did not take them yet: they are sent at the next registration")
+            }
+        }
+    }
+    tracing::info!("configuration reloaded");
+}
