@@ -31,6 +31,28 @@ async fn http_body(address: &str, path: &str) -> Option<String> {
         .flatten()
 }
 
+/// Every `pgquorum_…` metric name in the dashboard's queries.
+fn metric_names(dashboard: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for target in panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+    {
+        let expr = target["expr"].as_str().expect("expr");
+        let mut rest = expr;
+        while let Some(at) = rest.find("pgquorum_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            names.insert(name);
+        }
+    }
+    names
+}
+
 fn value(metrics: &str, name: &str) -> Option<f64> {
     metrics
         .lines()
@@ -96,12 +118,84 @@ async fn metrics_json_logs_and_callbacks() {
     .unwrap();
     assert_eq!(value(&f, "pgquorum_raft_is_leader"), Some(0.0));
 
+    // Per-node gauges: committed ones on every manager, report-based ones
+    // on the leader only.
+    let replica = s
+        .nodes
+        .iter()
+        .find(|n| n.name != s.primary)
+        .unwrap()
+        .name
+        .clone();
+    let labels = |n: &str| format!("{{manager=\"{leader}\",cluster=\"main\",node=\"{n}\"}}");
+    let m = wait_for("the replica's lag on the leader", LONG, || async {
+        let m = http_body(
+            &format!("{}:{METRICS_PORT}", leader_host.address),
+            "/metrics",
+        )
+        .await?;
+        m.contains(&format!("pgquorum_node_lag_bytes{}", labels(&replica)))
+            .then_some(m)
+    })
+    .await;
+    let primary_labels = labels(&s.primary);
+    assert_eq!(
+        value(&m, &format!("pgquorum_node_is_primary{primary_labels}")),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, &format!("pgquorum_node_is_primary{}", labels(&replica))),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, &format!("pgquorum_node_healthy{primary_labels}")),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(m.contains(&format!(
+        "pgquorum_node_role{{manager=\"{leader}\",cluster=\"main\",node=\"{replica}\",role=\"replica\""
+    )), "{m}");
+    assert!(value(&m, "pgquorum_cluster_epoch").unwrap() >= 1.0, "{m}");
+    assert!(
+        f.contains("pgquorum_node_is_primary{") && !f.contains("pgquorum_node_healthy{"),
+        "{f}"
+    );
+
     // Agent metrics.
     let primary = d.host_of_node(&s.primary);
     let a = http_body(&format!("{}:8008", primary.address), "/metrics")
         .await
         .unwrap();
     assert_eq!(value(&a, "pgquorum_primary"), Some(1.0), "{a}");
+
+    // The shipped Grafana dashboard queries only metrics that exist.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana-dashboard.json"
+        ))
+        .expect("deploy/grafana-dashboard.json"),
+    )
+    .expect("the dashboard is JSON");
+    let queried = metric_names(&dashboard);
+    assert!(queried.len() > 10, "{queried:?}");
+    let a_replica = http_body(
+        &format!("{}:8008", d.host_of_node(&replica).address),
+        "/metrics",
+    )
+    .await
+    .unwrap();
+    for name in &queried {
+        let declared = format!("# TYPE {name} ");
+        assert!(
+            [&m, &a, &a_replica]
+                .iter()
+                .any(|text| text.contains(&declared)),
+            "the dashboard queries {name}, which neither a manager nor an agent exports"
+        );
+    }
     assert_eq!(value(&a, "pgquorum_lease_valid"), Some(1.0));
     assert!(value(&a, "pgquorum_epoch").unwrap() >= 1.0);
     assert_eq!(

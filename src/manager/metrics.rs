@@ -13,6 +13,7 @@ use axum::Router;
 
 use super::control::Control;
 use super::node::ManagerNode;
+use crate::proto::api::{ClusterStatus, NodeStatus};
 
 #[derive(Clone)]
 struct Sources {
@@ -145,7 +146,137 @@ pub fn render(node: &ManagerNode, control: &Control) -> String {
         "gauge",
         &split,
     );
+    let leader = m.current_leader == Some(node.id);
+    render_clusters(&mut out, node, control, leader);
     out
+}
+
+/// Per-cluster and per-node gauges, from the same status `pgquorum
+/// status` shows. What comes from the committed state (epoch, primary,
+/// sync set) every manager serves; what comes from the agents' reports
+/// (health, lag, last report) only the leader knows.
+fn render_clusters(out: &mut String, node: &ManagerNode, control: &Control, leader: bool) {
+    let state = node.local_state();
+    let statuses: Vec<_> = state
+        .state
+        .clusters
+        .values()
+        .map(|c| {
+            let soft = leader.then(|| control.soft_view(&c.name));
+            super::status::build(c, soft.as_ref(), Vec::new())
+        })
+        .collect();
+    let cluster_label = |c: &str| format!("{{manager=\"{}\",cluster=\"{c}\"}}", node.id);
+    let node_label =
+        |c: &str, n: &str| format!("{{manager=\"{}\",cluster=\"{c}\",node=\"{n}\"}}", node.id);
+    let per_cluster = |f: &dyn Fn(&ClusterStatus) -> u64| -> Vec<(String, String)> {
+        statuses
+            .iter()
+            .map(|s| (cluster_label(&s.cluster), f(s).to_string()))
+            .collect()
+    };
+    let per_node = |f: &dyn Fn(&ClusterStatus, &NodeStatus) -> Option<String>| {
+        statuses
+            .iter()
+            .flat_map(|s| {
+                s.nodes
+                    .iter()
+                    .filter_map(|n| Some((node_label(&s.cluster, &n.name), f(s, n)?)))
+            })
+            .collect::<Vec<(String, String)>>()
+    };
+    let flag = |b: bool| Some(u64::from(b).to_string());
+    gauge(
+        out,
+        "pgquorum_cluster_epoch",
+        "Current epoch of the cluster (bumped by every promotion).",
+        "gauge",
+        &per_cluster(&|s| s.epoch),
+    );
+    gauge(
+        out,
+        "pgquorum_cluster_paused",
+        "1 while automatic actions are paused.",
+        "gauge",
+        &per_cluster(&|s| u64::from(s.paused)),
+    );
+    gauge(
+        out,
+        "pgquorum_cluster_nodes",
+        "Member nodes.",
+        "gauge",
+        &per_cluster(&|s| s.nodes.len() as u64),
+    );
+    gauge(
+        out,
+        "pgquorum_node_is_primary",
+        "1 for the primary of the current epoch (committed).",
+        "gauge",
+        &per_node(&|s, n| flag(n.name == s.primary)),
+    );
+    gauge(
+        out,
+        "pgquorum_node_sync_standby",
+        "1 for a member of the committed synchronous standby set.",
+        "gauge",
+        &per_node(&|_, n| flag(n.sync)),
+    );
+    if !leader {
+        return;
+    }
+    let roles: Vec<(String, String)> = statuses
+        .iter()
+        .flat_map(|s| {
+            s.nodes.iter().map(|n| {
+                (
+                    format!(
+                        "{{manager=\"{}\",cluster=\"{}\",node=\"{}\",role=\"{}\",state=\"{}\"}}",
+                        node.id, s.cluster, n.name, n.role, n.state
+                    ),
+                    "1".to_string(),
+                )
+            })
+        })
+        .collect();
+    gauge(
+        out,
+        "pgquorum_node_role",
+        "1 with the node's role and state as labels (leader only).",
+        "gauge",
+        &roles,
+    );
+    gauge(out, "pgquorum_node_healthy", "1 while the node does its role's job: a primary taking writes, a replica streaming (leader only).", "gauge", &per_node(&|_, n| flag(n.healthy)));
+    gauge(
+        out,
+        "pgquorum_node_lag_bytes",
+        "Bytes the node is behind the primary's write LSN (leader only; absent when unknown).",
+        "gauge",
+        &per_node(&|_, n| n.lag_bytes.map(|l| l.to_string())),
+    );
+    gauge(
+        out,
+        "pgquorum_node_timeline",
+        "The node's PostgreSQL timeline (leader only).",
+        "gauge",
+        &per_node(&|_, n| Some(n.timeline.to_string())),
+    );
+    gauge(
+        out,
+        "pgquorum_node_last_report_seconds",
+        "Seconds since the node's agent last reported (leader only).",
+        "gauge",
+        &per_node(&|_, n| {
+            n.last_seen_ms
+                .map(|ms| format!("{:.3}", ms as f64 / 1000.0))
+        }),
+    );
+    gauge(
+        out,
+        "pgquorum_node_pending_restart",
+        "1 while a parameter change waits for a restart of the node (leader only).",
+        "gauge",
+        &per_node(&|_, n| flag(n.pending_restart)),
+    );
 }
 
 async fn metrics(State(s): State<Sources>) -> impl IntoResponse {
