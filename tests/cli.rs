@@ -286,13 +286,7 @@ async fn every_command_in_human_and_json_form() {
     let out = d.cli(&["node", "remove", &replica, "--force"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is running"), "{}", stderr(&out));
-    let host = d.host_of_node(&replica);
-    let keeper = d.keeper_pid(&host).expect("the replica's keeper");
-    if let Some(mut agent) = d.agents.remove(&replica) {
-        assert!(agent.terminate(LONG).is_some(), "agent did not stop");
-    }
-    pgquorum::process::signal_all(&[keeper], nix::sys::signal::Signal::SIGTERM);
-    assert!(pgquorum::process::wait_gone(&[keeper], LONG));
+    d.stop_node(&replica);
     let removed = wait_for("the stopped replica to be removable", LONG, || async {
         let out = d.cli(&["node", "remove", &replica, "--force", "--json"]);
         out.status.success().then(|| json(&out))

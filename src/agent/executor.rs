@@ -322,6 +322,11 @@ async fn write_config(
     }
     node.pg.write_config(&merged, upstream).await?;
     node.set_wants_config(false);
+    // Kept across agent restarts for the slot keeper (written only when it
+    // changes: this lies on the promotion path).
+    if node.persisted().use_slots != Some(settings.use_slots) {
+        node.update(|p| p.use_slots = Some(settings.use_slots))?;
+    }
     Ok(())
 }
 

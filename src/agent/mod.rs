@@ -23,6 +23,7 @@ pub mod node;
 pub mod postgres;
 pub mod reload;
 pub mod session;
+pub mod slots;
 pub mod stall;
 pub mod state;
 
@@ -129,6 +130,7 @@ pub async fn run(
         tokio::spawn(executor::observe(node.clone(), OBSERVE_EVERY)),
         tokio::spawn(executor::watch_keeper(node.clone())),
         tokio::spawn(failsafe::run(node.clone())),
+        tokio::spawn(slots::run(node.clone())),
         tokio::spawn(reload::listen(reload, reloads_tx)),
         tokio::spawn(executor::run(node.clone(), commands_rx, reloads_rx)),
         tokio::spawn(session::run(node.clone(), commands_tx)),

@@ -41,6 +41,9 @@ pub struct Persisted {
     pub peers: Vec<Peer>,
     /// Failsafe mode is on in the cluster's configuration.
     pub failsafe: bool,
+    /// Replication slots are on, as the configuration last written said
+    /// (None: not known yet; slots are then left as they are).
+    pub use_slots: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]

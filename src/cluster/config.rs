@@ -74,6 +74,10 @@ pub struct DynamicConfig {
     /// own keeper, which acknowledges them only while the lease is valid:
     /// a primary frozen past its lease acknowledges nothing after the thaw.
     pub lease_gated_commits: bool,
+    /// Replicas stream through a physical replication slot on their
+    /// upstream, and every node holds one for each other member (see
+    /// `cluster::slots`).
+    pub use_slots: bool,
     /// Asynchronous mode: a replica more than this many bytes behind the last
     /// known primary LSN is never promoted automatically.
     pub maximum_lag_on_failover: u64,
@@ -105,6 +109,7 @@ impl Default for DynamicConfig {
             sync_count: 1,
             sync_strict: false,
             lease_gated_commits: true,
+            use_slots: true,
             maximum_lag_on_failover: 1024 * 1024,
             primary_start_timeout_ms: 10_000,
             primary_unresponsive_timeout_ms: 1_500,
@@ -241,6 +246,14 @@ const KEYS: &[Key] = &[
         get: |c| on_off(c.lease_gated_commits),
         set: |c, v| {
             c.lease_gated_commits = boolean(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "use_slots",
+        get: |c| on_off(c.use_slots),
+        set: |c, v| {
+            c.use_slots = boolean(v)?;
             Ok(())
         },
     },

@@ -7,6 +7,7 @@ pub mod config;
 pub mod decide;
 pub mod lsn;
 pub mod settings;
+pub mod slots;
 pub mod soft;
 pub mod state;
 pub mod sync;

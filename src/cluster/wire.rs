@@ -245,6 +245,10 @@ pub struct ManagedSettings {
     pub config_version: u64,
     /// `synchronous_standby_names` for a primary; empty for asynchronous.
     pub synchronous_standby_names: String,
+    /// Stream through a replication slot, and keep slots for the other
+    /// members (false from leaders older than slots).
+    #[serde(default)]
+    pub use_slots: bool,
 }
 
 /// An order to an agent. Every order is idempotent: replaying it does no harm.

@@ -80,7 +80,7 @@ struct Leadership {
     next_session: u64,
     /// Per cluster, the (registrations, config version) the agents were
     /// last told the members and failsafe setting for.
-    announced: BTreeMap<String, (u64, u64)>,
+    announced: BTreeMap<String, (u64, usize, u64)>,
 }
 
 /// Counters for the manager's `/metrics`.
@@ -313,9 +313,14 @@ impl Control {
     }
 
     /// Tell every agent of `cluster` its members and the failsafe setting
-    /// when they changed since they were last told.
+    /// when they changed since they were last told (a registration, a
+    /// removal, a configuration change).
     fn announce_members(&self, cluster: &Cluster) {
-        let version = (cluster.registrations, cluster.config_version);
+        let version = (
+            cluster.registrations,
+            cluster.members.len(),
+            cluster.config_version,
+        );
         let mut l = self.lock();
         if l.announced.get(&cluster.name) == Some(&version) {
             return;

@@ -518,6 +518,24 @@ fn signal(pids: &[i32], sig: nix::sys::signal::Signal) {
 }
 
 impl Deployment {
+    /// Stop `node` for good: its agent, then its keeper (which stops its
+    /// PostgreSQL), as before `pgquorum node remove`.
+    pub fn stop_node(&mut self, node: &str) {
+        let host = self.host_of_node(node);
+        let keeper = self.keeper_pid(&host).expect("the node's keeper");
+        if let Some(mut agent) = self.agents.remove(node) {
+            assert!(
+                agent.terminate(Duration::from_secs(60)).is_some(),
+                "agent did not stop"
+            );
+        }
+        pgquorum::process::signal_all(&[keeper], nix::sys::signal::Signal::SIGTERM);
+        assert!(pgquorum::process::wait_gone(
+            &[keeper],
+            Duration::from_secs(60)
+        ));
+    }
+
     /// The host's keeper, if it runs.
     pub fn keeper_pid(&self, host: &Host) -> Option<i32> {
         pgquorum::keeper::running_pid(&self.host_dir(host).join("agent"))

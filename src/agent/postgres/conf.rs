@@ -30,6 +30,9 @@ fn defaults(cfg: &PgConfig) -> Vec<(&'static str, String)> {
         ("hot_standby", "on".into()),
         ("max_wal_senders", "10".into()),
         ("max_replication_slots", "10".into()),
+        // Bounds what a slot of a long-gone replica can hold back: past it
+        // the slot is lost (and re-created) rather than the disk filled.
+        ("max_slot_wal_keep_size", "8GB".into()),
         ("wal_keep_size", "1GB".into()),
         // pg_rewind needs hint bits in WAL (or data checksums).
         ("wal_log_hints", "on".into()),
@@ -186,6 +189,12 @@ pub(crate) fn render_pgquorum_conf(
     line("recovery_target_timeline", "latest")?;
     if let Some(up) = upstream {
         line("primary_conninfo", &primary_conninfo(cfg, up))?;
+        if settings.use_slots {
+            line(
+                "primary_slot_name",
+                &crate::cluster::slots::slot_name(&cfg.node_name),
+            )?;
+        }
     }
     Ok(out)
 }
@@ -392,6 +401,12 @@ mod tests {
         );
         assert!(text.contains("archive_command = 'test ! -f ''/arch/''%f && cp %p ''/arch/''%f'"));
         assert!(text.contains("recovery_target_timeline = 'latest'"));
+        assert!(!text.contains("primary_slot_name"), "{text}");
+        s.use_slots = true;
+        let text = render_pgquorum_conf(&c, &s, Some(&up)).unwrap();
+        assert!(text.contains("primary_slot_name = 'pgq_n1'\n"), "{text}");
+        let text = render_pgquorum_conf(&c, &s, None).unwrap();
+        assert!(!text.contains("primary_slot_name"), "{text}");
 
         s.parameters.insert("bad\nname".into(), "x".into());
         assert!(render_pgquorum_conf(&c, &s, None).is_err());

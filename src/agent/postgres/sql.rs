@@ -13,6 +13,7 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use super::{PgError, PgStatus, Postgres, ReplicaConnection, Upstream, WalReceiver};
 use crate::cluster::lsn::Lsn;
 use crate::cluster::settings::{ParamSpec, VarType};
+use crate::cluster::slots::{Slot, SlotAction};
 
 /// Bound of a whole status() call.
 const STATUS_BUDGET: Duration = Duration::from_secs(2);
@@ -519,6 +520,62 @@ impl Postgres {
             .map(|rows| rows.iter().filter_map(param_spec).collect())
             .unwrap_or_default();
         Ok((version, catalog))
+    }
+
+    /// The physical replication slots of the local server.
+    pub async fn replication_slots(&self) -> Result<Vec<Slot>, PgError> {
+        let sets = self
+            .query_on(
+                Target::Local,
+                "listing replication slots",
+                "SELECT slot_name, active, restart_lsn::text, wal_status = 'lost' \
+                 FROM pg_replication_slots WHERE slot_type = 'physical'",
+                Duration::from_secs(2),
+            )
+            .await?;
+        Ok(sets
+            .first()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| {
+                        Some(Slot {
+                            name: r.get(0)?.to_string(),
+                            active: r.get(1) == Some("t"),
+                            restart_lsn: r.get(2).and_then(|l| l.parse().ok()),
+                            lost: r.get(3) == Some("t"),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Create, drop or advance one slot on the local server.
+    pub async fn change_slot(&self, action: &SlotAction) -> Result<(), PgError> {
+        let (what, sql) = match action {
+            SlotAction::Create(name) => (
+                "creating a replication slot",
+                format!(
+                    "SELECT pg_create_physical_replication_slot({}, true)",
+                    literal(name)
+                ),
+            ),
+            SlotAction::Drop(name) => (
+                "dropping a replication slot",
+                format!("SELECT pg_drop_replication_slot({})", literal(name)),
+            ),
+            SlotAction::Advance(name, lsn) => (
+                "advancing a replication slot",
+                format!(
+                    "SELECT pg_replication_slot_advance({}, {}::pg_lsn)",
+                    literal(name),
+                    literal(&lsn.to_string())
+                ),
+            ),
+        };
+        self.query_on(Target::Local, what, &sql, Duration::from_secs(5))
+            .await
+            .map(|_| ())
     }
 
     /// Run SQL (one or more statements, no results) on the local server as
