@@ -10,7 +10,9 @@
 //!  (f) the primary's agent restarted on a healthy cluster (SIGTERM, start),
 //!  (g) the leader manager stopped (SIGTERM), (h) killed (SIGKILL),
 //!  (i) a rolling restart of every manager, (j) two of three managers lost
-//!      for 10 s (failsafe) — each: longest write gap, primary fenced or not.
+//!      for 10 s (failsafe) — each: longest write gap, primary fenced or not,
+//!  (l) (a) and (b) with the writer going through HAProxy on the shipped
+//!      `deploy/haproxy.cfg` instead of the multi-host connection string.
 //!
 //! A writer inserts a row every 20 ms through the multi-host connection
 //! string. Figures only, no pass/fail. Run with `scripts/bench-failover`.
@@ -247,8 +249,27 @@ fn stats(label: &str, unit: &str, mut v: Vec<f64>) {
     );
 }
 
-async fn crash_and_switchover(runs: usize) {
+/// (a) and (b) with clients connecting through the multi-host connection
+/// string; (l) the same through HAProxy on the shipped `deploy/haproxy.cfg`.
+async fn crash_and_switchover(runs: usize, through_haproxy: bool) {
     let sb = Sandbox::up(false);
+    let base = common::sandbox::free_base_port();
+    let _haproxy = through_haproxy.then(|| {
+        common::haproxy::HaProxy::start(
+            &sb.path(),
+            &common::haproxy::config_for_sandbox(&sb.file(), base),
+        )
+    });
+    let dsn = if through_haproxy {
+        format!("host=127.0.0.1 port={base} user=postgres dbname=postgres connect_timeout=1")
+    } else {
+        sb.dsn.clone()
+    };
+    let via = if through_haproxy {
+        "(l) through HAProxy (deploy/haproxy.cfg), "
+    } else {
+        ""
+    };
     let (mut outage, mut rejoin, mut lost_crash) = (Vec::new(), Vec::new(), Vec::new());
     let (mut gaps, mut rejoin_sw, mut lost_sw) = (Vec::new(), Vec::new(), Vec::new());
     let mut libpq_gaps = Vec::new();
@@ -258,7 +279,7 @@ async fn crash_and_switchover(runs: usize) {
             sb.primary().filter(|p| p.2)
         })
         .await;
-        let w = Writers::start(&sb.dsn, &[], EVERY).await;
+        let w = Writers::start(&dsn, &[], EVERY).await;
         wait_for("writes", LONG, || async { (w.count() > 20).then_some(()) }).await;
         let fault = Instant::now();
         sb.run(&[
@@ -312,7 +333,7 @@ async fn crash_and_switchover(runs: usize) {
         );
 
         // (b) switchover to a replica.
-        let w = Writers::start(&sb.dsn, &[], EVERY).await;
+        let w = Writers::start(&dsn, &[], EVERY).await;
         wait_for("writes", LONG, || async { (w.count() > 20).then_some(()) }).await;
         let status = sb.status().unwrap();
         let target = status["nodes"]
@@ -324,9 +345,13 @@ async fn crash_and_switchover(runs: usize) {
             .unwrap()
             .to_string();
         let before = sb.primary().unwrap().0;
-        let libpq_writer = LibpqWriter::start(&sb.dsn);
+        // psql's own reconnection, through the multi-host string only.
+        let libpq_writer = (!through_haproxy).then(|| LibpqWriter::start(&sb.dsn));
         wait_for("libpq writes", LONG, || async {
-            (libpq_writer.count() > 10).then_some(())
+            libpq_writer
+                .as_ref()
+                .is_none_or(|l| l.count() > 10)
+                .then_some(())
         })
         .await;
         let asked = Instant::now();
@@ -352,7 +377,7 @@ async fn crash_and_switchover(runs: usize) {
         .await;
         rejoin_sw.push(asked.elapsed().as_secs_f64());
         let acks = w.stop().await;
-        let libpq = libpq_writer.stop();
+        let libpq = libpq_writer.map(|l| l.stop());
         let mut times: Vec<Instant> = acks.iter().map(|a| a.acked).collect();
         times.sort();
         let gap = times
@@ -361,12 +386,14 @@ async fn crash_and_switchover(runs: usize) {
             .max()
             .unwrap_or_default();
         gaps.push(gap.as_secs_f64());
-        let libpq_gap = longest_gap(libpq);
-        libpq_gaps.push(libpq_gap.as_secs_f64());
+        let libpq_gap = libpq.map(longest_gap);
+        if let Some(g) = libpq_gap {
+            libpq_gaps.push(g.as_secs_f64());
+        }
         lost_sw.push(lost(&acks, &ids_on("127.0.0.1", port).await).len() as f64);
         eprintln!("switchover run {run}: {before} -> {target}, longest gap {gap:?} (tokio-postgres), {libpq_gap:?} (libpq)");
     }
-    println!("(a) primary host crash, {runs} runs (sandbox, async):");
+    println!("{via}(a) primary host crash, {runs} runs (sandbox, async):");
     stats(
         "write outage (fault → first acknowledged write on the new primary)",
         "s",
@@ -378,17 +405,19 @@ async fn crash_and_switchover(runs: usize) {
         rejoin,
     );
     stats("acknowledged rows lost", "", lost_crash);
-    println!("(b) switchover, {runs} runs (sandbox):");
+    println!("{via}(b) switchover, {runs} runs (sandbox):");
     stats(
         "longest gap between two acknowledged writes (tokio-postgres)",
         "s",
         gaps,
     );
-    stats(
-        "longest gap between two acknowledged writes (libpq, psql)",
-        "s",
-        libpq_gaps,
-    );
+    if !through_haproxy {
+        stats(
+            "longest gap between two acknowledged writes (libpq, psql)",
+            "s",
+            libpq_gaps,
+        );
+    }
     stats(
         "old primary streaming again (from the request)",
         "s",
@@ -819,7 +848,10 @@ async fn main() {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wanted = |s: &str| only.is_empty() || only.split(',').any(|o| o == s);
     if wanted("a") || wanted("b") {
-        crash_and_switchover(runs).await;
+        crash_and_switchover(runs, false).await;
+    }
+    if wanted("l") {
+        crash_and_switchover(runs, true).await;
     }
     if wanted("d") {
         node_fault(runs, NodeFault::AgentKilled).await;

@@ -99,11 +99,22 @@ async fn every_node_holds_slots_for_the_others_through_switchover_and_removal() 
 
     // A switchover: the new primary already holds the slots the others
     // now stream through.
+    // The third node is re-pointed, not restarted: its slot on the new
+    // primary is there when it gets there.
     let target = replicas[0].clone();
+    let third = d.host_of_node(&replicas[1]).address;
+    let started = "SELECT pg_postmaster_start_time()::text, 1";
+    let before = rows(&third, started).await.expect("start time");
     let out = d.cli(&["switchover", "--to", &target, "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let after: Vec<String> = [primary.clone(), replicas[1].clone()].to_vec();
     wait_slots(&d, &target, &after).await;
+    assert_eq!(
+        rows(&third, started).await,
+        Some(before),
+        "{} was restarted by the switchover",
+        replicas[1]
+    );
 
     // A removed member's slot goes, on the primary and on the replica.
     let gone = replicas[1].clone();

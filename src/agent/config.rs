@@ -465,7 +465,7 @@ impl AgentConfig {
         }
         if http_tls.is_none() {
             plaintext.push(Plaintext {
-                what: "serves HTTP on",
+                what: exposure::SERVES_HTTP,
                 address: &http_text,
             });
         }

@@ -316,6 +316,19 @@ async fn write_config(
     upstream: Option<&Upstream>,
 ) -> anyhow::Result<()> {
     node.set_settings(settings.clone());
+    if let (Some(up), Some(true)) = (upstream, settings.use_slots) {
+        let slot = crate::cluster::slots::slot_name(&node.config.name);
+        match tokio::time::timeout(Duration::from_secs(1), node.pg.ensure_slot_on(up, &slot)).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, upstream = %up.node, "could not check this replica's slot on its upstream (its agent creates it)")
+            }
+            Err(_) => {
+                tracing::debug!(upstream = %up.node, "the upstream did not answer about this replica's slot in time")
+            }
+        }
+    }
     let mut merged = settings.clone();
     for (k, v) in node.live().local_parameters {
         merged.parameters.insert(k, v);
@@ -323,9 +336,12 @@ async fn write_config(
     node.pg.write_config(&merged, upstream).await?;
     node.set_wants_config(false);
     // Kept across agent restarts for the slot keeper (written only when it
-    // changes: this lies on the promotion path).
-    if node.persisted().use_slots != Some(settings.use_slots) {
-        node.update(|p| p.use_slots = Some(settings.use_slots))?;
+    // changes: this lies on the promotion path; and only from the leader's
+    // settings, not ones made up here). Not worth failing a command over.
+    if settings.use_slots.is_some() && node.persisted().use_slots != settings.use_slots {
+        if let Err(e) = node.update(|p| p.use_slots = settings.use_slots) {
+            tracing::warn!(error = %e, "cannot record whether replication slots are on");
+        }
     }
     Ok(())
 }

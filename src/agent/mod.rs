@@ -78,6 +78,7 @@ pub async fn run(
     reload: impl Fn() -> anyhow::Result<AgentConfig> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut stop = crate::signals::StopSignals::install();
+    let hangup = reload::catch_hangup();
     let pg = prepare(&config)?;
     let _lock = lock_node(&config)?;
     if let DataDirState::Foreign { reason } = pg.inspect().await {
@@ -131,7 +132,7 @@ pub async fn run(
         tokio::spawn(executor::watch_keeper(node.clone())),
         tokio::spawn(failsafe::run(node.clone())),
         tokio::spawn(slots::run(node.clone())),
-        tokio::spawn(reload::listen(reload, reloads_tx)),
+        tokio::spawn(reload::listen(hangup, reload, reloads_tx)),
         tokio::spawn(executor::run(node.clone(), commands_rx, reloads_rx)),
         tokio::spawn(session::run(node.clone(), commands_tx)),
     ];

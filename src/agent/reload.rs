@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -48,6 +49,10 @@ impl Live {
 /// Settings that only a restart of the agent applies, changed in `new`.
 pub fn needs_restart(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
     let pg = (&running.postgres, &new.postgres);
+    // Compared by their debug form: TLS settings hold keys and
+    // certificates that implement no equality (and are never logged here).
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     [
         ("name", running.name != new.name),
         ("cluster", running.cluster != new.cluster),
@@ -63,7 +68,26 @@ pub fn needs_restart(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static s
         ),
         ("postgresql.socket_dir", pg.0.socket_dir != pg.1.socket_dir),
         ("postgresql.hba", pg.0.hba != pg.1.hba),
+        (
+            "postgresql (users, passwords, archive_dir, log_file, os_user)",
+            differs(pg.0, pg.1),
+        ),
+        ("bin_dir", running.bin_dir != new.bin_dir),
         ("watchdog", running.watchdog != new.watchdog),
+        (
+            "watchdog_device",
+            running.watchdog_device != new.watchdog_device,
+        ),
+        ("tls", differs(&running.security, &new.security)),
+        (
+            "tls.http_cert",
+            running.http_tls.is_some() != new.http_tls.is_some(),
+        ),
+        (
+            "register_timeout",
+            running.register_timeout != new.register_timeout,
+        ),
+        ("log_format", running.json_logs != new.json_logs),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)
@@ -71,19 +95,26 @@ pub fn needs_restart(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static s
     .collect()
 }
 
+/// SIGHUP, caught from the start: one that arrives while the agent still
+/// registers is taken up once it runs, instead of killing it.
+pub fn catch_hangup() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot catch SIGHUP: configuration reloads need a restart");
+            None
+        }
+    }
+}
+
 /// Re-read the configuration on every SIGHUP and hand a good one to the
 /// executor (which applies it between commands, never during one).
 pub async fn listen(
+    hangup: Option<tokio::signal::unix::Signal>,
     load: impl Fn() -> anyhow::Result<AgentConfig>,
     reloads: mpsc::Sender<AgentConfig>,
 ) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot catch SIGHUP: configuration reloads need a restart");
-            return;
-        }
-    };
+    let Some(mut hangup) = hangup else { return };
     while hangup.recv().await.is_some() {
         match load() {
             Ok(config) => {
@@ -100,7 +131,7 @@ pub async fn listen(
 }
 
 /// Apply a re-read configuration to the running agent.
-pub async fn apply(node: &Node, mut new: AgentConfig) {
+pub async fn apply(node: &Arc<Node>, mut new: AgentConfig) {
     let restart = needs_restart(&node.config, &new);
     if !restart.is_empty() {
         tracing::warn!(
@@ -135,12 +166,23 @@ pub async fn apply(node: &Node, mut new: AgentConfig) {
         node.set_server_settings(None);
     }
     if before.tags != after.tags {
-        match super::session::register(node, Duration::from_secs(10)).await {
-            Ok(_) => tracing::info!(tags = ?after.tags, "tags changed: registered again"),
-            Err(e) => {
-                tracing::warn!(error = %e, "tags changed but the leader did not take them yet: they are sent at the next registration")
+        // In the background, until the leader takes them: commands must
+        // not wait behind it (no leader may be reachable just now).
+        let node = node.clone();
+        tokio::spawn(async move {
+            loop {
+                match super::session::register(&node, Duration::from_secs(10)).await {
+                    Ok(_) => {
+                        tracing::info!(tags = ?node.live().tags, "tags changed: registered again");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "tags changed but the leader did not take them yet: trying again")
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        }
+        });
     }
     tracing::info!("configuration reloaded");
 }

@@ -81,8 +81,19 @@ pub fn check(
 ) -> Result<Effect, String> {
     let lower = name.to_ascii_lowercase();
     let Some(spec) = catalog.get(&lower) else {
-        if lower.contains('.') {
-            return Ok(Effect::Placeholder);
+        // Removing a setting is always allowed: it may be the misspelt or
+        // obsolete one that keeps the server from starting.
+        if value.is_empty() {
+            return Ok(Effect::Reload);
+        }
+        // A custom `prefix.name` is a placeholder until its extension is
+        // loaded — unless the extension is loaded (the catalog has other
+        // names with that prefix), when it is a misspelling.
+        let prefix = lower.split_once('.').map(|(p, _)| format!("{p}."));
+        if let Some(prefix) = prefix {
+            if !catalog.keys().any(|k| k.starts_with(&prefix)) {
+                return Ok(Effect::Placeholder);
+            }
         }
         return Err(unknown(catalog, &lower));
     };
@@ -139,7 +150,7 @@ pub fn review(
     let mut restart = Vec::new();
     for (name, value) in changes {
         match check(&settings.catalog, name, value) {
-            Ok(Effect::Restart) if !value.is_empty() => restart.push(name.to_ascii_lowercase()),
+            Ok(Effect::Restart) => restart.push(name.to_ascii_lowercase()),
             Ok(Effect::Placeholder) => review.notes.push(format!(
                 "{name} is not known to the running server (its extension is not loaded): \
                  it is kept as a placeholder and not checked"
@@ -227,12 +238,14 @@ fn show(bound: Option<f64>) -> String {
 
 /// Spellings PostgreSQL accepts but does not list in `enumvals`: the
 /// boolean ones for enums that grew out of booleans (`synchronous_commit`,
-/// `huge_pages`, `constraint_exclusion`…), and old `wal_level` names.
+/// `huge_pages`, `constraint_exclusion`…), old `wal_level` names, and
+/// `debug` (= `debug2`) for the message levels.
 fn hidden_enum_alias(spec: &ParamSpec, value: &str) -> bool {
     let has = |v: &str| spec.enumvals.iter().any(|e| e.eq_ignore_ascii_case(v));
     let bool_spelling = ["true", "false", "yes", "no", "1", "0"].contains(&value);
     (bool_spelling && has("on") && has("off"))
         || (has("replica") && has("logical") && ["archive", "hot_standby"].contains(&value))
+        || (has("debug2") && value == "debug")
 }
 
 /// PostgreSQL's `parse_bool`: any unique prefix of true/false/yes/no,
@@ -368,7 +381,19 @@ mod tests {
         }
     }
 
-    /// A few rows as PostgreSQL 15 reports them.
+    fn spec_of(vartype: VarType, enumvals: &[&str], context: &str) -> ParamSpec {
+        ParamSpec {
+            vartype,
+            unit: None,
+            min: None,
+            max: None,
+            enumvals: enumvals.iter().map(|v| v.to_string()).collect(),
+            context: context.to_string(),
+        }
+    }
+
+    /// A few rows as PostgreSQL 15 reports them (names lower-cased, as the
+    /// agent sends them).
     fn catalog() -> BTreeMap<String, ParamSpec> {
         let mut c = BTreeMap::new();
         c.insert(
@@ -453,6 +478,22 @@ mod tests {
                 context: "sighup".into(),
             },
         );
+        c.insert("timezone".into(), spec_of(VarType::String, &[], "user"));
+        c.insert(
+            "auto_explain.log_min_duration".into(),
+            int(Some("ms"), -1.0, 2147483647.0, "superuser"),
+        );
+        c.insert(
+            "log_min_messages".into(),
+            spec_of(
+                VarType::Enum,
+                &[
+                    "debug5", "debug4", "debug3", "debug2", "debug1", "info", "notice", "warning",
+                    "error", "log", "fatal", "panic",
+                ],
+                "superuser",
+            ),
+        );
         c.insert(
             "application_name".into(),
             ParamSpec {
@@ -503,6 +544,8 @@ mod tests {
             check(&c, "pg_stat_statements.track", "all"),
             Ok(Effect::Placeholder)
         );
+        assert_eq!(check(&c, "TimeZone", "UTC"), Ok(Effect::Reload));
+        assert_eq!(check(&c, "log_min_messages", "debug"), Ok(Effect::Reload));
     }
 
     #[test]
@@ -537,6 +580,11 @@ mod tests {
         assert!(refused("wal_level", "true").contains("expected one of"));
         assert!(refused("vacuum_cost_delay", "101ms").contains("outside"));
         assert!(refused("block_size", "4096").contains("read-only"));
+        // The extension is loaded: a name it does not know is a typo.
+        assert_eq!(
+            refused("auto_explain.log_min_duratio", "1s"),
+            "unknown PostgreSQL parameter \"auto_explain.log_min_duratio\"; did you mean \"auto_explain.log_min_duration\"?"
+        );
     }
 
     #[test]
@@ -585,9 +633,17 @@ mod tests {
             None,
         );
         assert_eq!(r.errors.len(), 2, "{r:?}");
-        // Removing a setting needs no check and no restart.
-        let r = review(&changes(&[("shared_buffers", "")]), &reported, None);
+        // Removing a setting needs no check, even of its name (it may be
+        // the misspelt one); a restart-only one still needs the restart.
+        let r = review(
+            &changes(&[("stats_temp_directory", ""), ("wrok_mem", "")]),
+            &reported,
+            None,
+        );
         assert_eq!(r, Review::default());
+        let r = review(&changes(&[("shared_buffers", "")]), &reported, None);
+        assert_eq!(r.errors, Vec::<String>::new());
+        assert_eq!(r.notes.len(), 1, "{r:?}");
     }
 
     #[test]

@@ -21,16 +21,26 @@ pub const PREFIX: &str = "pgq_";
 /// The longest slot name PostgreSQL accepts (NAMEDATALEN - 1).
 const MAX_NAME: usize = 63;
 
-/// The slot of `node`: `pgq_` and the name in lower case with every
-/// character a slot name cannot hold as `_`.
+/// The slot of `node`: `pgq_` and the name. A name a slot cannot hold as
+/// it is (upper case, `-`, too long) is lower-cased, its other characters
+/// made `_`, and a short hash of the real name appended, so that `db-1`
+/// and `db_1` never share a slot.
 pub fn slot_name(node: &str) -> String {
-    let mut name = String::from(PREFIX);
-    name.extend(node.chars().map(|c| match c.to_ascii_lowercase() {
-        c @ ('a'..='z' | '0'..='9' | '_') => c,
-        _ => '_',
-    }));
-    name.truncate(MAX_NAME);
-    name
+    let plain: String = node
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_') => c,
+            _ => '_',
+        })
+        .collect();
+    if plain == node && PREFIX.len() + node.len() <= MAX_NAME {
+        return format!("{PREFIX}{node}");
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(node.as_bytes());
+    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let room = MAX_NAME - PREFIX.len() - 1 - hash.len();
+    format!("{PREFIX}{}_{hash}", &plain[..plain.len().min(room)])
 }
 
 /// A physical slot as `pg_replication_slots` shows it.
@@ -121,8 +131,16 @@ mod tests {
     #[test]
     fn slot_names_are_valid_and_ours() {
         assert_eq!(slot_name("n1"), "pgq_n1");
-        assert_eq!(slot_name("DB-east.2"), "pgq_db_east_2");
+        assert_eq!(slot_name("db_1"), "pgq_db_1");
+        let dashed = slot_name("db-1");
+        assert!(
+            dashed.starts_with("pgq_db_1_") && dashed.len() == "pgq_db_1_".len() + 8,
+            "{dashed}"
+        );
+        assert_ne!(dashed, slot_name("DB_1"));
+        assert_ne!(slot_name(&"x".repeat(63)), slot_name(&"x".repeat(62)));
         assert_eq!(slot_name(&"x".repeat(70)).len(), 63);
+        assert!(slot_name("Ünïcode").is_ascii());
     }
 
     #[test]

@@ -246,9 +246,11 @@ pub struct ManagedSettings {
     /// `synchronous_standby_names` for a primary; empty for asynchronous.
     pub synchronous_standby_names: String,
     /// Stream through a replication slot, and keep slots for the other
-    /// members (false from leaders older than slots).
+    /// members. `None` from leaders older than slots, and in settings an
+    /// agent makes up itself (a restarted agent detaching, say): slots are
+    /// then left as they are.
     #[serde(default)]
-    pub use_slots: bool,
+    pub use_slots: Option<bool>,
 }
 
 /// An order to an agent. Every order is idempotent: replaying it does no harm.

@@ -7,6 +7,9 @@
 //! agent that would listen on, or dial, an address without TLS refuses to
 //! start unless the operator sets `insecure = true` (or `--insecure`).
 
+/// What an agent's plaintext HTTP port is called (its fix differs).
+pub const SERVES_HTTP: &str = "serves HTTP on";
+
 /// One address a process would use without TLS, and what for.
 #[derive(Debug, Clone, Copy)]
 pub struct Plaintext<'a> {
@@ -25,12 +28,17 @@ pub fn check(role: &str, plaintext: &[Plaintext<'_>], insecure: bool) -> Result<
     let Some(p) = plaintext.iter().find(|p| !is_loopback(host_of(p.address))) else {
         return Ok(());
     };
+    // HTTP has its own certificate; gRPC needs the CA and this process's.
+    let tls_keys = if p.what == SERVES_HTTP {
+        "set http_cert and http_key in [tls]"
+    } else {
+        "set ca, cert and key in [tls]"
+    };
     Err(format!(
         "this {role} {} {} without TLS, and that is not a loopback address: anyone who can \
          reach it could take control of the cluster. Turn TLS on (`pgquorum tls init DIR --hosts \
-         HOST,…` writes a CA and certificates; then set ca, cert and key in [tls], see \
-         docs/security.md), or, on a network you trust, set `insecure = true` in the \
-         configuration file (or pass --insecure)",
+         HOST,…` writes a CA and certificates; then {tls_keys}, see docs/security.md), or, on a \
+         network you trust, set `insecure = true` in the configuration file (or pass --insecure)",
         p.what, p.address
     ))
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod deploy;
+pub mod haproxy;
 pub mod netns;
 pub mod sandbox;
 

@@ -189,7 +189,7 @@ pub(crate) fn render_pgquorum_conf(
     line("recovery_target_timeline", "latest")?;
     if let Some(up) = upstream {
         line("primary_conninfo", &primary_conninfo(cfg, up))?;
-        if settings.use_slots {
+        if settings.use_slots == Some(true) {
             line(
                 "primary_slot_name",
                 &crate::cluster::slots::slot_name(&cfg.node_name),
@@ -402,7 +402,7 @@ mod tests {
         assert!(text.contains("archive_command = 'test ! -f ''/arch/''%f && cp %p ''/arch/''%f'"));
         assert!(text.contains("recovery_target_timeline = 'latest'"));
         assert!(!text.contains("primary_slot_name"), "{text}");
-        s.use_slots = true;
+        s.use_slots = Some(true);
         let text = render_pgquorum_conf(&c, &s, Some(&up)).unwrap();
         assert!(text.contains("primary_slot_name = 'pgq_n1'\n"), "{text}");
         let text = render_pgquorum_conf(&c, &s, None).unwrap();

@@ -67,8 +67,10 @@ fn param_spec(row: &tokio_postgres::SimpleQueryRow) -> Option<(String, ParamSpec
         _ => VarType::String,
     };
     let number = |i: usize| row.get(i).and_then(|v| v.parse::<f64>().ok());
+    // PostgreSQL matches names case-insensitively; pg_settings shows some
+    // in mixed case (TimeZone, DateStyle).
     Some((
-        row.get(0)?.to_string(),
+        row.get(0)?.to_ascii_lowercase(),
         ParamSpec {
             vartype,
             unit: row.get(2).map(str::to_string),
@@ -548,6 +550,26 @@ impl Postgres {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// Make sure the upstream holds slot `name` before this replica streams
+    /// through it (it normally does: every node keeps a slot for each
+    /// member; not yet right after slots were turned on or a member was
+    /// added). Bounded by 1 s; two creating at once is fine.
+    pub async fn ensure_slot_on(&self, up: &Upstream, name: &str) -> Result<(), PgError> {
+        let sql = format!(
+            "SELECT pg_create_physical_replication_slot({n}, true) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {n})",
+            n = literal(name)
+        );
+        self.query_on(
+            Target::Remote(up),
+            "creating this replica's slot on its upstream",
+            &sql,
+            Duration::from_secs(1),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Create, drop or advance one slot on the local server.

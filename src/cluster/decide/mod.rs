@@ -129,7 +129,7 @@ pub fn settings(cluster: &Cluster, sync_set: &BTreeSet<String>, gate: bool) -> M
         parameters: cluster.config.parameters.clone(),
         config_version: cluster.config_version,
         synchronous_standby_names: sync::render(&cluster.config, sync_set, gate),
-        use_slots: cluster.config.use_slots,
+        use_slots: Some(cluster.config.use_slots),
     }
 }
 
