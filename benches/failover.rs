@@ -265,6 +265,14 @@ async fn crash_and_switchover(runs: usize, through_haproxy: bool) {
     } else {
         sb.dsn.clone()
     };
+    // HAProxy sends nothing anywhere before its first checks passed.
+    wait_for("a connection through HAProxy", LONG, || async {
+        tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
     let via = if through_haproxy {
         "(l) through HAProxy (deploy/haproxy.cfg), "
     } else {

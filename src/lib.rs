@@ -23,4 +23,5 @@ pub mod proto;
 pub mod security;
 pub mod signals;
 pub mod transport;
+pub mod views;
 pub mod wallclock;

@@ -382,6 +382,26 @@ fn up_streams_reports_serves_health_and_down_leaves_nothing() {
         }
     }
 
+    // Patroni's /cluster and /history, from the managers, on any node.
+    let (code, body) = http_get(&sb.http(&replicas[0]), "/cluster").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let cluster: Value = serde_json::from_str(&body).expect("/cluster is JSON");
+    assert_eq!(
+        cluster["primary"],
+        sb.status().unwrap()["primary"],
+        "{body}"
+    );
+    assert_eq!(cluster["nodes"].as_array().map(Vec::len), Some(3), "{body}");
+    let (code, body) = http_get(&sb.http(&replicas[0]), "/history").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let history: Value = serde_json::from_str(&body).expect("/history is JSON");
+    assert!(
+        history
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "bootstrap")),
+        "{body}"
+    );
+
     // A replica whose replay is held back is still a replica, but not one
     // within 0 bytes of the primary.
     let r = &replicas[0];

@@ -32,6 +32,8 @@ use serde::Serialize;
 
 use super::node::Node;
 use super::state::Intent;
+use crate::proto::api::pg_quorum_client::PgQuorumClient;
+use crate::proto::api::{ClusterRequest, GetStatusRequest};
 
 /// The node's state, as `/status` shows it (and the other endpoints' body).
 #[derive(Debug, Serialize)]
@@ -442,6 +444,89 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// Ask the managers (the first that answers, through this agent's own
+/// TLS settings) for something the agent does not know itself.
+async fn ask_managers<T, Fut>(
+    node: &Node,
+    call: impl Fn(PgQuorumClient<tonic::transport::Channel>) -> Fut,
+) -> Result<T, String>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut last = "no manager configured".to_string();
+    for address in &node.config.managers {
+        let channel = match crate::transport::channel(address, node.config.security.tls.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        match tokio::time::timeout(ASK_MANAGERS, call(PgQuorumClient::new(channel))).await {
+            Ok(Ok(r)) => return Ok(r.into_inner()),
+            Ok(Err(s)) => last = format!("{address}: {}", s.message()),
+            Err(_) => last = format!("{address}: no answer within {ASK_MANAGERS:?}"),
+        }
+    }
+    Err(last)
+}
+
+/// How long `/cluster` and `/history` wait for one manager.
+const ASK_MANAGERS: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn no_manager(why: String) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({ "error": format!("no manager answered: {why}") })),
+    )
+        .into_response()
+}
+
+/// Patroni's `/cluster`: the whole cluster as `pgquorum status --json`
+/// shows it, asked of the managers.
+async fn cluster(State(node): State<Arc<Node>>) -> Response {
+    let name = node.config.cluster.clone();
+    let asked = ask_managers(&node, |mut api| {
+        let cluster = name.clone();
+        async move {
+            api.get_status(GetStatusRequest {
+                cluster,
+                local: false,
+            })
+            .await
+        }
+    })
+    .await;
+    match asked {
+        Ok(status) => Json(crate::views::StatusJson::from(&status)).into_response(),
+        Err(why) => no_manager(why),
+    }
+}
+
+/// Patroni's `/history`: the cluster's promotions and operator actions,
+/// as `pgquorum history --json` shows them.
+async fn history(State(node): State<Arc<Node>>) -> Response {
+    let name = node.config.cluster.clone();
+    let asked = ask_managers(&node, |mut api| {
+        let cluster = name.clone();
+        async move {
+            api.history(ClusterRequest {
+                cluster,
+                local: false,
+            })
+            .await
+        }
+    })
+    .await;
+    match asked {
+        Ok(r) => {
+            let events: Vec<crate::views::EventJson> = r.events.iter().map(Into::into).collect();
+            Json(events).into_response()
+        }
+        Err(why) => no_manager(why),
+    }
+}
+
 /// The router of the agent's HTTP server.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -461,6 +546,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/liveness", any(liveness))
         .route("/readiness", any(readiness))
         .route("/status", get(status))
+        .route("/cluster", get(cluster))
+        .route("/history", get(history))
         .route("/metrics", get(metrics))
         .route("/failsafe", axum::routing::post(failsafe))
         .with_state(node)

@@ -389,31 +389,7 @@ pub async fn history(global: &GlobalArgs, args: ClusterArg) -> Result<(), Failur
             async move { api.history(request(req, t)).await }
         })
         .await?;
-    #[derive(Serialize)]
-    struct EventJson {
-        time: String,
-        kind: String,
-        reason: String,
-        old_primary: Option<String>,
-        new_primary: Option<String>,
-        epoch: u64,
-        timeline: u32,
-        lsn: String,
-    }
-    let events: Vec<EventJson> = r
-        .events
-        .iter()
-        .map(|e| EventJson {
-            time: e.time.clone(),
-            kind: e.kind.clone(),
-            reason: e.reason.clone(),
-            old_primary: (!e.old_primary.is_empty()).then(|| e.old_primary.clone()),
-            new_primary: (!e.new_primary.is_empty()).then(|| e.new_primary.clone()),
-            epoch: e.epoch,
-            timeline: e.timeline,
-            lsn: e.lsn.clone(),
-        })
-        .collect();
+    let events: Vec<crate::views::EventJson> = r.events.iter().map(Into::into).collect();
     print(global.json, &events, || {
         table(
             &[

@@ -696,11 +696,11 @@ async fn status(global: &GlobalArgs, dir: &Path) -> Result<(), Failure> {
     #[derive(Serialize)]
     struct Json<'a> {
         sandbox: &'a SandboxFile,
-        cluster: Option<super::status::StatusJson>,
+        cluster: Option<crate::views::StatusJson>,
     }
     let json = Json {
         sandbox: &file,
-        cluster: cluster.as_ref().map(super::status::StatusJson::from),
+        cluster: cluster.as_ref().map(crate::views::StatusJson::from),
     };
     print(global.json, &json, || {
         let mut out = table(&["NAME", "PROCESS", "ADDRESS", "PID", "STATE"], rows);

@@ -1,6 +1,5 @@
 //! `pgquorum status`: the cluster at a glance, like `patronictl list`.
 use clap::Args;
-use serde::Serialize;
 
 use super::client::request;
 use super::output::{print, table, Failure};
@@ -21,100 +20,7 @@ pub struct StatusArgs {
     pub local: bool,
 }
 
-/// `status --json`: a contract for scripts; extend, never rename.
-#[derive(Debug, Serialize)]
-pub struct StatusJson {
-    pub cluster: String,
-    pub epoch: u64,
-    pub primary: Option<String>,
-    pub paused: bool,
-    /// The primary's lease is held open (see `pgquorum pause`).
-    pub lease_open: bool,
-    pub sync_mode: String,
-    pub pending_switchover: Option<String>,
-    pub nodes: Vec<NodeJson>,
-    pub managers: Vec<ManagerJson>,
-    /// When this status was received (`--watch` lines only), RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub at: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct NodeJson {
-    pub name: String,
-    pub role: String,
-    pub state: String,
-    pub host: String,
-    pub port: u32,
-    pub timeline: u32,
-    pub lsn: String,
-    pub lag_bytes: Option<u64>,
-    pub healthy: bool,
-    pub sync: bool,
-    pub epoch: u64,
-    pub pending_restart: bool,
-    pub nofailover: bool,
-    pub nosync: bool,
-    pub priority: i32,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ManagerJson {
-    pub id: u64,
-    pub address: String,
-    pub role: String,
-    pub term: u64,
-}
-
-fn none_if_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
-}
-
-impl From<&ClusterStatus> for StatusJson {
-    fn from(s: &ClusterStatus) -> Self {
-        StatusJson {
-            cluster: s.cluster.clone(),
-            epoch: s.epoch,
-            primary: none_if_empty(&s.primary),
-            paused: s.paused,
-            lease_open: s.lease_open,
-            sync_mode: s.sync_mode.clone(),
-            pending_switchover: none_if_empty(&s.pending_switchover),
-            at: None,
-            nodes: s
-                .nodes
-                .iter()
-                .map(|n| NodeJson {
-                    name: n.name.clone(),
-                    role: n.role.clone(),
-                    state: n.state.clone(),
-                    host: n.host.clone(),
-                    port: n.port,
-                    timeline: n.timeline,
-                    lsn: n.lsn.clone(),
-                    lag_bytes: n.lag_bytes,
-                    healthy: n.healthy,
-                    sync: n.sync,
-                    epoch: n.epoch,
-                    pending_restart: n.pending_restart,
-                    nofailover: n.nofailover,
-                    nosync: n.nosync,
-                    priority: n.priority,
-                })
-                .collect(),
-            managers: s
-                .managers
-                .iter()
-                .map(|m| ManagerJson {
-                    id: m.id,
-                    address: m.address.clone(),
-                    role: m.role.clone(),
-                    term: m.term,
-                })
-                .collect(),
-        }
-    }
-}
+use crate::views::StatusJson;
 
 /// The human form: a header line, the nodes, the managers.
 pub fn render(s: &ClusterStatus) -> String {
