@@ -35,15 +35,7 @@ async fn every_command_in_human_and_json_form() {
         assert!(s.get(key).is_some(), "status --json lacks {key}: {s}");
     }
     let primary = s["primary"].as_str().unwrap().to_string();
-    let replica = s["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["role"] == "replica")
-        .unwrap()["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let replica = a_replica(&s);
 
     // dsn: every node, the primary first; it lands on the primary.
     let out = d.cli(&["dsn"]);
@@ -455,15 +447,7 @@ async fn sighup_reloads_tags_and_node_parameters_without_restarting_postgres() {
     let net = Network::loopback(2);
     let d = Deployment::start_custom(&net, &[], "", "", &[]).await;
     let s = json(&d.cli(&["status", "--json"]));
-    let replica = s["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["role"] == "replica")
-        .unwrap()["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let replica = a_replica(&s);
     let host = d.host_of_node(&replica);
     let started = sql_value(&host.address, "SELECT pg_postmaster_start_time()")
         .await
@@ -528,4 +512,14 @@ async fn sighup_reloads_tags_and_node_parameters_without_restarting_postgres() {
         sql_value(&other.address, "SHOW work_mem").await.as_deref(),
         Some("4MB")
     );
+}
+
+/// The name of a replica in `status --json`.
+fn a_replica(s: &serde_json::Value) -> String {
+    s["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["role"] == "replica"))
+        .and_then(|n| n["name"].as_str())
+        .unwrap_or_else(|| panic!("no replica in {s}"))
+        .to_string()
 }

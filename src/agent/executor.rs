@@ -245,7 +245,16 @@ async fn perform(node: &Node, step: &Step) -> Outcome {
         ),
         Step::Restart => done(node.pg.restart(START_TIMEOUT).await.map_err(Into::into)),
         Step::Reload => done(node.pg.reload().await.map_err(Into::into)),
-        Step::Promote => done(node.pg.promote(START_TIMEOUT).await.map_err(Into::into)),
+        Step::Promote => {
+            let r = node.pg.promote(START_TIMEOUT).await;
+            // `/primary` (and a load balancer checking it) says yes from
+            // the moment the server takes writes, not an observer period
+            // later.
+            if r.is_ok() {
+                refresh(node).await;
+            }
+            done(r.map_err(Into::into))
+        }
         Step::Checkpoint => {
             let r = node.pg.checkpoint().await;
             if let Err(e) = &r {
