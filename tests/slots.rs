@@ -1,6 +1,7 @@
 //! Physical replication slots: every node holds one for each other member,
-//! replicas stream through theirs, a promoted replica already has the
-//! slots its new replicas use, and a removed member's slot goes.
+//! replicas stream through theirs, a promoted replica (switchover or
+//! crash) already has the slots its new replicas use, and a removed
+//! member's slot goes.
 
 mod common;
 
@@ -84,7 +85,7 @@ async fn wait_slots(d: &Deployment, primary: &str, replicas: &[String]) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn every_node_holds_slots_for_the_others_through_switchover_and_removal() {
+async fn every_node_holds_slots_for_the_others_through_switchover_failover_and_removal() {
     let net = Network::loopback(3);
     let mut d = Deployment::start(&net, &[]).await;
     let s = d.wait_all_streaming(3, LONG).await;
@@ -116,8 +117,39 @@ async fn every_node_holds_slots_for_the_others_through_switchover_and_removal() 
         replicas[1]
     );
 
+    // A crash of the primary: the promoted replica already holds the slot
+    // the remaining replica streams through; the crashed node rejoins
+    // through its own.
+    let status = d.wait_all_streaming(3, LONG).await;
+    let crashed = d.host_of_node(&status.primary);
+    d.crash_host(&crashed, false);
+    let promoted = d.new_primary(&crashed, status.epoch).await.name;
+    let other = d
+        .hosts
+        .iter()
+        .map(|h| h.name.clone())
+        .find(|n| *n != crashed.name && *n != promoted)
+        .expect("a third node");
+    let address = d.host_of_node(&promoted).address;
+    wait_for(
+        "the remaining replica on its slot on the promoted node",
+        LONG,
+        || async {
+            let slots = slots_on(&address).await?;
+            (slots.get(&format!("pgq_{other}")).map(String::as_str) == Some("t")).then_some(())
+        },
+    )
+    .await;
+    let i = d
+        .hosts
+        .iter()
+        .position(|h| h.name == crashed.name)
+        .expect("host");
+    d.start_agent(&net, i);
+    wait_slots(&d, &promoted, &[crashed.name.clone(), other.clone()]).await;
+
     // A removed member's slot goes, on the primary and on the replica.
-    let gone = replicas[1].clone();
+    let gone = other;
     d.stop_node(&gone);
     wait_for("the stopped node to be removable", LONG, || async {
         d.cli(&["node", "remove", &gone, "--force"])
@@ -126,7 +158,7 @@ async fn every_node_holds_slots_for_the_others_through_switchover_and_removal() 
             .then_some(())
     })
     .await;
-    for n in [&target, &primary] {
+    for n in [&promoted, &crashed.name] {
         let address = d.host_of_node(n).address;
         wait_for("the removed node's slot dropped", LONG, || async {
             let slots = slots_on(&address).await?;
@@ -138,7 +170,6 @@ async fn every_node_holds_slots_for_the_others_through_switchover_and_removal() 
     // Slots off: pgquorum's slots are dropped and replicas stream without.
     let out = d.cli(&["config", "set", "use_slots=off"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let address = d.host_of_node(&target).address;
     wait_for("no slots once use_slots is off", LONG, || async {
         slots_on(&address).await?.is_empty().then_some(())
     })
