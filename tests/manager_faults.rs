@@ -134,6 +134,17 @@ async fn sigterm_of_any_manager_exits_at_once_and_the_primary_never_notices() {
         eprintln!("round {round}: leader now {new}");
         writes_after(&w, &p.host, Instant::now()).await;
         d.start_manager(&net, manager_index(id));
+        // Up (its port open: its signal handlers are in place) before the
+        // next round may pick it: a SIGTERM in its first milliseconds would
+        // meet the default action, not the clean stop this test checks.
+        let address = format!("{}:{}", host.address, common::deploy::MANAGER_PORT);
+        wait_for("the restarted manager listening", LONG, || async {
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
         d.wait_all_streaming(3, LONG).await;
     }
     p.unchanged(&d, "stopping managers").await;
