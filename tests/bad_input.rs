@@ -248,14 +248,20 @@ async fn cli_input_errors() {
     // message, not a raw protocol error blamed on TLS alone.
     let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let http_address = http.local_addr().expect("address").to_string();
+    // It answers every connection (the CLI may retry) and reads what the
+    // client sent before closing: closing with unread bytes would send a
+    // reset that can reach the client before the answer does.
     std::thread::spawn(move || {
         use std::io::{Read, Write};
-        for mut s in http.incoming().flatten().take(8) {
+        for mut s in http.incoming().flatten() {
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf);
             let _ = s.write_all(
                 b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
             );
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
         }
     });
     let out = cli(&["--managers", &http_address, "status"]);
