@@ -899,6 +899,12 @@ impl Execution {
             }
             1 => then!(self, 2, Some(Step::Phase(AgentPhase::Starting))),
             2 => then!(self, 10, Some(Step::Restart)),
+            // Id 0: the leader's own restart (to load copied slots), not an
+            // operator's action to mark done.
+            10 if action_id == 0 => {
+                self.pc = 11;
+                None
+            }
             10 => then!(
                 self,
                 11,

@@ -352,6 +352,11 @@ async fn write_config(
             tracing::warn!(error = %e, "cannot record whether replication slots are on");
         }
     }
+    if settings.slots.is_some() && node.persisted().slots != settings.slots {
+        if let Err(e) = node.update(|p| p.slots = settings.slots.clone()) {
+            tracing::warn!(error = %e, "cannot record the permanent replication slots");
+        }
+    }
     Ok(())
 }
 

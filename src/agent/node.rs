@@ -98,6 +98,9 @@ pub struct Node {
     live: Mutex<Live>,
     /// Node parameters changed: the configuration is to be written again.
     wants_config: std::sync::atomic::AtomicBool,
+    /// The postmaster whose restart would load copied slots (see
+    /// `agent::slots`); a request about an earlier server means nothing.
+    restart_for_slots: Mutex<Option<i32>>,
 }
 
 /// A failsafe promise this node gave.
@@ -163,6 +166,7 @@ impl Node {
             settings_generation: AtomicU64::new(0),
             live,
             wants_config: std::sync::atomic::AtomicBool::new(false),
+            restart_for_slots: Mutex::new(None),
         })
     }
 
@@ -590,9 +594,17 @@ impl Node {
             commit_gate: self.keeper_gates(),
             settings: None,
             wants_config: self.wants_config.load(Ordering::Relaxed),
+            restart_to_load_slots: lock(&self.restart_for_slots)
+                .is_some_and(|pid| Some(pid) == self.pg.postmaster_pid()),
         };
         self.lease.sent(seq);
         report
+    }
+
+    /// Ask the leader to restart this server (`Some(its postmaster)`), which
+    /// loads copied slots; `None` when there is nothing to load.
+    pub fn set_restart_to_load_slots(&self, postmaster: Option<i32>) {
+        *lock(&self.restart_for_slots) = postmaster;
     }
 
     /// Ask the leader for the configuration (set by a reload, cleared once

@@ -1,15 +1,18 @@
 //! Keep this node's replication slots as `cluster::slots::plan` says: a
 //! slot for every other member, replicas' slots at their replay LSN,
-//! removed members' slots dropped. A look every second while PostgreSQL
-//! answers; never while the data directory is being written (clone,
-//! rewind, bootstrap), and not before the configuration said whether
-//! slots are on.
+//! removed members' slots dropped, and the permanent slots the
+//! configuration declares (copied from the upstream on a replica, which
+//! then asks the leader for a restart to load them). A look every second
+//! while PostgreSQL answers; never while the data directory is being
+//! written (clone, rewind, bootstrap), and not before the configuration
+//! said whether slots are on.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::node::Node;
-use crate::cluster::slots::{self, SlotInput};
+use super::state::Intent;
+use crate::cluster::slots::{self, SlotAction, SlotInput};
 use crate::cluster::wire::AgentPhase;
 
 const EVERY: Duration = Duration::from_secs(1);
@@ -41,20 +44,62 @@ async fn tend(node: &Node) -> Result<(), crate::agent::postgres::PgError> {
     if members.is_empty() {
         return Ok(());
     }
-    let existing = node.pg.replication_slots().await?;
+    // The server this look is about: a request to restart it means nothing
+    // to the next one.
+    let postmaster = node.pg.postmaster_pid();
+    let view = node.pg.slot_view().await?;
+    let loaded: Vec<String> = view.slots.iter().map(|s| s.name.clone()).collect();
+    let unloaded = node.pg.unloaded_slots(&loaded);
+    let upstream = match (&persisted.upstream, persisted.intent, pg.in_recovery) {
+        (Some(up), Intent::Replica, true) if needs_upstream(persisted.slots.as_ref()) => {
+            match node.pg.replication_slots_on(up).await {
+                Ok(slots) => Some(slots),
+                Err(e) => {
+                    tracing::debug!(error = %e, upstream = %up.node, "cannot see the upstream's slots");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let input = SlotInput {
         node: &node.config.name,
         members: &members,
         use_slots,
         in_recovery: pg.in_recovery,
         replay_lsn: pg.replay_lsn,
+        declared: persisted.slots.as_ref(),
+        upstream: upstream.as_deref(),
+        unloaded: &unloaded,
+        redo_lsn: view.redo_lsn,
+        logical_wal: view.logical_wal,
     };
-    for action in slots::plan(&input, &existing) {
-        match node.pg.change_slot(&action).await {
-            Ok(()) if matches!(action, slots::SlotAction::Advance(..)) => {}
+    for action in slots::plan(&input, &view.slots) {
+        let result = match &action {
+            SlotAction::Copy(name) => match &persisted.upstream {
+                Some(up) => node.pg.copy_slot(up, name).await,
+                None => Ok(()),
+            },
+            SlotAction::DiscardCopy(name) => node.pg.discard_slot_copy(name),
+            _ => node.pg.change_slot(&action).await,
+        };
+        match result {
+            Ok(())
+                if matches!(
+                    action,
+                    SlotAction::Advance(..) | SlotAction::AdvanceLogical { .. }
+                ) => {}
             Ok(()) => tracing::info!(?action, "replication slot changed"),
             Err(e) => tracing::warn!(?action, error = %e, "replication slot not changed"),
         }
     }
+    // Copies made just now are counted at the next look.
+    let restart = slots::restart_to_load(&input);
+    node.set_restart_to_load_slots(restart.then_some(postmaster).flatten());
     Ok(())
+}
+
+/// A replica reads its upstream's slots only when it keeps permanent ones.
+fn needs_upstream(declared: Option<&slots::DeclaredSlots>) -> bool {
+    declared.is_some_and(|d| !d.slots.is_empty())
 }

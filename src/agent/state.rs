@@ -44,6 +44,9 @@ pub struct Persisted {
     /// Replication slots are on, as the configuration last written said
     /// (None: not known yet; slots are then left as they are).
     pub use_slots: Option<bool>,
+    /// The permanent slots, as the configuration last written said.
+    #[serde(default)]
+    pub slots: Option<crate::cluster::slots::DeclaredSlots>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::slots::{check_permanent_name, DeclaredSlots, PermanentSlot};
+
 /// How commits wait for standbys.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,6 +37,11 @@ impl fmt::Display for SyncMode {
 
 /// The prefix of keys that set PostgreSQL parameters on every node.
 pub const PARAMETER_PREFIX: &str = "postgresql.parameters.";
+
+/// The prefix of keys that declare permanent replication slots:
+/// `slots.NAME.type` (`physical` or `logical`), `slots.NAME.database` and
+/// `slots.NAME.plugin` (logical only); `slots.NAME=` removes one.
+pub const SLOT_PREFIX: &str = "slots.";
 
 /// Parameters pgquorum sets itself; letting an operator override them would
 /// break replication or the safety argument.
@@ -97,6 +104,9 @@ pub struct DynamicConfig {
     pub failsafe: bool,
     /// PostgreSQL parameters applied on every node.
     pub parameters: BTreeMap<String, String>,
+    /// Permanent replication slots (`slots.NAME.*`), and the names of
+    /// those since removed, which the nodes drop.
+    pub slots: DeclaredSlots,
 }
 
 impl Default for DynamicConfig {
@@ -116,6 +126,7 @@ impl Default for DynamicConfig {
             reclone_on_rewind_failure: true,
             failsafe: true,
             parameters: BTreeMap::new(),
+            slots: DeclaredSlots::default(),
         }
     }
 }
@@ -124,7 +135,7 @@ impl Default for DynamicConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "unknown configuration key {key:?}; known keys: {known}, and postgresql.parameters.NAME"
+        "unknown configuration key {key:?}; known keys: {known}, postgresql.parameters.NAME and slots.NAME.type/database/plugin"
     )]
     UnknownKey { key: String, known: String },
     #[error("invalid value {value:?} for {key}: {expected}")]
@@ -325,6 +336,11 @@ impl DynamicConfig {
         for (name, value) in &self.parameters {
             map.insert(format!("{PARAMETER_PREFIX}{name}"), value.clone());
         }
+        for (name, slot) in &self.slots.slots {
+            for (field, value) in slot_fields(slot) {
+                map.insert(format!("{SLOT_PREFIX}{name}.{field}"), value);
+            }
+        }
         map
     }
 
@@ -333,7 +349,19 @@ impl DynamicConfig {
     pub fn with_changes(&self, changes: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let defaults = DynamicConfig::default();
         let mut next = self.clone();
+        let mut slots: BTreeMap<String, BTreeMap<String, String>> = self
+            .slots
+            .slots
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot_fields(slot)))
+            .collect();
+        let mut slots_changed = false;
         for (key, value) in changes {
+            if let Some(rest) = key.strip_prefix(SLOT_PREFIX) {
+                edit_slot(&mut slots, key, rest, value)?;
+                slots_changed = true;
+                continue;
+            }
             if let Some(name) = key.strip_prefix(PARAMETER_PREFIX) {
                 validate_parameter_name(key, name)?;
                 if value.is_empty() {
@@ -361,12 +389,103 @@ impl DynamicConfig {
                 expected,
             })?;
         }
+        if slots_changed {
+            next.slots = self.declare_slots(slots)?;
+        }
         next.validate()?;
+        Ok(next)
+    }
+
+    /// The edited slot fields as declarations: complete, consistent, and
+    /// not a change of an existing slot's kind, database or plugin (that
+    /// would be another slot; its consumer's position would not carry
+    /// over).
+    fn declare_slots(
+        &self,
+        edited: BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<DeclaredSlots, ConfigError> {
+        let mut next = DeclaredSlots {
+            slots: BTreeMap::new(),
+            retired: self.slots.retired.clone(),
+        };
+        for (name, fields) in edited {
+            if fields.values().all(|v| v.is_empty()) {
+                continue;
+            }
+            let key = format!("{SLOT_PREFIX}{name}");
+            let bad = |expected: String| ConfigError::BadValue {
+                key: key.clone(),
+                value: fields
+                    .iter()
+                    .map(|(f, v)| format!("{f}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                expected,
+            };
+            check_permanent_name(&name).map_err(|e| bad(e))?;
+            let field = |f: &str| fields.get(f).filter(|v| !v.is_empty()).cloned();
+            let slot = match field("type").as_deref() {
+                Some("physical") if field("database").is_none() && field("plugin").is_none() => {
+                    PermanentSlot::Physical
+                }
+                Some("physical") => {
+                    return Err(bad("no database or plugin for a physical slot".to_string()))
+                }
+                Some("logical") => match (field("database"), field("plugin")) {
+                    (Some(database), Some(plugin)) => PermanentSlot::Logical { database, plugin },
+                    _ => {
+                        return Err(bad(format!(
+                            "a logical slot needs {key}.database and {key}.plugin \
+                             (an output plugin such as pgoutput or test_decoding)"
+                        )))
+                    }
+                },
+                _ => return Err(bad(format!("{key}.type set to physical or logical"))),
+            };
+            if let Some(old) = self.slots.slots.get(&name) {
+                if *old != slot {
+                    return Err(bad(format!(
+                        "the declaration it has ({}): a slot's kind, database and plugin \
+                         cannot change; remove it ({key}=) and declare it again, which \
+                         drops it with its consumer's position",
+                        slot_fields(old)
+                            .iter()
+                            .map(|(f, v)| format!("{f}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    )));
+                }
+            }
+            next.retired.remove(&name);
+            next.slots.insert(name, slot);
+        }
+        for name in self.slots.slots.keys() {
+            if !next.slots.contains_key(name) {
+                next.retired.insert(name.clone());
+            }
+        }
         Ok(next)
     }
 
     /// Checks that concern several keys at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let logical = self
+            .slots
+            .slots
+            .iter()
+            .find(|(_, s)| matches!(s, PermanentSlot::Logical { .. }));
+        let wal_level = self
+            .parameters
+            .get("wal_level")
+            .map(|v| v.to_ascii_lowercase());
+        if let (Some((name, _)), false) = (logical, wal_level.as_deref() == Some("logical")) {
+            return Err(ConfigError::Inconsistent(format!(
+                "logical slot {name} needs postgresql.parameters.wal_level=logical \
+                 (a PostgreSQL holding a logical slot with a lower wal_level does not start); \
+                 set it (with the slot, or first), then restart the nodes: \
+                 pgquorum node restart --role any --pending"
+            )));
+        }
         if self.heartbeat_interval_ms * 3 > self.ttl_ms {
             return Err(ConfigError::Inconsistent(format!(
                 "heartbeat_interval ({}) must be at most a third of ttl ({}) so that a \
@@ -377,6 +496,68 @@ impl DynamicConfig {
         }
         Ok(())
     }
+}
+
+/// A declaration as `slots.NAME.FIELD` values.
+fn slot_fields(slot: &PermanentSlot) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    match slot {
+        PermanentSlot::Physical => {
+            fields.insert("type".to_string(), "physical".to_string());
+        }
+        PermanentSlot::Logical { database, plugin } => {
+            fields.insert("type".to_string(), "logical".to_string());
+            fields.insert("database".to_string(), database.clone());
+            fields.insert("plugin".to_string(), plugin.clone());
+        }
+    }
+    fields
+}
+
+/// Apply one `slots.…` change to the slot fields being edited: `slots.NAME`
+/// with an empty value removes the slot (`slots.NAME=physical` or
+/// `=logical` sets its type); `slots.NAME.FIELD` sets or (empty) clears one
+/// field.
+fn edit_slot(
+    slots: &mut BTreeMap<String, BTreeMap<String, String>>,
+    key: &str,
+    rest: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let (name, field) = match rest.split_once('.') {
+        Some((name, field)) => (name, field),
+        None if value.is_empty() => {
+            slots.remove(rest);
+            return Ok(());
+        }
+        None => (rest, "type"),
+    };
+    let value = value.trim();
+    let valid = match field {
+        "type" => matches!(value, "physical" | "logical" | ""),
+        "database" | "plugin" => true,
+        _ => {
+            return Err(ConfigError::BadValue {
+                key: key.to_string(),
+                value: value.to_string(),
+                expected: format!(
+                    "one of {SLOT_PREFIX}{name}.type, .database, .plugin (or {SLOT_PREFIX}{name}= to remove it)"
+                ),
+            })
+        }
+    };
+    if !valid {
+        return Err(ConfigError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: "physical or logical".to_string(),
+        });
+    }
+    slots
+        .entry(name.to_string())
+        .or_default()
+        .insert(field.to_string(), value.to_string());
+    Ok(())
 }
 
 fn validate_parameter_name(key: &str, name: &str) -> Result<(), ConfigError> {
@@ -488,5 +669,72 @@ mod tests {
             ]))
             .unwrap();
         assert_eq!(c, DynamicConfig::default());
+    }
+
+    #[test]
+    fn permanent_slots_are_declared_checked_and_retired() {
+        let logical = changes(&[
+            ("postgresql.parameters.wal_level", "logical"),
+            ("slots.cdc.type", "logical"),
+            ("slots.cdc.database", "app"),
+            ("slots.cdc.plugin", "pgoutput"),
+            ("slots.archive", "physical"),
+        ]);
+        let c = DynamicConfig::default().with_changes(&logical).unwrap();
+        assert_eq!(
+            c.slots.slots["cdc"],
+            PermanentSlot::Logical {
+                database: "app".into(),
+                plugin: "pgoutput".into()
+            }
+        );
+        assert_eq!(c.slots.slots["archive"], PermanentSlot::Physical);
+        let map = c.to_map();
+        assert_eq!(map["slots.cdc.plugin"], "pgoutput");
+        assert_eq!(map["slots.archive.type"], "physical");
+
+        // Removed: retired, so that the nodes drop it; declared again:
+        // no longer retired.
+        let removed = c.with_changes(&changes(&[("slots.cdc", "")])).unwrap();
+        assert!(!removed.slots.slots.contains_key("cdc"));
+        assert!(removed.slots.retired.contains("cdc"));
+        let again = removed
+            .with_changes(&changes(&[
+                ("slots.cdc.type", "logical"),
+                ("slots.cdc.database", "other"),
+                ("slots.cdc.plugin", "pgoutput"),
+            ]))
+            .unwrap();
+        assert!(!again.slots.retired.contains("cdc"));
+
+        let refused = |base: &DynamicConfig, pairs: &[(&str, &str)]| {
+            base.with_changes(&changes(pairs)).unwrap_err().to_string()
+        };
+        let d = DynamicConfig::default();
+        assert!(refused(&d, &[("slots.cdc.type", "logical")]).contains("needs slots.cdc.database"));
+        assert!(refused(
+            &d,
+            &[
+                ("slots.cdc.type", "logical"),
+                ("slots.cdc.database", "app"),
+                ("slots.cdc.plugin", "pgoutput")
+            ]
+        )
+        .contains("needs postgresql.parameters.wal_level=logical"));
+        assert!(refused(&d, &[("slots.x.type", "fancy")]).contains("physical or logical"));
+        assert!(refused(&d, &[("slots.x.size", "1")]).contains("slots.x.type, .database"));
+        assert!(refused(&d, &[("slots.pgq_n1", "physical")]).contains("pgquorum's own"));
+        assert!(refused(&d, &[("slots.Bad", "physical")]).contains("lower-case"));
+        assert!(
+            refused(&d, &[("slots.a.type", "physical"), ("slots.a.plugin", "x")])
+                .contains("no database or plugin")
+        );
+        // Another plugin would be another slot.
+        assert!(refused(&c, &[("slots.cdc.plugin", "wal2json")]).contains("cannot change"));
+        // Nor may wal_level go while a logical slot needs it.
+        assert!(
+            refused(&c, &[("postgresql.parameters.wal_level", "replica")])
+                .contains("needs postgresql.parameters.wal_level=logical")
+        );
     }
 }

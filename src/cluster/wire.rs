@@ -204,6 +204,10 @@ pub struct NodeReport {
     /// write them merged with its own.
     #[serde(default)]
     pub wants_config: bool,
+    /// A replica holds copies of logical slots its server has not loaded:
+    /// it asks for a restart (see `cluster::slots::restart_to_load`).
+    #[serde(default)]
+    pub restart_to_load_slots: bool,
 }
 
 /// How a command ended.
@@ -251,6 +255,10 @@ pub struct ManagedSettings {
     /// then left as they are.
     #[serde(default)]
     pub use_slots: Option<bool>,
+    /// The permanent slots; `None` from leaders older than them (and in
+    /// settings an agent makes up): left as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<super::slots::DeclaredSlots>,
 }
 
 /// An order to an agent. Every order is idempotent: replaying it does no harm.

@@ -311,6 +311,7 @@ impl World {
             commit_gate: true,
             settings: None,
             wants_config: false,
+            restart_to_load_slots: false,
             // PostgreSQL never freezes without its agent here (see mod.rs).
             unresponsive_ms: 0,
         };

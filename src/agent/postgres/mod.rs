@@ -31,6 +31,7 @@ mod datadir;
 mod error;
 mod process;
 mod server;
+mod slot_files;
 mod sql;
 
 use std::path::{Path, PathBuf};
@@ -40,7 +41,7 @@ pub use crate::cluster::wire::{
 };
 pub use error::{PgError, Tail};
 pub use process::OsUser;
-pub use sql::Look;
+pub use sql::{Look, SlotView};
 
 use process::{run, Cmd};
 

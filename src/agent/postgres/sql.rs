@@ -13,7 +13,7 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use super::{PgError, PgStatus, Postgres, ReplicaConnection, Upstream, WalReceiver};
 use crate::cluster::lsn::Lsn;
 use crate::cluster::settings::{ParamSpec, VarType};
-use crate::cluster::slots::{Slot, SlotAction};
+use crate::cluster::slots::{LogicalState, Slot, SlotAction};
 
 /// Bound of a whole status() call.
 const STATUS_BUDGET: Duration = Duration::from_secs(2);
@@ -86,6 +86,45 @@ fn param_spec(row: &tokio_postgres::SimpleQueryRow) -> Option<(String, ParamSpec
 }
 
 /// The first column of the first row of the first result set.
+/// Rows of `slot_name, active, restart_lsn, lost, logical, database,
+/// plugin, confirmed_flush_lsn`.
+fn parse_slots(rows: &[tokio_postgres::SimpleQueryRow]) -> Vec<Slot> {
+    rows.iter()
+        .filter_map(|r| {
+            let logical = (r.get(4) == Some("t")).then(|| LogicalState {
+                database: r.get(5).unwrap_or_default().to_string(),
+                plugin: r.get(6).unwrap_or_default().to_string(),
+                confirmed_flush: r.get(7).and_then(|l| l.parse().ok()),
+            });
+            Some(Slot {
+                name: r.get(0)?.to_string(),
+                active: r.get(1) == Some("t"),
+                restart_lsn: r.get(2).and_then(|l| l.parse().ok()),
+                lost: r.get(3) == Some("t"),
+                logical,
+            })
+        })
+        .collect()
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// What the slot keeper needs to know about the local server.
+#[derive(Debug, Clone)]
+pub struct SlotView {
+    pub slots: Vec<Slot>,
+    pub redo_lsn: Lsn,
+    pub logical_wal: bool,
+}
+
 fn first_value(sets: &[Vec<tokio_postgres::SimpleQueryRow>]) -> Option<&str> {
     sets.first()?.first()?.get(0)
 }
@@ -232,11 +271,24 @@ impl Postgres {
         }
     }
 
-    /// Connect as the superuser. `statement_timeout` (None: unlimited) is
-    /// set in the startup packet, so it costs no extra round trip.
+    /// Connect as the superuser to database `postgres`. `statement_timeout`
+    /// (None: unlimited) is set in the startup packet, so it costs no extra
+    /// round trip.
     pub(crate) async fn connect(
         &self,
         target: Target<'_>,
+        connect_timeout: Duration,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Client, PgError> {
+        self.connect_to(target, "postgres", connect_timeout, statement_timeout)
+            .await
+    }
+
+    /// [`Postgres::connect`] to another database (a logical slot lives in one).
+    pub(crate) async fn connect_to(
+        &self,
+        target: Target<'_>,
+        database: &str,
         connect_timeout: Duration,
         statement_timeout: Option<Duration>,
     ) -> Result<Client, PgError> {
@@ -250,7 +302,7 @@ impl Postgres {
             }
         }
         c.user(&self.cfg.superuser)
-            .dbname("postgres")
+            .dbname(database)
             .application_name("pgquorum-agent")
             .connect_timeout(connect_timeout)
             .options(format!(
@@ -286,9 +338,26 @@ impl Postgres {
         query: &str,
         budget: Duration,
     ) -> Result<Vec<Vec<tokio_postgres::SimpleQueryRow>>, PgError> {
+        self.query_in(target, "postgres", what, query, budget).await
+    }
+
+    /// [`Postgres::query_on`] in `database`.
+    pub(crate) async fn query_in(
+        &self,
+        target: Target<'_>,
+        database: &str,
+        what: &str,
+        query: &str,
+        budget: Duration,
+    ) -> Result<Vec<Vec<tokio_postgres::SimpleQueryRow>>, PgError> {
         let work = async {
             let client = self
-                .connect(target, budget.min(Duration::from_secs(5)), Some(budget))
+                .connect_to(
+                    target,
+                    database,
+                    budget.min(Duration::from_secs(5)),
+                    Some(budget),
+                )
                 .await?;
             client
                 .simple_query(query)
@@ -524,32 +593,76 @@ impl Postgres {
         Ok((version, catalog))
     }
 
-    /// The physical replication slots of the local server.
-    pub async fn replication_slots(&self) -> Result<Vec<Slot>, PgError> {
+    /// The slots on `up`, physical and logical.
+    pub async fn replication_slots_on(&self, up: &Upstream) -> Result<Vec<Slot>, PgError> {
         let sets = self
             .query_on(
-                Target::Local,
+                Target::Remote(up),
                 "listing replication slots",
-                "SELECT slot_name, active, restart_lsn::text, wal_status = 'lost' \
-                 FROM pg_replication_slots WHERE slot_type = 'physical'",
+                "SELECT slot_name, active, restart_lsn::text, wal_status = 'lost', \
+                 slot_type = 'logical', database, plugin, confirmed_flush_lsn::text \
+                 FROM pg_replication_slots WHERE NOT temporary",
                 Duration::from_secs(2),
             )
             .await?;
         Ok(sets
             .first()
-            .map(|rows| {
-                rows.iter()
-                    .filter_map(|r| {
-                        Some(Slot {
-                            name: r.get(0)?.to_string(),
-                            active: r.get(1) == Some("t"),
-                            restart_lsn: r.get(2).and_then(|l| l.parse().ok()),
-                            lost: r.get(3) == Some("t"),
-                        })
-                    })
-                    .collect()
-            })
+            .map(|rows| parse_slots(rows))
             .unwrap_or_default())
+    }
+
+    /// The local server's slots, its last checkpoint's (or restartpoint's)
+    /// redo LSN and whether `wal_level` is `logical`, in one round trip.
+    pub async fn slot_view(&self) -> Result<SlotView, PgError> {
+        let sets = self
+            .query_on(
+                Target::Local,
+                "listing replication slots",
+                "SELECT slot_name, active, restart_lsn::text, wal_status = 'lost', \
+                 slot_type = 'logical', database, plugin, confirmed_flush_lsn::text \
+                 FROM pg_replication_slots WHERE NOT temporary; \
+                 SELECT redo_lsn::text, current_setting('wal_level') = 'logical' \
+                 FROM pg_control_checkpoint()",
+                Duration::from_secs(2),
+            )
+            .await?;
+        let slots = sets
+            .first()
+            .map(|rows| parse_slots(rows))
+            .unwrap_or_default();
+        let row = sets.get(1).and_then(|rows| rows.first());
+        Ok(SlotView {
+            slots,
+            redo_lsn: row
+                .and_then(|r| r.get(0))
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(Lsn(0)),
+            logical_wal: row.and_then(|r| r.get(1)) == Some("t"),
+        })
+    }
+
+    /// A slot's state file on `up`, as PostgreSQL keeps it in
+    /// `pg_replslot/NAME/state` (read with `pg_read_binary_file`, which
+    /// takes a superuser).
+    pub async fn slot_state_on(&self, up: &Upstream, name: &str) -> Result<Vec<u8>, PgError> {
+        let sets = self
+            .query_on(
+                Target::Remote(up),
+                "reading a replication slot's state",
+                &format!(
+                    "SELECT encode(pg_read_binary_file({}), 'hex')",
+                    literal(&format!("pg_replslot/{name}/state"))
+                ),
+                Duration::from_secs(2),
+            )
+            .await?;
+        let hex = first_value(&sets).unwrap_or_default();
+        decode_hex(hex).ok_or_else(|| PgError::Failed {
+            command: "reading a replication slot's state".to_string(),
+            status: format!("{} sent something that is not hex", up.node),
+            hint: "see its PostgreSQL log".to_string(),
+            tail: Default::default(),
+        })
     }
 
     /// Make sure the upstream holds slot `name` before this replica streams
@@ -572,11 +685,13 @@ impl Postgres {
         .map(|_| ())
     }
 
-    /// Create, drop or advance one slot on the local server.
+    /// Create, drop or advance one slot on the local server. Copies are
+    /// not SQL: see [`Postgres::copy_slot`].
     pub async fn change_slot(&self, action: &SlotAction) -> Result<(), PgError> {
-        let (what, sql) = match action {
+        let (what, database, sql) = match action {
             SlotAction::Create(name) => (
                 "creating a replication slot",
+                "postgres",
                 format!(
                     "SELECT pg_create_physical_replication_slot({}, true)",
                     literal(name)
@@ -584,18 +699,47 @@ impl Postgres {
             ),
             SlotAction::Drop(name) => (
                 "dropping a replication slot",
+                "postgres",
                 format!("SELECT pg_drop_replication_slot({})", literal(name)),
             ),
             SlotAction::Advance(name, lsn) => (
                 "advancing a replication slot",
+                "postgres",
                 format!(
                     "SELECT pg_replication_slot_advance({}, {}::pg_lsn)",
                     literal(name),
                     literal(&lsn.to_string())
                 ),
             ),
+            SlotAction::CreateLogical {
+                name,
+                database,
+                plugin,
+            } => (
+                "creating a logical replication slot",
+                database.as_str(),
+                format!(
+                    "SELECT pg_create_logical_replication_slot({}, {})",
+                    literal(name),
+                    literal(plugin)
+                ),
+            ),
+            SlotAction::AdvanceLogical {
+                name,
+                database,
+                lsn,
+            } => (
+                "advancing a logical replication slot",
+                database.as_str(),
+                format!(
+                    "SELECT pg_replication_slot_advance({}, {}::pg_lsn)",
+                    literal(name),
+                    literal(&lsn.to_string())
+                ),
+            ),
+            SlotAction::Copy(_) | SlotAction::DiscardCopy(_) => return Ok(()),
         };
-        self.query_on(Target::Local, what, &sql, Duration::from_secs(5))
+        self.query_in(Target::Local, database, what, &sql, Duration::from_secs(5))
             .await
             .map(|_| ())
     }

@@ -130,6 +130,7 @@ pub fn settings(cluster: &Cluster, sync_set: &BTreeSet<String>, gate: bool) -> M
         config_version: cluster.config_version,
         synchronous_standby_names: sync::render(&cluster.config, sync_set, gate),
         use_slots: Some(cluster.config.use_slots),
+        slots: Some(cluster.config.slots.clone()),
     }
 }
 

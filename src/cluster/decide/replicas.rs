@@ -108,6 +108,18 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
                     settings: replica_settings(cluster),
                 },
             );
+        } else if r.restart_to_load_slots {
+            // Copies of the primary's logical slots wait in its data
+            // directory; PostgreSQL loads slots only when it starts.
+            command(
+                input,
+                d,
+                &m.name,
+                Action::Restart {
+                    action_id: 0,
+                    pending_only: false,
+                },
+            );
         }
     }
     if primary_ok {

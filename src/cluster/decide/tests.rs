@@ -414,6 +414,39 @@ fn a_node_that_asks_for_its_configuration_gets_it_again() {
 }
 
 #[test]
+fn a_replica_holding_unloaded_slot_copies_is_restarted_and_a_primary_never() {
+    let c = three(&[]);
+    let asks = |r: NodeReport| NodeReport {
+        restart_to_load_slots: true,
+        ..r
+    };
+    let mut s = soft(
+        &c,
+        vec![
+            (asks(primary("n1", 1_000)), 9_900),
+            (asks(replica("n2", 1_000, Some("n1"))), 9_900),
+            (replica("n3", 1_000, Some("n1")), 9_900),
+        ],
+    );
+    s.confirmed_at = Some(10_000);
+    let d = run(&c, &s, 10_000, 0);
+    assert_eq!(commands_to(&d, "n2"), ["restart"], "{d:?}");
+    assert!(
+        d.commands.iter().any(|(node, action)| node == "n2"
+            && matches!(
+                action,
+                Action::Restart {
+                    action_id: 0,
+                    pending_only: false
+                }
+            )),
+        "{d:?}"
+    );
+    assert!(commands_to(&d, "n1").is_empty(), "{d:?}");
+    assert!(commands_to(&d, "n3").is_empty(), "{d:?}");
+}
+
+#[test]
 fn a_primary_that_stops_answering_loses_its_lease_and_is_replaced() {
     // PostgreSQL frozen with its agent alive: the agent's reports went on
     // showing the last (healthy) picture, the lease was renewed, and the
