@@ -422,7 +422,7 @@ impl DynamicConfig {
                     .join(" "),
                 expected,
             };
-            check_permanent_name(&name).map_err(|e| bad(e))?;
+            check_permanent_name(&name).map_err(&bad)?;
             let field = |f: &str| fields.get(f).filter(|v| !v.is_empty()).cloned();
             let slot = match field("type").as_deref() {
                 Some("physical") if field("database").is_none() && field("plugin").is_none() => {
