@@ -43,44 +43,6 @@ fn wait_rows(sb: &Sandbox, nodes: &[String], expected: &str) {
     }
 }
 
-fn names(status: &Value) -> Vec<String> {
-    status["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .map(|n| n["name"].as_str().expect("name").to_string())
-        .collect()
-}
-
-fn node_of<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["nodes"]
-        .as_array()
-        .and_then(|a| a.iter().find(|n| n["name"] == name))
-        .unwrap_or_else(|| panic!("no node {name} in {status}"))
-}
-
-/// The current primary once there is one.
-fn primary(sb: &Sandbox) -> String {
-    poll("a primary", SETTLE, || {
-        let s = sb.status()?;
-        s["primary"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| compact(&s))
-    })
-}
-
-/// Wait for a primary other than `old`, healthy; its name.
-fn new_primary(sb: &Sandbox, old: &str) -> String {
-    poll(&format!("a new primary instead of {old}"), SETTLE, || {
-        let s = sb.status()?;
-        match s["primary"].as_str() {
-            Some(p) if p != old && node_of(&s, p)["healthy"] == true => Ok(p.to_string()),
-            _ => Err(compact(&s)),
-        }
-    })
-}
-
 /// `SELECT status, sender_port FROM pg_stat_wal_receiver` says `node`
 /// streams from `upstream`.
 fn wait_streams_from(sb: &Sandbox, node: &str, upstream: &str) {
@@ -227,7 +189,7 @@ fn up_streams_reports_serves_health_and_down_leaves_nothing() {
 
     // status --json: the documented fields, with one primary and two
     // streaming replicas, agreeing with sandbox.json.
-    let p = primary(&sb);
+    let p = sb.primary();
     sb.wait_settled(&p, SETTLE);
     let s = poll("lag known for every node", SETTLE, || {
         let s = sb.status()?;
@@ -448,7 +410,7 @@ fn up_streams_reports_serves_health_and_down_leaves_nothing() {
 #[test]
 fn switchover_round_trip_then_failover_then_a_node_ahead_in_epoch_is_left_alone() {
     let sb = Sandbox::up("switchover", 3);
-    let p0 = primary(&sb);
+    let p0 = sb.primary();
     let s = sb.wait_settled(&p0, SETTLE);
     let all = names(&s);
     let others: Vec<String> = all.iter().filter(|n| **n != p0).cloned().collect();
@@ -513,7 +475,7 @@ fn switchover_round_trip_then_failover_then_a_node_ahead_in_epoch_is_left_alone(
     // The replicas followed timeline switches without a restart: when the
     // primary now dies, one of them must still qualify for promotion.
     sb.must("crash", &p0);
-    let p1 = new_primary(&sb, &p0);
+    let p1 = sb.new_primary(&p0);
     let landed = psql(
         &dsn,
         "INSERT INTO it_rows VALUES (4, 'four'); SELECT inet_server_port()",
@@ -649,7 +611,7 @@ fn switchover_round_trip_then_failover_then_a_node_ahead_in_epoch_is_left_alone(
 #[test]
 fn failover_rewinds_a_diverged_old_primary_and_reclones_when_rewind_fails() {
     let sb = Sandbox::up("failover", 3);
-    let p0 = primary(&sb);
+    let p0 = sb.primary();
     let s = sb.wait_settled(&p0, SETTLE);
     let all = names(&s);
     let dsn = sb.file()["dsn"].as_str().unwrap().to_string();
@@ -711,7 +673,7 @@ fn failover_rewinds_a_diverged_old_primary_and_reclones_when_rewind_fails() {
     );
 
     // A replica is promoted; only it says yes on /primary.
-    let p1 = new_primary(&sb, &p0);
+    let p1 = sb.new_primary(&p0);
     poll(&format!("/primary 200 only on {p1}"), SETTLE, || {
         let codes: Vec<(String, Result<u16, String>)> = all
             .iter()
@@ -763,7 +725,7 @@ fn failover_rewinds_a_diverged_old_primary_and_reclones_when_rewind_fails() {
     // Rewind impossible: the next primary to crash loses its WAL; it must
     // be cloned again and stream.
     sb.must("crash", &p1);
-    let p2 = new_primary(&sb, &p1);
+    let p2 = sb.new_primary(&p1);
     let pg_wal = sb.data_dir(&p1).join("pg_wal");
     let mut removed = 0;
     for e in std::fs::read_dir(&pg_wal).unwrap().flatten() {

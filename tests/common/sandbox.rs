@@ -14,6 +14,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::Rng;
 use serde_json::Value;
+
+/// How long a sandbox may take to settle after a change.
+const SETTLE: Duration = Duration::from_secs(120);
 use sha2::{Digest, Sha256};
 
 use super::{bin, stderr, stdout};
@@ -375,6 +378,28 @@ impl Sandbox {
         serde_json::from_str(&stdout(&out)).map_err(|e| format!("status --json: {e}"))
     }
 
+    /// The current primary once there is one.
+    pub fn primary(&self) -> String {
+        poll("a primary", SETTLE, || {
+            let s = self.status()?;
+            s["primary"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| compact(&s))
+        })
+    }
+
+    /// Wait for a primary other than `old`, healthy; its name.
+    pub fn new_primary(&self, old: &str) -> String {
+        poll(&format!("a new primary instead of {old}"), SETTLE, || {
+            let s = self.status()?;
+            match s["primary"].as_str() {
+                Some(p) if p != old && node_of(&s, p)["healthy"] == true => Ok(p.to_string()),
+                _ => Err(compact(&s)),
+            }
+        })
+    }
+
     /// Wait until `primary` is the healthy primary and every other node
     /// streams, healthy, on the primary's timeline; the status then.
     pub fn wait_settled(&self, primary: &str, limit: Duration) -> Value {
@@ -492,4 +517,22 @@ impl Drop for Sandbox {
             wait_gone(&left, Duration::from_secs(10));
         }
     }
+}
+
+/// The names of the nodes in a `status --json`.
+pub fn names(status: &Value) -> Vec<String> {
+    status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+/// One node of a `status --json`.
+pub fn node_of<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == name))
+        .unwrap_or_else(|| panic!("no node {name} in {status}"))
 }

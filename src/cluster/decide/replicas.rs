@@ -34,7 +34,11 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
             continue;
         }
         if let Some(action) = &m.action {
-            if r.completed_action != Some(action.id) && primary_ok && !busy(input, &m.name) {
+            if r.completed_action != Some(action.id)
+                && primary_ok
+                && !busy(input, &m.name)
+                && applied_current_config(cluster, action, r)
+            {
                 let a = match action.kind {
                     NodeActionKind::Reinit => Action::Reinit {
                         upstream: upstream_of(primary),
@@ -133,6 +137,7 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
             if restart
                 && o.report.completed_action != Some(action.id)
                 && !busy(input, &primary.name)
+                && applied_current_config(cluster, action, &o.report)
             {
                 command(
                     input,
@@ -165,4 +170,17 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
             }
         }
     }
+}
+
+/// A restart of the nodes with a restart pending waits until the node has
+/// written the current configuration: asked right after `config set`, a
+/// node that had not yet heard of a new restart-only value would say "no
+/// restart pending" and never load it.
+fn applied_current_config(
+    cluster: &Cluster,
+    action: &crate::cluster::state::NodeAction,
+    r: &NodeReport,
+) -> bool {
+    action.kind != NodeActionKind::RestartPending
+        || (r.config_version >= cluster.config_version && !r.wants_config)
 }

@@ -447,6 +447,49 @@ fn a_replica_holding_unloaded_slot_copies_is_restarted_and_a_primary_never() {
 }
 
 #[test]
+fn a_pending_restart_waits_until_the_node_has_the_current_configuration() {
+    // `config set` of a restart-only value, then at once `node restart
+    // --pending`: a node that has not written the new value yet would
+    // find nothing pending and never load it.
+    let mut c = three(&[]);
+    c.config_version = 5;
+    c.members.get_mut("n2").unwrap().action = Some(crate::cluster::state::NodeAction {
+        id: 7,
+        kind: crate::cluster::state::NodeActionKind::RestartPending,
+    });
+    let at = |version: u64| NodeReport {
+        config_version: version,
+        ..replica("n2", 1_000, Some("n1"))
+    };
+    let mut s = soft(
+        &c,
+        vec![
+            (
+                NodeReport {
+                    config_version: 5,
+                    ..primary("n1", 1_000)
+                },
+                9_900,
+            ),
+            (at(4), 9_900),
+            (
+                NodeReport {
+                    config_version: 5,
+                    ..replica("n3", 1_000, Some("n1"))
+                },
+                9_900,
+            ),
+        ],
+    );
+    s.confirmed_at = Some(10_000);
+    let d = run(&c, &s, 10_000, 0);
+    assert_eq!(commands_to(&d, "n2"), ["configure"], "{d:?}");
+    s.observe(&c, at(5), 10_100);
+    let d = run(&c, &s, 10_100, 0);
+    assert_eq!(commands_to(&d, "n2"), ["restart"], "{d:?}");
+}
+
+#[test]
 fn a_primary_that_stops_answering_loses_its_lease_and_is_replaced() {
     // PostgreSQL frozen with its agent alive: the agent's reports went on
     // showing the last (healthy) picture, the lease was renewed, and the
