@@ -112,6 +112,9 @@ pub struct EventJson {
     pub epoch: u64,
     pub timeline: u32,
     pub lsn: String,
+    /// The node an event is about (a fence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl From<&HistoryEvent> for EventJson {
@@ -125,6 +128,7 @@ impl From<&HistoryEvent> for EventJson {
             epoch: e.epoch,
             timeline: e.timeline,
             lsn: e.lsn.clone(),
+            node: none_if_empty(&e.node),
         }
     }
 }

@@ -163,6 +163,18 @@ async fn primary_agent_fault(
     let fin = d.wait_all_streaming(3, LONG).await;
     assert_eq!(fin.primary, new.name);
     assert_eq!(Deployment::node(&fin, &old.name).role, "replica");
+    // The fence is in the history, also when it happened while no agent
+    // ran (the next agent noticed it).
+    wait_for("the fence in the history", LONG, || async {
+        let out = d.cli(&["history", "--json"]);
+        let events: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        events
+            .as_array()?
+            .iter()
+            .any(|e| e["kind"] == "fence" && e["node"] == old.name.as_str())
+            .then_some(())
+    })
+    .await;
     let acks = w.stop().await;
     assert_no_overlap(&acks, &old, &new);
     let ids = ids_on(&new.address, PG_PORT).await;

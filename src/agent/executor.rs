@@ -105,7 +105,7 @@ async fn read_parameter_catalog(node: &Node) {
 pub async fn watch_keeper(node: Arc<Node>) {
     loop {
         tokio::time::sleep(KEEPER_WATCH_EVERY).await;
-        let Some((_, fences)) = node.sync_keeper().await else {
+        let Some((keeper, fences)) = node.sync_keeper().await else {
             continue;
         };
         if fences > 0 {
@@ -116,6 +116,9 @@ pub async fn watch_keeper(node: Arc<Node>) {
             node.set_phase(AgentPhase::Fenced);
             refresh(&node).await;
             callbacks::fire(&node, Event::Stop, "fenced");
+            if let Err(e) = node.update(|p| p.keeper_fences = Some((keeper.pid, keeper.fences))) {
+                tracing::warn!(error = %e, "cannot record the fence as noticed");
+            }
         }
     }
 }

@@ -105,7 +105,13 @@ pub async fn run(
         );
     }
     check_watchdog(&mut config, &pg).await;
+    let keeper_fences = (keeper.pid, keeper.fences);
     let node = Arc::new(Node::new(config, pg, keeper)?);
+    // From now on every fence of this keeper is counted, also one while no
+    // agent runs: the next agent notices it (`Node::new`).
+    if node.persisted().keeper_fences.is_none() {
+        node.update(|p| p.keeper_fences = Some(keeper_fences))?;
+    }
 
     let reply = tokio::select! {
         reply = session::register(&node, node.config.register_timeout) => reply?,

@@ -101,6 +101,8 @@ pub struct Node {
     /// The postmaster whose restart would load copied slots (see
     /// `agent::slots`); a request about an earlier server means nothing.
     restart_for_slots: Mutex<Option<i32>>,
+    /// Times this process entered the fenced phase (for the history).
+    fences: std::sync::atomic::AtomicU64,
 }
 
 /// A failsafe promise this node gave.
@@ -130,6 +132,13 @@ impl Node {
         let persisted = file.load()?;
         let (persisted_failsafe, persisted_intent) = (persisted.failsafe, persisted.intent);
         let session = rand::random::<u64>() | 1;
+        // Fences of this keeper not noticed by an agent yet are news; with
+        // no record (state from before it was kept), none are.
+        let fences_seen = match persisted.keeper_fences {
+            Some((pid, fences)) if pid == keeper.pid => (pid, fences),
+            Some(_) => (keeper.pid, 0),
+            None => (keeper.pid, keeper.fences),
+        };
         let lease = Lease::new(session, keeper.lease);
         let live = Mutex::new(Live::of(&config));
         Ok(Node {
@@ -150,7 +159,7 @@ impl Node {
             primary_lsn: AtomicU64::new(0),
             report_now: Notify::new(),
             lease_io: tokio::sync::Mutex::new(()),
-            fences_seen: Mutex::new(Some((keeper.pid, keeper.fences))),
+            fences_seen: Mutex::new(Some(fences_seen)),
             keeper: Mutex::new(Some(keeper)),
             lease_ttl_ms: AtomicU64::new(0),
             release_pending: std::sync::atomic::AtomicBool::new(false),
@@ -167,6 +176,7 @@ impl Node {
             live,
             wants_config: std::sync::atomic::AtomicBool::new(false),
             restart_for_slots: Mutex::new(None),
+            fences: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -473,7 +483,10 @@ impl Node {
     }
 
     pub fn set_phase(&self, phase: AgentPhase) {
-        *lock(&self.phase) = phase;
+        let previous = std::mem::replace(&mut *lock(&self.phase), phase);
+        if phase == AgentPhase::Fenced && previous != AgentPhase::Fenced {
+            self.fences.fetch_add(1, Ordering::Relaxed);
+        }
         self.report_now.notify_one();
     }
 
@@ -596,6 +609,7 @@ impl Node {
             wants_config: self.wants_config.load(Ordering::Relaxed),
             restart_to_load_slots: lock(&self.restart_for_slots)
                 .is_some_and(|pid| Some(pid) == self.pg.postmaster_pid()),
+            fences: self.fences.load(Ordering::Relaxed),
         };
         self.lease.sent(seq);
         report

@@ -47,6 +47,10 @@ pub struct Persisted {
     /// The permanent slots, as the configuration last written said.
     #[serde(default)]
     pub slots: Option<crate::cluster::slots::DeclaredSlots>,
+    /// The keeper (pid) and its count of fences an agent last noticed: a
+    /// fence while no agent ran (the agent killed) is noticed by the next.
+    #[serde(default)]
+    pub keeper_fences: Option<(u32, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -124,6 +124,16 @@ pub enum ClusterCommand {
         node: String,
         id: u64,
     },
+    /// Record in the history that `node`'s PostgreSQL was fenced: the
+    /// `fences`-th fence of agent session `session` (recorded once).
+    NoteFence {
+        cluster: String,
+        node: String,
+        session: u64,
+        fences: u64,
+        reason: String,
+        at_unix_ms: u64,
+    },
     /// Disaster recovery: bump every cluster's epoch by `bump` so that no
     /// agent trusts a decision taken before the group was re-formed.
     Recover { bump: u64, at_unix_ms: u64 },
@@ -280,6 +290,7 @@ impl ClusterCommand {
             | CancelScheduledSwitchover { cluster, .. }
             | RequestNodeAction { cluster, .. }
             | CompleteNodeAction { cluster, .. }
+            | NoteFence { cluster, .. }
             | RemoveCluster { cluster } => Some(cluster),
             Recover { .. } | RetireManager { .. } | RestoreState { .. } => None,
         }
@@ -347,6 +358,7 @@ impl ClusterCommand {
                         epoch: c.epoch,
                         timeline: 0,
                         lsn: Lsn(0),
+                        node: None,
                     };
                     c.push_history(event);
                 }
@@ -411,6 +423,7 @@ impl ClusterCommand {
                     epoch: 1,
                     timeline: 1,
                     lsn: Lsn(0),
+                    node: None,
                 };
                 c.push_history(event);
                 applied(c, format!("{node} bootstraps the cluster"))
@@ -469,6 +482,7 @@ impl ClusterCommand {
                     epoch: c.epoch,
                     timeline: *timeline,
                     lsn: *lsn,
+                    node: None,
                 };
                 c.push_history(event);
                 applied(c, format!("{node} is the primary of epoch {}", c.epoch))
@@ -648,6 +662,35 @@ impl ClusterCommand {
                 }
                 applied(c, format!("action {id} done"))
             }
+            NoteFence {
+                node,
+                session,
+                fences,
+                reason,
+                at_unix_ms,
+                ..
+            } => {
+                require_member(c, node)?;
+                let key = Some((*session, *fences));
+                if c.members.get(node).map(|m| m.last_fence) != Some(key) {
+                    let event = HistoryEvent {
+                        at_unix_ms: *at_unix_ms,
+                        kind: EventKind::Fence,
+                        reason: reason.clone(),
+                        old_primary: None,
+                        new_primary: None,
+                        epoch: c.epoch,
+                        timeline: 0,
+                        lsn: Lsn::default(),
+                        node: Some(node.clone()),
+                    };
+                    c.push_history(event);
+                    if let Some(m) = c.members.get_mut(node) {
+                        m.last_fence = key;
+                    }
+                }
+                applied(c, format!("{node} fenced"))
+            }
         }
     }
 }
@@ -706,6 +749,7 @@ fn register(
     }
     c.registrations += 1;
     let member = Member {
+        last_fence: None,
         name: name.to_string(),
         host: host.to_string(),
         port,

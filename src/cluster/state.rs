@@ -89,6 +89,10 @@ pub struct Member {
     pub registered: u64,
     /// An operator's request waiting to be carried out by the agent.
     pub action: Option<NodeAction>,
+    /// The last fence recorded in the history: the agent's session and
+    /// its count of fences then (see `NodeReport::fences`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fence: Option<(u64, u64)>,
 }
 
 impl Member {
@@ -173,6 +177,9 @@ pub enum EventKind {
     Config,
     /// A switchover was dropped: cancelled by an operator, or given up.
     SwitchoverCancelled,
+    /// A node's PostgreSQL was stopped as a writer without the lease (by
+    /// its keeper when the lease ran out, or on the leader's order).
+    Fence,
 }
 
 impl EventKind {
@@ -187,6 +194,7 @@ impl EventKind {
             EventKind::Resume => "resume",
             EventKind::Config => "config",
             EventKind::SwitchoverCancelled => "switchover_cancelled",
+            EventKind::Fence => "fence",
         }
     }
 
@@ -218,6 +226,9 @@ pub struct HistoryEvent {
     pub timeline: u32,
     /// Best known LSN of the new primary when the decision was taken.
     pub lsn: Lsn,
+    /// The node an event is about, when it is about one (a fence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Cluster {
@@ -248,6 +259,7 @@ impl Cluster {
             epoch: self.epoch,
             timeline: 0,
             lsn: Lsn::default(),
+            node: None,
         };
         self.push_history(event);
     }

@@ -208,6 +208,11 @@ pub struct NodeReport {
     /// it asks for a restart (see `cluster::slots::restart_to_load`).
     #[serde(default)]
     pub restart_to_load_slots: bool,
+    /// How many times this agent process has fenced its PostgreSQL (or
+    /// seen its keeper do it): the leader records each fence in the
+    /// history once.
+    #[serde(default)]
+    pub fences: u64,
 }
 
 /// How a command ended.

@@ -185,5 +185,6 @@ pub fn history_event(e: &Event) -> HistoryEvent {
         timeline: e.timeline,
         lsn: e.lsn.to_string(),
         at_unix_ms: e.at_unix_ms,
+        node: e.node.clone().unwrap_or_default(),
     }
 }

@@ -56,6 +56,8 @@ pub struct Agent {
     pub seq: u64,
     pub lease: Lease,
     pub phase: AgentPhase,
+    /// Times this agent process entered the fenced phase.
+    pub fences: u64,
     pub last_command: Option<CommandOutcome>,
     pub obs_pg: Option<PgStatus>,
     pub obs_data: DataDirState,
@@ -67,6 +69,16 @@ pub struct Agent {
     pub exec: Option<Execution>,
     pending: Option<Pending>,
     pub running: bool,
+}
+
+impl Agent {
+    /// `Node::set_phase`: counts fences.
+    fn enter(&mut self, phase: AgentPhase) {
+        if phase == AgentPhase::Fenced && self.phase != AgentPhase::Fenced {
+            self.fences += 1;
+        }
+        self.phase = phase;
+    }
 }
 
 /// What a step did: its outcome now, or a pause first (then the step
@@ -160,7 +172,7 @@ impl World {
             self.pg_kill(n, "keeper: the lease ran out");
             self.stats.keeper_fences += 1;
             if let Some(a) = self.nodes[n].agent.as_mut() {
-                a.phase = AgentPhase::Fenced;
+                a.enter(AgentPhase::Fenced);
             }
         }
     }
@@ -197,6 +209,7 @@ impl World {
             seq: 0,
             lease,
             phase: AgentPhase::Idle,
+            fences: 0,
             last_command: None,
             obs_pg: None,
             obs_data: DataDirState::Empty,
@@ -243,7 +256,7 @@ impl World {
             .is_some_and(|pg| !pg.in_recovery);
         if writable && self.lease_remaining(n) == 0 {
             self.pg_kill(n, "agent start: no lease");
-            self.agent(n).phase = AgentPhase::Fenced;
+            self.agent(n).enter(AgentPhase::Fenced);
         }
         self.agent(n).running = true;
         self.schedule(self.now, Ev::Observe { n, proc_ });
@@ -278,7 +291,7 @@ impl World {
     }
 
     fn set_phase(&mut self, n: usize, phase: AgentPhase) {
-        self.agent(n).phase = phase;
+        self.agent(n).enter(phase);
         self.report_now(n);
     }
 
@@ -312,6 +325,7 @@ impl World {
             settings: None,
             wants_config: false,
             restart_to_load_slots: false,
+            fences: a.fences,
             // PostgreSQL never freezes without its agent here (see mod.rs).
             unresponsive_ms: 0,
         };

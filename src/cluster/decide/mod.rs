@@ -30,6 +30,7 @@ use std::collections::BTreeSet;
 
 mod bootstrap;
 mod failover;
+mod fences;
 mod primary;
 mod removal;
 mod replicas;
@@ -40,6 +41,7 @@ mod tests;
 
 use bootstrap::{bootstrap, complete_actions, system_identifier};
 pub use failover::{manual_failover, ManualFailover};
+use fences::note_fences;
 pub use removal::{check_cluster_removal, check_node_removal};
 pub use switchover::check_switchover;
 
@@ -228,6 +230,11 @@ pub fn decide(input: &Input) -> Decision {
         }
     }
     replicas(input, primary, primary_ok, &mut d);
+    // Last: a history entry never delays a promotion or a lease (the
+    // commands of this pass are decided again after the commit).
+    if let Some(c) = note_fences(input) {
+        d.commit = Some(c);
+    }
     d
 }
 

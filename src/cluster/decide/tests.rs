@@ -490,6 +490,69 @@ fn a_pending_restart_waits_until_the_node_has_the_current_configuration() {
 }
 
 #[test]
+fn each_fence_goes_into_the_history_once_and_never_before_other_work() {
+    let mut c = three(&[]);
+    let fenced = |fences: u64| NodeReport {
+        phase: AgentPhase::Fenced,
+        session: 77,
+        fences,
+        postgres: None,
+        ..replica("n3", 1_000, Some("n1"))
+    };
+    let mut s = soft(
+        &c,
+        vec![
+            (primary("n1", 1_000), 9_900),
+            (replica("n2", 1_000, Some("n1")), 9_900),
+            (fenced(1), 9_900),
+        ],
+    );
+    s.confirmed_at = Some(10_000);
+    let d = run(&c, &s, 10_000, 1_234);
+    assert_eq!(
+        d.commit,
+        Some(ClusterCommand::NoteFence {
+            cluster: c.name.clone(),
+            node: "n3".into(),
+            session: 77,
+            fences: 1,
+            reason: d
+                .commit
+                .as_ref()
+                .and_then(|cmd| match cmd {
+                    ClusterCommand::NoteFence { reason, .. } => Some(reason.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            at_unix_ms: 1_234,
+        }),
+        "{d:?}"
+    );
+    let mut state = ClusterState::default();
+    state.clusters.insert(c.name.clone(), c.clone());
+    d.commit.clone().unwrap().apply(&mut state).unwrap();
+    // Recorded: not again; the same command twice records it once.
+    d.commit.clone().unwrap().apply(&mut state).unwrap();
+    let after = &state.clusters[&c.name];
+    let fences: Vec<_> = after
+        .history
+        .iter()
+        .filter(|e| e.kind == EventKind::Fence)
+        .collect();
+    assert_eq!(fences.len(), 1, "{:?}", after.history);
+    assert_eq!(fences[0].node.as_deref(), Some("n3"));
+    assert!(fences[0].reason.contains("n3's PostgreSQL was stopped"));
+    c.members.get_mut("n3").unwrap().last_fence = Some((77, 1));
+    assert_eq!(run(&c, &s, 10_000, 0).commit, None);
+    // The next fence of that agent is recorded.
+    s.observe(&c, fenced(2), 10_000);
+    assert!(matches!(
+        run(&c, &s, 10_000, 0).commit,
+        Some(ClusterCommand::NoteFence { fences: 2, .. })
+    ));
+}
+
+#[test]
 fn a_primary_that_stops_answering_loses_its_lease_and_is_replaced() {
     // PostgreSQL frozen with its agent alive: the agent's reports went on
     // showing the last (healthy) picture, the lease was renewed, and the

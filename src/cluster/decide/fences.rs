@@ -1,0 +1,28 @@
+//! Fences go into the history: who was stopped, when, in which epoch.
+
+use super::*;
+
+/// A node reports a fence the history does not hold yet: record it (one
+/// per fence: the agent counts them per session).
+pub(super) fn note_fences(input: &Input) -> Option<ClusterCommand> {
+    input.cluster.members.values().find_map(|m| {
+        let r = &fresh(input, &m.name)?.report;
+        let key = (r.session, r.fences);
+        (r.phase == crate::cluster::wire::AgentPhase::Fenced
+            && r.fences > 0
+            && m.last_fence != Some(key))
+        .then(|| ClusterCommand::NoteFence {
+            cluster: input.cluster.name.clone(),
+            node: m.name.clone(),
+            session: r.session,
+            fences: r.fences,
+            reason: format!(
+                "{}'s PostgreSQL was stopped: a writer without the lease (its keeper \
+                     stops it when the lease runs out; the leader fences any second writer); \
+                     it rejoins as a replica",
+                m.name
+            ),
+            at_unix_ms: input.wall_ms,
+        })
+    })
+}
