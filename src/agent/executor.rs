@@ -305,12 +305,11 @@ async fn create_cluster(node: &Node) -> anyhow::Result<()> {
 /// (`postgresql.replica_methods`, pg_basebackup by default).
 async fn clone(node: &Node, upstream: &Upstream) -> anyhow::Result<()> {
     let methods = node.live().replica_methods;
-    let method = node
-        .pg
+    // The driver logs which method made the copy.
+    node.pg
         .clone_replica(&methods, upstream, &node.config.cluster, CLONE_TIMEOUT)
         .await
         .context("clone")?;
-    tracing::info!(method = %method, from = %upstream.node, "cloned");
     Ok(())
 }
 
