@@ -68,6 +68,8 @@ struct AgentToml {
     socket_dir: PathBuf,
     /// More top-level keys.
     extra: String,
+    /// More `[postgresql]` keys, then more tables, at the end.
+    tail: String,
     register_timeout: String,
 }
 
@@ -83,6 +85,7 @@ impl AgentToml {
             state_dir: dir.join(format!("{name}-state")),
             socket_dir: dir.join(format!("{name}-socket")),
             extra: String::new(),
+            tail: String::new(),
             register_timeout: "3s".into(),
         }
     }
@@ -108,7 +111,8 @@ impl AgentToml {
              listen = \"127.0.0.1\"\n\
              port = {}\n\
              socket_dir = \"{}\"\n\
-             hba = [\"local all all trust\", \"host all all 127.0.0.1/32 trust\"]\n",
+             hba = [\"local all all trust\", \"host all all 127.0.0.1/32 trust\"]\n\
+             {}",
             self.name,
             self.managers
                 .iter()
@@ -122,6 +126,7 @@ impl AgentToml {
             self.data_dir.display(),
             self.pg_port,
             self.socket_dir.display(),
+            self.tail,
         );
         std::fs::write(path, text).unwrap();
         path.to_path_buf()
@@ -561,4 +566,84 @@ async fn agent_refuses_commands_of_an_older_epoch() {
         status.is_some_and(|s| s.success()),
         "the agent did not stop cleanly: {status:?}"
     );
+}
+
+#[test]
+fn agent_refuses_replica_methods_and_bootstrap_it_cannot_run() {
+    let dir = TestDir::new("agent-methods");
+    let root = dir.path();
+    let data = root.join("data");
+    initdb(&data);
+    let pristine = tree_digest(&data);
+    let not_executable = root.join("restore.sh");
+    std::fs::write(&not_executable, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&not_executable, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cases = [
+        (
+            "unknown",
+            "replica_methods = [\"pgbackrest\", \"basebackup\"]\n".to_string(),
+            "postgresql.replica_methods names \"pgbackrest\", which is not a method: add a \
+             [postgresql.replica_method.pgbackrest] table with its command, or use the built-in \
+             \"basebackup\""
+                .to_string(),
+        ),
+        (
+            "no-command",
+            "replica_methods = [\"pgbackrest\", \"basebackup\"]\n\
+             [postgresql.replica_method.pgbackrest]\ntimeout = \"2h\"\n"
+                .to_string(),
+            "postgresql.replica_method.pgbackrest has no command: give the program to run, e.g. \
+             command = \"/usr/local/bin/restore-replica\""
+                .to_string(),
+        ),
+        (
+            "not-executable",
+            format!(
+                "replica_methods = [\"script\"]\n\
+                 [postgresql.replica_method.script]\ncommand = \"{}\"\n",
+                not_executable.display()
+            ),
+            format!(
+                "postgresql.replica_method.script.command {} is not executable",
+                not_executable.display()
+            ),
+        ),
+        (
+            "no-bootstrap-program",
+            "[postgresql.bootstrap]\ncommand = \"/nonexistent/restore-cluster\"\n".to_string(),
+            "postgresql.bootstrap.command /nonexistent/restore-cluster does not exist: install \
+             the program or correct the path"
+                .to_string(),
+        ),
+    ];
+    for (name, tail, message) in cases {
+        let mut cfg = AgentToml::new(root, "n1", vec![nobody()], data.clone());
+        cfg.tail = tail;
+        cfg.state_dir = root.join(format!("{name}-state"));
+        let (code, err) = agent_refuses(
+            &cfg.write(&root.join(format!("{name}.toml"))),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            code, 2,
+            "{name}: a configuration error is a usage error: {err}"
+        );
+        assert!(
+            err.contains(&message),
+            "{name}: expected {message:?} in: {err}"
+        );
+        assert!(
+            pgquorum::keeper::running_pid(&cfg.state_dir).is_none(),
+            "{name}: a keeper was started"
+        );
+        assert!(
+            processes_in(&data).is_empty(),
+            "{name}: PostgreSQL was started"
+        );
+        assert_eq!(
+            tree_digest(&data),
+            pristine,
+            "{name}: the data directory changed"
+        );
+    }
 }

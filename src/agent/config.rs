@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::postgres::PgConfig;
+use super::postgres::{ExternalCommand, PgConfig, ReplicaMethod, BASEBACKUP};
 use crate::cluster::command::valid_name;
 use crate::cluster::Tags;
 use crate::security::exposure::{self, Plaintext};
@@ -57,7 +57,33 @@ pub struct PostgresFile {
     /// configuration).
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// How a replica's data directory is created, tried in order:
+    /// `basebackup` (pg_basebackup, the default) or a name from
+    /// `[postgresql.replica_method.NAME]`.
+    pub replica_methods: Option<Vec<String>>,
+    /// The operator's replica methods by name.
+    #[serde(default)]
+    pub replica_method: BTreeMap<String, CommandFile>,
+    /// A program that creates a new cluster's data directory instead of
+    /// initdb (a restore from a backup).
+    pub bootstrap: Option<CommandFile>,
 }
+
+/// `[postgresql.replica_method.NAME]` and `[postgresql.bootstrap]`: a
+/// program run as the PostgreSQL OS user, without a shell.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandFile {
+    /// Absolute path of the program.
+    pub command: Option<PathBuf>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// How long it may run (default 1h).
+    pub timeout: Option<String>,
+}
+
+/// How long a replica method or bootstrap command may run by default.
+pub const DEFAULT_METHOD_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// `[callbacks]` in the file: scripts run on events, with the role and the
 /// cluster name as arguments.
@@ -204,6 +230,10 @@ pub struct AgentConfig {
     pub on_start: Option<PathBuf>,
     pub on_stop: Option<PathBuf>,
     pub callback_timeout: Duration,
+    /// How a replica's data directory is created, in order.
+    pub replica_methods: Vec<ReplicaMethod>,
+    /// Creates a new cluster instead of initdb.
+    pub bootstrap: Option<ExternalCommand>,
     /// How the agent dials the managers (mutual TLS, or plaintext).
     pub security: ClientSecurity,
     /// HTTPS for the HTTP endpoints.
@@ -239,6 +269,121 @@ fn parse_duration(
         Some(v) => humantime::parse_duration(v)
             .map_err(|_| invalid(format!("{key}: {v:?} is not a duration such as 30s"))),
     }
+}
+
+/// An operator's program: an absolute path to an executable file.
+fn check_program(key: &str, path: &Path) -> Result<(), AgentConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.is_relative() {
+        return Err(invalid(format!(
+            "{key}.command {}: give an absolute path (programs run with / as their working directory)",
+            path.display()
+        )));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            invalid(format!(
+                "{key}.command {} does not exist: install the program or correct the path",
+                path.display()
+            ))
+        } else {
+            invalid(format!("{key}.command {}: {e}", path.display()))
+        }
+    })?;
+    if !meta.is_file() {
+        return Err(invalid(format!(
+            "{key}.command {} is not a file: give the program itself",
+            path.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(invalid(format!(
+            "{key}.command {} is not executable: make it so (chmod +x); it runs as the PostgreSQL OS user",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `[postgresql.replica_method.NAME]` or `[postgresql.bootstrap]`, checked.
+fn resolve_command(key: &str, file: &CommandFile) -> Result<ExternalCommand, AgentConfigError> {
+    let program = file.command.clone().ok_or_else(|| {
+        invalid(format!(
+            "{key} has no command: give the program to run, e.g. command = \"/usr/local/bin/restore-replica\""
+        ))
+    })?;
+    check_program(key, &program)?;
+    let timeout = parse_duration(
+        &format!("{key}.timeout"),
+        file.timeout.as_deref(),
+        DEFAULT_METHOD_TIMEOUT,
+    )?;
+    if timeout.is_zero() {
+        return Err(invalid(format!("{key}.timeout must be longer than 0s")));
+    }
+    Ok(ExternalCommand {
+        program,
+        args: file.args.clone(),
+        timeout,
+    })
+}
+
+/// `postgresql.replica_methods` with their tables: every name listed is
+/// `basebackup` or has a table, every table is listed, none twice.
+fn resolve_replica_methods(
+    names: Option<&[String]>,
+    tables: &BTreeMap<String, CommandFile>,
+) -> Result<Vec<ReplicaMethod>, AgentConfigError> {
+    if tables.contains_key(BASEBACKUP) {
+        return Err(invalid(format!(
+            "[postgresql.replica_method.{BASEBACKUP}]: \"{BASEBACKUP}\" is the built-in pg_basebackup \
+             and takes no table; give your program another name"
+        )));
+    }
+    let Some(names) = names else {
+        if let Some(name) = tables.keys().next() {
+            return Err(invalid(format!(
+                "[postgresql.replica_method.{name}] is not used: list it in postgresql.replica_methods, \
+                 e.g. replica_methods = [\"{name}\", \"{BASEBACKUP}\"]"
+            )));
+        }
+        return Ok(vec![ReplicaMethod::Basebackup]);
+    };
+    if names.is_empty() {
+        return Err(invalid(format!(
+            "postgresql.replica_methods is empty: list at least one method, e.g. [\"{BASEBACKUP}\"]"
+        )));
+    }
+    let mut methods = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            return Err(invalid(format!(
+                "postgresql.replica_methods names {name:?} twice"
+            )));
+        }
+        if name == BASEBACKUP {
+            methods.push(ReplicaMethod::Basebackup);
+            continue;
+        }
+        let Some(table) = tables.get(name) else {
+            return Err(invalid(format!(
+                "postgresql.replica_methods names {name:?}, which is not a method: add a \
+                 [postgresql.replica_method.{name}] table with its command, or use the built-in \
+                 \"{BASEBACKUP}\""
+            )));
+        };
+        methods.push(ReplicaMethod::Command {
+            name: name.clone(),
+            command: resolve_command(&format!("postgresql.replica_method.{name}"), table)?,
+        });
+    }
+    if let Some(name) = tables.keys().find(|n| !names.contains(n)) {
+        return Err(invalid(format!(
+            "[postgresql.replica_method.{name}] is not used: list it in postgresql.replica_methods \
+             or remove the table"
+        )));
+    }
+    Ok(methods)
 }
 
 /// Default pg_hba lines: the agent's own local connections, the keeper's
@@ -449,6 +594,13 @@ impl AgentConfig {
         let hba = pg
             .hba
             .unwrap_or_else(|| default_hba(&superuser, &replication_user));
+        let replica_methods =
+            resolve_replica_methods(pg.replica_methods.as_deref(), &pg.replica_method)?;
+        let bootstrap = pg
+            .bootstrap
+            .as_ref()
+            .map(|b| resolve_command("postgresql.bootstrap", b))
+            .transpose()?;
         let callbacks = file.callbacks;
         let tls = args
             .tls
@@ -528,6 +680,8 @@ impl AgentConfig {
             on_role_change: callbacks.on_role_change,
             on_start: callbacks.on_start,
             on_stop: callbacks.on_stop,
+            replica_methods,
+            bootstrap,
             callback_timeout: parse_duration(
                 "callbacks.timeout",
                 callbacks.timeout.as_deref(),
@@ -583,5 +737,165 @@ mod tests {
         let err = toml::from_str::<AgentFile>("name = \"n1\"\n[postgresql]\ndatadir = \"/x\"\n")
             .unwrap_err();
         assert!(err.to_string().contains("datadir"), "{err}");
+    }
+
+    /// The agent's configuration from a TOML file's text.
+    fn from_toml(text: &str) -> Result<AgentConfig, AgentConfigError> {
+        let file: AgentFile = toml::from_str(text).map_err(|e| AgentConfigError::Parse {
+            path: "agent.toml".into(),
+            message: e.to_string(),
+        })?;
+        AgentConfig::resolve(file, &args(), &["127.0.0.1:7001".into()])
+    }
+
+    fn refusal(text: &str) -> String {
+        match from_toml(text) {
+            Ok(c) => panic!("accepted: {:?}", c.replica_methods),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn replica_methods_default_to_basebackup() {
+        let c = from_toml("").unwrap();
+        assert_eq!(c.replica_methods, vec![ReplicaMethod::Basebackup]);
+        assert_eq!(c.bootstrap, None);
+    }
+
+    #[test]
+    fn replica_methods_and_bootstrap_are_resolved_in_order() {
+        let c = from_toml(
+            "[postgresql]\n\
+             replica_methods = [\"backup\", \"basebackup\"]\n\
+             [postgresql.replica_method.backup]\n\
+             command = \"/bin/true\"\n\
+             args = [\"--stanza\", \"main\"]\n\
+             timeout = \"30m\"\n\
+             [postgresql.bootstrap]\n\
+             command = \"/bin/echo\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.replica_methods,
+            vec![
+                ReplicaMethod::Command {
+                    name: "backup".into(),
+                    command: ExternalCommand {
+                        program: "/bin/true".into(),
+                        args: vec!["--stanza".into(), "main".into()],
+                        timeout: Duration::from_secs(1800),
+                    },
+                },
+                ReplicaMethod::Basebackup,
+            ]
+        );
+        assert_eq!(
+            c.bootstrap,
+            Some(ExternalCommand {
+                program: "/bin/echo".into(),
+                args: vec![],
+                timeout: DEFAULT_METHOD_TIMEOUT,
+            })
+        );
+    }
+
+    #[test]
+    fn bad_replica_methods_are_refused_with_what_to_do() {
+        assert_eq!(
+            refusal("[postgresql]\nreplica_methods = [\"tarball\", \"basebackup\"]\n"),
+            "postgresql.replica_methods names \"tarball\", which is not a method: add a \
+             [postgresql.replica_method.tarball] table with its command, or use the built-in \
+             \"basebackup\""
+        );
+        assert_eq!(
+            refusal(
+                "[postgresql]\nreplica_methods = [\"tarball\"]\n\
+                 [postgresql.replica_method.tarball]\ntimeout = \"1h\"\n"
+            ),
+            "postgresql.replica_method.tarball has no command: give the program to run, e.g. \
+             command = \"/usr/local/bin/restore-replica\""
+        );
+        assert_eq!(
+            refusal(
+                "[postgresql]\nreplica_methods = [\"tarball\"]\n\
+                 [postgresql.replica_method.tarball]\ncommand = \"/nonexistent/restore\"\n"
+            ),
+            "postgresql.replica_method.tarball.command /nonexistent/restore does not exist: \
+             install the program or correct the path"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("restore");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert_eq!(
+            refusal(&format!(
+                "[postgresql]\nreplica_methods = [\"tarball\"]\n\
+                 [postgresql.replica_method.tarball]\ncommand = \"{}\"\n",
+                script.display()
+            )),
+            format!(
+                "postgresql.replica_method.tarball.command {} is not executable: make it so \
+                 (chmod +x); it runs as the PostgreSQL OS user",
+                script.display()
+            )
+        );
+        assert_eq!(
+            refusal(
+                "[postgresql]\nreplica_methods = [\"tarball\"]\n\
+                 [postgresql.replica_method.tarball]\ncommand = \"restore.sh\"\n"
+            ),
+            "postgresql.replica_method.tarball.command restore.sh: give an absolute path \
+             (programs run with / as their working directory)"
+        );
+        assert_eq!(
+            refusal(&format!(
+                "[postgresql.bootstrap]\ncommand = \"{}\"\n",
+                dir.path().display()
+            )),
+            format!(
+                "postgresql.bootstrap.command {} is not a file: give the program itself",
+                dir.path().display()
+            )
+        );
+        assert_eq!(
+            refusal("[postgresql]\nreplica_methods = []\n"),
+            "postgresql.replica_methods is empty: list at least one method, e.g. [\"basebackup\"]"
+        );
+        assert_eq!(
+            refusal("[postgresql]\nreplica_methods = [\"basebackup\", \"basebackup\"]\n"),
+            "postgresql.replica_methods names \"basebackup\" twice"
+        );
+        assert_eq!(
+            refusal("[postgresql.replica_method.basebackup]\ncommand = \"/bin/true\"\n"),
+            "[postgresql.replica_method.basebackup]: \"basebackup\" is the built-in \
+             pg_basebackup and takes no table; give your program another name"
+        );
+        assert_eq!(
+            refusal("[postgresql.replica_method.backup]\ncommand = \"/bin/true\"\n"),
+            "[postgresql.replica_method.backup] is not used: list it in \
+             postgresql.replica_methods, e.g. replica_methods = [\"backup\", \"basebackup\"]"
+        );
+        assert_eq!(
+            refusal(
+                "[postgresql]\nreplica_methods = [\"basebackup\"]\n\
+                 [postgresql.replica_method.backup]\ncommand = \"/bin/true\"\n"
+            ),
+            "[postgresql.replica_method.backup] is not used: list it in \
+             postgresql.replica_methods or remove the table"
+        );
+        assert_eq!(
+            refusal("[postgresql.bootstrap]\ncommand = \"/bin/true\"\ntimeout = \"0s\"\n"),
+            "postgresql.bootstrap.timeout must be longer than 0s"
+        );
+        assert_eq!(
+            refusal("[postgresql.bootstrap]\ncommand = \"/bin/true\"\ntimeout = \"soon\"\n"),
+            "postgresql.bootstrap.timeout: \"soon\" is not a duration such as 30s"
+        );
+        // Patroni's `no_leader` has no counterpart: pgquorum clones only
+        // from a running upstream.
+        let e = refusal(
+            "[postgresql]\nreplica_methods = [\"backup\"]\n\
+             [postgresql.replica_method.backup]\ncommand = \"/bin/true\"\nno_upstream = true\n",
+        );
+        assert!(e.contains("unknown field `no_upstream`"), "{e}");
     }
 }

@@ -124,6 +124,8 @@ pub enum Step {
     /// Give the lease up (the keeper stops enforcing it).
     ReleaseLease,
     Phase(AgentPhase),
+    /// Create a new cluster in the empty data directory: initdb, or the
+    /// operator's bootstrap command.
     Initdb,
     WriteConfig {
         settings: ManagedSettings,
@@ -143,13 +145,16 @@ pub enum Step {
     CrashRecover,
     /// pg_rewind from the upstream: [`Outcome::Rewound`].
     Rewind(Upstream),
-    /// pg_basebackup from the upstream into the empty data directory.
+    /// Create a copy of the upstream in the empty data directory: the
+    /// configured replica methods in order (pg_basebackup by default).
     Clone(Upstream),
     Wipe,
     /// Can the upstream's PostgreSQL be reached? [`Outcome::Yes`]/`No`.
     IsReachable(Upstream),
     /// Wait (bounded, 5 s) until streaming from the upstream: `Yes`/`No`.
     WaitStreaming(Upstream),
+    /// Once the new primary takes writes (a restored backup ends archive
+    /// recovery first), create the replication role.
     EnsureReplicationRole,
     /// A user callback, fired and forgotten.
     Callback(Event, &'static str),

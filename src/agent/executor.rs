@@ -228,7 +228,7 @@ async fn perform(node: &Node, step: &Step) -> Outcome {
             node.set_phase(*phase);
             Outcome::Ok
         }
-        Step::Initdb => done(node.pg.initdb().await.context("initdb")),
+        Step::Initdb => done(create_cluster(node).await),
         Step::WriteConfig { settings, upstream } => {
             done(write_config(node, settings, upstream.as_ref()).await)
         }
@@ -276,30 +276,58 @@ async fn perform(node: &Node, step: &Step) -> Outcome {
             Ok(o) => Outcome::Rewound(o),
             Err(e) => Outcome::Failed(e.to_string()),
         },
-        Step::Clone(upstream) => done(
-            node.pg
-                .basebackup(upstream, CLONE_TIMEOUT)
-                .await
-                .context("clone"),
-        ),
+        Step::Clone(upstream) => done(clone(node, upstream).await),
         Step::Wipe => done(node.pg.wipe().await.map_err(Into::into)),
         Step::IsReachable(upstream) => yes_no(node.pg.upstream_reachable(upstream).await),
         Step::WaitStreaming(upstream) => {
             yes_no(wait_streaming(node, upstream, Duration::from_secs(5)).await)
         }
-        Step::EnsureReplicationRole => done(
-            node.pg
-                .ensure_replication_role()
-                .await
-                .map(|_| ())
-                .map_err(Into::into),
-        ),
+        Step::EnsureReplicationRole => done(ensure_replication_role(node).await),
         Step::Callback(event, role) => {
             callbacks::fire(node, *event, role);
             Outcome::Ok
         }
         Step::Done(_) => Outcome::Ok,
     }
+}
+
+/// A new cluster: initdb, or the operator's bootstrap command
+/// (`[postgresql.bootstrap]`).
+async fn create_cluster(node: &Node) -> anyhow::Result<()> {
+    match node.live().bootstrap {
+        None => node.pg.initdb().await.context("initdb"),
+        Some(command) => node
+            .pg
+            .bootstrap_with(&command, &node.config.cluster)
+            .await
+            .with_context(|| format!("bootstrap with {}", command.program.display())),
+    }
+}
+
+/// A replica's data directory: the configured methods in order
+/// (`postgresql.replica_methods`, pg_basebackup by default).
+async fn clone(node: &Node, upstream: &Upstream) -> anyhow::Result<()> {
+    let methods = node.live().replica_methods;
+    // The driver logs which method made the copy.
+    node.pg
+        .clone_replica(&methods, upstream, &node.config.cluster, CLONE_TIMEOUT)
+        .await
+        .context("clone")?;
+    Ok(())
+}
+
+/// The new primary's replication role. A cluster bootstrapped from a
+/// backup that left `recovery.signal` runs archive recovery first and
+/// promotes itself at its end: wait for that (as long as the bootstrap
+/// command may run), so that the node acts as primary only once writable.
+async fn ensure_replication_role(node: &Node) -> anyhow::Result<()> {
+    let limit = node
+        .live()
+        .bootstrap
+        .map_or(START_TIMEOUT, |b| b.timeout.max(START_TIMEOUT));
+    node.pg.await_writable(limit).await?;
+    node.pg.ensure_replication_role().await?;
+    Ok(())
 }
 
 /// What the agent core decides on: a fresh look at PostgreSQL plus what

@@ -5,8 +5,10 @@
 //! `nosync`, `priority`: the node registers again, which the leader
 //! commits), the node's own `[postgresql.parameters]` (written and
 //! reloaded into PostgreSQL with the next configuration the leader sends,
-//! asked for at once; a restart-only one shows as pending restart) and
-//! the callbacks. Everything else (name, cluster, addresses,
+//! asked for at once; a restart-only one shows as pending restart), the
+//! callbacks, the replica methods and the bootstrap command (used by the
+//! next clone or bootstrap; one under way finishes with the old ones).
+//! Everything else (name, cluster, addresses,
 //! ports, directories, TLS) is named in a warning and takes effect at the
 //! next restart of the agent. A file that no longer parses changes
 //! nothing: the error is logged and the running configuration stays.
@@ -20,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::config::{AgentConfig, WatchdogMode};
 use super::node::Node;
+use super::postgres::{ExternalCommand, ReplicaMethod};
 use crate::cluster::state::Tags;
 
 /// The part of the configuration a reload changes in the running agent.
@@ -31,6 +34,8 @@ pub struct Live {
     pub on_start: Option<PathBuf>,
     pub on_stop: Option<PathBuf>,
     pub callback_timeout: Duration,
+    pub replica_methods: Vec<ReplicaMethod>,
+    pub bootstrap: Option<ExternalCommand>,
 }
 
 impl Live {
@@ -42,6 +47,8 @@ impl Live {
             on_start: config.on_start.clone(),
             on_stop: config.on_stop.clone(),
             callback_timeout: config.callback_timeout,
+            replica_methods: config.replica_methods.clone(),
+            bootstrap: config.bootstrap.clone(),
         }
     }
 }
@@ -164,6 +171,13 @@ pub async fn apply(node: &Arc<Node>, mut new: AgentConfig) {
         );
         // The leader's `config set` checks name this node's own settings.
         node.set_server_settings(None);
+    }
+    if before.replica_methods != after.replica_methods || before.bootstrap != after.bootstrap {
+        tracing::info!(
+            replica_methods = ?after.replica_methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            bootstrap = ?after.bootstrap.as_ref().map(|b| b.program.display().to_string()),
+            "replica methods / bootstrap command changed: the next clone or bootstrap uses them"
+        );
     }
     if before.tags != after.tags {
         // In the background, until the leader takes them: commands must

@@ -34,6 +34,8 @@ pub struct Deployment {
     /// Extra agent configuration: top-level keys (`{host}` stands for the
     /// host's name), and tables at the end.
     pub agent_top: String,
+    /// Extra keys of the agents' `[postgresql]` table.
+    pub agent_postgresql: String,
     pub agent_tables: String,
     /// Extra environment of the agents (test hooks).
     pub agent_env: Vec<(String, String)>,
@@ -67,6 +69,19 @@ impl Deployment {
         agent_tables: &str,
         agent_env: &[(&str, &str)],
     ) -> Deployment {
+        Self::start_full(net, extra_config, agent_top, "", agent_tables, agent_env).await
+    }
+
+    /// `start_custom`, with extra keys in the agents' `[postgresql]` table
+    /// too.
+    pub async fn start_full(
+        net: &Network,
+        extra_config: &[(&str, &str)],
+        agent_top: &str,
+        agent_postgresql: &str,
+        agent_tables: &str,
+        agent_env: &[(&str, &str)],
+    ) -> Deployment {
         let dir = traversable_tempdir();
         let peers = net
             .hosts
@@ -83,6 +98,7 @@ impl Deployment {
             agents: BTreeMap::new(),
             peers,
             agent_top: agent_top.to_string(),
+            agent_postgresql: agent_postgresql.to_string(),
             agent_tables: agent_tables.to_string(),
             agent_env: agent_env
                 .iter()
@@ -167,6 +183,11 @@ impl Deployment {
                     pg_port: PG_PORT,
                     http_port: HTTP_PORT,
                 }
+            )
+            .replacen(
+                "[postgresql]\n",
+                &format!("[postgresql]\n{}", self.agent_postgresql),
+                1
             ),
             self.agent_tables
         );

@@ -76,6 +76,24 @@ pub enum PgError {
         tail: Tail,
     },
 
+    #[error("`{command}` exited successfully but {problem}; {hint}{tail}")]
+    BadResult {
+        command: String,
+        problem: String,
+        hint: String,
+        tail: Tail,
+    },
+
+    #[error(
+        "no replica-creation method could clone from {from} (tried {tried}); the data directory \
+         was left empty: fix the methods (postgresql.replica_methods) or the upstream\n{failures}"
+    )]
+    CloneFailed {
+        from: String,
+        tried: String,
+        failures: String,
+    },
+
     #[error("refusing to {action} {path}: {reason}; {hint}")]
     Refused {
         action: &'static str,

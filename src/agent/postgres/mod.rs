@@ -15,7 +15,11 @@
 //!
 //! * bootstrap: `initdb` → `write_config(s, None)` → `start` →
 //!   `ensure_replication_role`.
-//! * clone: `basebackup(up)` → `write_config(s, Some(up))` →
+//! * bootstrap from a backup: `bootstrap_with(cmd)` instead of `initdb`,
+//!   then as above; `await_writable` before `ensure_replication_role`
+//!   (a restore that left `recovery.signal` ends archive recovery first).
+//! * clone: `clone_replica(methods, up)` (the operator's methods in order,
+//!   `pg_basebackup` by default) → `write_config(s, Some(up))` →
 //!   `set_standby(true)` → `start`.
 //! * rejoin an old primary: `fence`/`stop` → `rewind(up)` (runs crash
 //!   recovery and a CHECKPOINT on `up` itself) → `write_config(s, Some(up))`
@@ -29,6 +33,7 @@
 mod conf;
 mod datadir;
 mod error;
+mod methods;
 mod process;
 mod server;
 mod slot_files;
@@ -40,6 +45,7 @@ pub use crate::cluster::wire::{
     DataDirState, ManagedSettings, PgStatus, ReplicaConnection, Upstream, WalReceiver,
 };
 pub use error::{PgError, Tail};
+pub use methods::{method_env, ExternalCommand, ReplicaMethod, BASEBACKUP};
 pub use process::OsUser;
 pub use sql::{Look, SlotView};
 

@@ -165,6 +165,10 @@ pub struct Cmd {
     pub c_locale: bool,
     /// What to do when it fails: ends up in the error message.
     pub hint: String,
+    /// Run it in a process group of its own, and kill the whole group when
+    /// it fails or times out: an operator's script may leave children (tar,
+    /// a backup tool) that would otherwise go on writing.
+    pub own_group: bool,
 }
 
 impl Cmd {
@@ -176,6 +180,7 @@ impl Cmd {
             timeout,
             c_locale: true,
             hint: String::new(),
+            own_group: false,
         }
     }
 
@@ -270,6 +275,9 @@ pub async fn run(user: &OsUser, cmd: &Cmd) -> Result<RunOutput, PgError> {
     if user.switch {
         c.uid(user.uid).gid(user.gid);
     }
+    if cmd.own_group {
+        c.process_group(0);
+    }
     for (k, v) in &cmd.envs {
         c.env(k, v);
     }
@@ -279,6 +287,17 @@ pub async fn run(user: &OsUser, cmd: &Cmd) -> Result<RunOutput, PgError> {
         program: cmd.program.clone(),
         source: e,
     })?;
+    // With its own group, the group's id is the child's pid.
+    let group = cmd.own_group.then(|| child.id()).flatten();
+    let kill_group = || {
+        if let Some(pgid) = group {
+            // Whatever of it still runs; ESRCH when nothing does.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    };
     let (out, err) = (child.stdout.take(), child.stderr.take());
     let (mut out_buf, mut err_buf) = (Vec::new(), Vec::new());
     let waited = tokio::time::timeout(cmd.timeout, async {
@@ -298,6 +317,7 @@ pub async fn run(user: &OsUser, cmd: &Cmd) -> Result<RunOutput, PgError> {
     };
     let status = match waited {
         Err(_) => {
+            kill_group();
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
             tracing::warn!(command = %shown, timeout = ?cmd.timeout, "killed after timeout");
@@ -315,6 +335,7 @@ pub async fn run(user: &OsUser, cmd: &Cmd) -> Result<RunOutput, PgError> {
     if status.success() {
         Ok(output)
     } else {
+        kill_group();
         Err(PgError::Failed {
             command: shown,
             status: status.to_string(),

@@ -92,7 +92,7 @@ impl Postgres {
         self.user.ensure_file(&self.cfg.log_file, 0o600)
     }
 
-    fn refuse_unless_empty(
+    pub(super) fn refuse_unless_empty(
         &self,
         state: &DataDirState,
         action: &'static str,

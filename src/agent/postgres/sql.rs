@@ -467,6 +467,66 @@ impl Postgres {
         Err(self.promote_failed(&format!("still in recovery {timeout:?} after pg_promote")))
     }
 
+    /// Wait until this server takes writes (`pg_is_in_recovery()` is
+    /// false). A cluster bootstrapped from a backup with `recovery.signal`
+    /// accepts connections once consistent but finishes archive recovery,
+    /// and promotes itself at its end, only later. Connection errors count
+    /// as "not yet" until `timeout`.
+    pub async fn await_writable(&self, timeout: Duration) -> Result<(), PgError> {
+        let t0 = std::time::Instant::now();
+        let mut told = false;
+        loop {
+            let why = match self.in_recovery().await {
+                Ok(false) => {
+                    if told {
+                        tracing::info!(elapsed = ?t0.elapsed(), "archive recovery done: the server takes writes");
+                    }
+                    return Ok(());
+                }
+                Ok(true) => "it is still in recovery".to_string(),
+                Err(e) => e.to_string(),
+            };
+            if !told {
+                tracing::info!(why = %why, "waiting for the server to finish recovery and take writes");
+                told = true;
+            }
+            if t0.elapsed() >= timeout {
+                return Err(PgError::Failed {
+                    command: "SELECT pg_is_in_recovery()".to_string(),
+                    status: format!("not writable after {timeout:?}: {why}"),
+                    hint: format!(
+                        "a data directory restored with recovery.signal must end archive recovery \
+                         and promote itself (no recovery target, or recovery_target_action = \
+                         'promote'); see the server log {}",
+                        self.cfg.log_file.display()
+                    ),
+                    tail: Default::default(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The system identifier of `up`'s cluster (as its superuser).
+    pub(crate) async fn system_identifier_of(&self, up: &Upstream) -> Result<u64, PgError> {
+        let sets = self
+            .query_on(
+                Target::Remote(up),
+                "reading the system identifier",
+                "SELECT system_identifier FROM pg_control_system()",
+                Duration::from_secs(5),
+            )
+            .await?;
+        first_value(&sets)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| PgError::Failed {
+                command: "SELECT system_identifier FROM pg_control_system()".to_string(),
+                status: "no number in the answer".to_string(),
+                hint: format!("on {}", up.node),
+                tail: Default::default(),
+            })
+    }
+
     /// Whether `up` answers a query (its PostgreSQL runs and lets us in).
     pub async fn upstream_reachable(&self, up: &Upstream) -> bool {
         self.query_on(
