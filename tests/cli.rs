@@ -498,7 +498,7 @@ async fn sighup_reloads_tags_and_node_parameters_without_restarting_postgres() {
     .await;
     assert_eq!(
         sql_value(&host.address, "SELECT pg_postmaster_start_time()").await,
-        Some(started),
+        Some(started.clone()),
         "PostgreSQL was restarted"
     );
     assert_eq!(
@@ -511,6 +511,38 @@ async fn sighup_reloads_tags_and_node_parameters_without_restarting_postgres() {
     assert_eq!(
         sql_value(&other.address, "SHOW work_mem").await.as_deref(),
         Some("4MB")
+    );
+
+    // `node reload` does the same from anywhere: a broken file fails the
+    // command with the parser's message and changes nothing…
+    std::fs::write(&config, format!("{edited}\n[tags]\nnofailover = maybe\n")).unwrap();
+    let out = d.cli(&["node", "reload", &replica]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nofailover") && stderr(&out).contains("fix the file"),
+        "{}",
+        stderr(&out)
+    );
+    // … and a good one is applied before the command returns.
+    let again = original.replace(
+        "max_connections = \"50\"\n",
+        "max_connections = \"50\"\nwork_mem = \"9MB\"\n",
+    );
+    std::fs::write(&config, again).unwrap();
+    let out = d.cli(&["node", "reload", "--role", "any"]);
+    assert!(out.status.success(), "node reload: {}", stderr(&out));
+    wait_for("nofailover gone and work_mem = 9MB", LONG, || async {
+        let nofailover = json(&d.cli(&["status", "--json"]))["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["name"] == replica.as_str() && n["nofailover"] == true);
+        (!nofailover && sql_value(&host.address, "SHOW work_mem").await? == "9MB").then_some(())
+    })
+    .await;
+    assert_eq!(
+        sql_value(&host.address, "SELECT pg_postmaster_start_time()").await,
+        Some(started),
+        "PostgreSQL was restarted by node reload"
     );
 }
 

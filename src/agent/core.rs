@@ -137,6 +137,9 @@ pub enum Step {
     StopImmediate,
     Restart,
     Reload,
+    /// Re-read the agent's configuration file and apply what may change
+    /// while running (`agent::reload`).
+    ReloadAgent,
     /// `pg_promote()` and wait until out of recovery.
     Promote,
     Checkpoint,
@@ -188,6 +191,7 @@ enum Program {
     Fence,
     Restart,
     Configure,
+    Reload,
 }
 
 /// One command under way.
@@ -295,6 +299,7 @@ impl Execution {
                 Program::Fence => self.fence(),
                 Program::Restart => self.restart(),
                 Program::Configure => self.configure(),
+                Program::Reload => self.reload(),
             };
             if let Some(step) = step {
                 return step;
@@ -361,6 +366,7 @@ impl Execution {
                     Action::Fence { .. } => Program::Fence,
                     Action::Restart { .. } => Program::Restart,
                     Action::Configure { .. } => Program::Configure,
+                    Action::Reload { .. } => Program::Reload,
                 };
                 self.jump(program, 0);
                 None
@@ -890,6 +896,11 @@ impl Execution {
                 if pending_only && !pending {
                     self.message = "no restart pending".into();
                     self.pc = 10;
+                } else if action_id == 0 && self.facts.intent == Intent::Primary {
+                    // The leader's restart to load copied slots is for
+                    // replicas: a primary creates its slots.
+                    self.message = "a primary: not restarted to load slots".into();
+                    self.pc = 10;
                 } else if self.facts.running {
                     self.message = "restarted".into();
                     if self.facts.intent == Intent::Primary {
@@ -916,6 +927,28 @@ impl Execution {
                 Some(Step::Persist(Change::CompletedAction(action_id)))
             ),
             _ => Some(Step::Done(Ok(self.message.clone()))),
+        }
+    }
+
+    /// `node reload`: the agent's file first (tags, node parameters,
+    /// callbacks…), then PostgreSQL's, in whatever role.
+    fn reload(&mut self) -> Option<Step> {
+        let Action::Reload { action_id } = self.command.action.clone() else {
+            return Some(Step::Done(Err("internal: not a reload".into())));
+        };
+        match self.pc {
+            0 => then!(self, 1, Some(Step::ReloadAgent)),
+            1 if self.facts.running => then!(self, 2, Some(Step::Reload)),
+            1 => {
+                self.pc = 2;
+                None
+            }
+            2 => then!(
+                self,
+                3,
+                Some(Step::Persist(Change::CompletedAction(action_id)))
+            ),
+            _ => Some(Step::Done(Ok("reloaded".into()))),
         }
     }
 

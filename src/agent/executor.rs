@@ -128,6 +128,7 @@ pub async fn run(
     node: Arc<Node>,
     mut commands: mpsc::Receiver<AgentCommand>,
     mut reloads: mpsc::Receiver<super::config::AgentConfig>,
+    load: super::reload::Loader,
 ) {
     loop {
         // A reloaded configuration is applied between commands.
@@ -141,7 +142,7 @@ pub async fn run(
         let Some(command) = command else { return };
         let action = command.action.name();
         tracing::info!(id = command.id, epoch = command.epoch, action, "command");
-        let result = execute(&node, &command).await;
+        let result = execute(&node, &command, &load).await;
         refresh(&node).await;
         let outcome = match result {
             Ok(message) => {
@@ -175,13 +176,26 @@ pub async fn run(
 /// Carry a command out: the agent core ([`super::core`]) decides each step
 /// from what it saw and what came of the steps before; here each step is
 /// done.
-async fn execute(node: &Node, command: &AgentCommand) -> anyhow::Result<String> {
+async fn execute(
+    node: &Arc<Node>,
+    command: &AgentCommand,
+    load: &super::reload::Loader,
+) -> anyhow::Result<String> {
     let mut execution = Execution::new(command.clone());
     loop {
         let step = execution.next_step();
         let outcome = match step {
             Step::Done(Ok(message)) => return Ok(message),
             Step::Done(Err(message)) => bail!(message),
+            Step::ReloadAgent => match load() {
+                Ok(config) => {
+                    super::reload::apply(node, config).await;
+                    Outcome::Ok
+                }
+                Err(e) => Outcome::Failed(format!(
+                    "{e:#}; the running configuration stays: fix the file and reload again"
+                )),
+            },
             step => perform(node, &step).await,
         };
         execution.outcome(outcome);
@@ -287,7 +301,8 @@ async fn perform(node: &Node, step: &Step) -> Outcome {
             callbacks::fire(node, *event, role);
             Outcome::Ok
         }
-        Step::Done(_) => Outcome::Ok,
+        // `ReloadAgent` is done in `execute`, which has the file's loader.
+        Step::Done(_) | Step::ReloadAgent => Outcome::Ok,
     }
 }
 

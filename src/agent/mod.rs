@@ -72,11 +72,13 @@ fn lock_node(config: &AgentConfig) -> anyhow::Result<nix::fcntl::Flock<std::fs::
 
 /// Run the agent until SIGTERM. PostgreSQL is left running under its
 /// keeper, which enforces the lease: a restarted agent picks both up again.
-/// `reload` reads the configuration again, on SIGHUP (see [`reload`]).
+/// `reload` reads the configuration again, on SIGHUP and `node reload`
+/// (see [`reload`]).
 pub async fn run(
     mut config: AgentConfig,
-    reload: impl Fn() -> anyhow::Result<AgentConfig> + Send + 'static,
+    reload: impl Fn() -> anyhow::Result<AgentConfig> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
+    let reload: reload::Loader = std::sync::Arc::new(reload);
     let mut stop = crate::signals::StopSignals::install();
     let hangup = reload::catch_hangup();
     let pg = prepare(&config)?;
@@ -138,8 +140,8 @@ pub async fn run(
         tokio::spawn(executor::watch_keeper(node.clone())),
         tokio::spawn(failsafe::run(node.clone())),
         tokio::spawn(slots::run(node.clone())),
-        tokio::spawn(reload::listen(hangup, reload, reloads_tx)),
-        tokio::spawn(executor::run(node.clone(), commands_rx, reloads_rx)),
+        tokio::spawn(reload::listen(hangup, reload.clone(), reloads_tx)),
+        tokio::spawn(executor::run(node.clone(), commands_rx, reloads_rx, reload)),
         tokio::spawn(session::run(node.clone(), commands_tx)),
     ];
     let http = {

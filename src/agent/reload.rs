@@ -25,6 +25,9 @@ use super::node::Node;
 use super::postgres::{ExternalCommand, ReplicaMethod};
 use crate::cluster::state::Tags;
 
+/// Reads the agent's configuration file again.
+pub type Loader = Arc<dyn Fn() -> anyhow::Result<AgentConfig> + Send + Sync>;
+
 /// The part of the configuration a reload changes in the running agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Live {
@@ -118,7 +121,7 @@ pub fn catch_hangup() -> Option<tokio::signal::unix::Signal> {
 /// executor (which applies it between commands, never during one).
 pub async fn listen(
     hangup: Option<tokio::signal::unix::Signal>,
-    load: impl Fn() -> anyhow::Result<AgentConfig>,
+    load: Loader,
     reloads: mpsc::Sender<AgentConfig>,
 ) {
     let Some(mut hangup) = hangup else { return };

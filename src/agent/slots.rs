@@ -31,10 +31,7 @@ async fn tend(node: &Node) -> Result<(), crate::agent::postgres::PgError> {
     let Some(use_slots) = persisted.use_slots else {
         return Ok(());
     };
-    if matches!(
-        node.phase(),
-        AgentPhase::Cloning | AgentPhase::Rewinding | AgentPhase::Bootstrapping
-    ) {
+    if writing_data_dir(node) {
         return Ok(());
     }
     let Some(pg) = node.observation().postgres else {
@@ -55,7 +52,9 @@ async fn tend(node: &Node) -> Result<(), crate::agent::postgres::PgError> {
             match node.pg.replication_slots_on(up).await {
                 Ok(slots) => Some(slots),
                 Err(e) => {
-                    tracing::debug!(error = %e, upstream = %up.node, "cannot see the upstream's slots");
+                    if warn_now() {
+                        tracing::warn!(error = %e, upstream = %up.node, "cannot read the upstream's replication slots, so this replica keeps no copy of the permanent ones: it connects as the superuser over TCP (set postgresql.superuser_password_file, or admit it in pg_hba.conf)");
+                    }
                     None
                 }
             }
@@ -75,9 +74,17 @@ async fn tend(node: &Node) -> Result<(), crate::agent::postgres::PgError> {
         logical_wal: view.logical_wal,
     };
     for action in slots::plan(&input, &view.slots) {
+        // A clone or rewind may have begun while this look lasted.
+        if writing_data_dir(node) {
+            return Ok(());
+        }
         let result = match &action {
             SlotAction::Copy(name) => match &persisted.upstream {
-                Some(up) => node.pg.copy_slot(up, name).await,
+                Some(up) => {
+                    node.pg
+                        .copy_slot(up, name, view.redo_lsn, pg.replay_lsn)
+                        .await
+                }
                 None => Ok(()),
             },
             SlotAction::DiscardCopy(name) => node.pg.discard_slot_copy(name),
@@ -89,6 +96,11 @@ async fn tend(node: &Node) -> Result<(), crate::agent::postgres::PgError> {
                     action,
                     SlotAction::Advance(..) | SlotAction::AdvanceLogical { .. }
                 ) => {}
+            Ok(()) if matches!(action, SlotAction::CreateLogical { .. }) => tracing::warn!(
+                ?action,
+                "created a permanent logical slot at the current position: a consumer of an \
+                 earlier slot of this name (on a former primary) misses what came in between"
+            ),
             Ok(()) => tracing::info!(?action, "replication slot changed"),
             Err(e) => tracing::warn!(?action, error = %e, "replication slot not changed"),
         }
@@ -97,6 +109,25 @@ async fn tend(node: &Node) -> Result<(), crate::agent::postgres::PgError> {
     let restart = slots::restart_to_load(&input);
     node.set_restart_to_load_slots(restart.then_some(postmaster).flatten());
     Ok(())
+}
+
+/// A clone, rewind or bootstrap writes the data directory: hands off.
+fn writing_data_dir(node: &Node) -> bool {
+    matches!(
+        node.phase(),
+        AgentPhase::Cloning | AgentPhase::Rewinding | AgentPhase::Bootstrapping
+    )
+}
+
+/// At most one warning a minute (the look runs every second).
+fn warn_now() -> bool {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = crate::lock::lock(&LAST);
+    let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+    if due {
+        *last = Some(std::time::Instant::now());
+    }
+    due
 }
 
 /// A replica reads its upstream's slots only when it keeps permanent ones.

@@ -110,6 +110,23 @@ pub enum NodeCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Re-read the agent configuration file on one node or several (as
+    /// `kill -HUP` of the agent would: tags, node parameters, callbacks,
+    /// replica methods) and reload PostgreSQL's configuration; PostgreSQL
+    /// is not restarted.
+    Reload {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// The nodes to reload (or pick them with --role).
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// Also every node in this role now: primary, replica or any.
+        #[arg(long, value_parser = ["primary", "replica", "any"])]
+        role: Option<String>,
+        /// Return once the reloads are requested.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Forget a node that is gone (its agent and keeper stopped), so that
     /// a replacement host can use its name. Refused for the primary, for a
     /// node whose agent still reports, and for a synchronous standby.
@@ -531,7 +548,7 @@ pub async fn failover(global: &GlobalArgs, args: FailoverArgs) -> Result<(), Fai
 
 pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failure> {
     let client = super::connect(global)?;
-    let (req, reinit, no_wait) = match command {
+    let (req, op, no_wait) = match command {
         NodeCommand::Remove {
             cluster,
             name,
@@ -562,20 +579,35 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
             pending,
             no_wait,
         } => {
-            let names = restart_order(&client, &cluster.cluster, names, role.as_deref()).await?;
-            for (i, name) in names.iter().enumerate() {
+            let names =
+                pick_nodes(&client, &cluster.cluster, names, role.as_deref(), "restart").await?;
+            return each_node(global, &client, &names, |node| {
                 let req = NodeRequest {
                     cluster: cluster.cluster.clone(),
-                    node: name.clone(),
+                    node,
                     pending_only: pending,
                 };
-                if i + 1 < names.len() {
-                    node_action(global, &client, req, false, no_wait).await?;
-                } else {
-                    return node_action(global, &client, req, false, no_wait).await;
-                }
-            }
-            return Ok(());
+                (req, NodeOp::Restart, no_wait)
+            })
+            .await;
+        }
+        NodeCommand::Reload {
+            cluster,
+            names,
+            role,
+            no_wait,
+        } => {
+            let names =
+                pick_nodes(&client, &cluster.cluster, names, role.as_deref(), "reload").await?;
+            return each_node(global, &client, &names, |node| {
+                let req = NodeRequest {
+                    cluster: cluster.cluster.clone(),
+                    node,
+                    pending_only: false,
+                };
+                (req, NodeOp::Reload, no_wait)
+            })
+            .await;
         }
         NodeCommand::Reinit {
             cluster,
@@ -592,25 +624,28 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
                 node: name,
                 pending_only: false,
             };
-            (req, true, no_wait)
+            (req, NodeOp::Reinit, no_wait)
         }
     };
-    node_action(global, &client, req, reinit, no_wait).await
+    node_action(global, &client, req, op, no_wait).await
 }
 
 /// Which nodes `node restart` restarts, in order: those named and those in
 /// `role`, replicas first and the primary last (a rolling restart moves
 /// the write outage to the end, once).
-async fn restart_order(
+/// The nodes named and those in `role`, the primary last (`what`: the
+/// operation, for the message when none is chosen).
+async fn pick_nodes(
     client: &super::ApiClient,
     cluster: &str,
     names: Vec<String>,
     role: Option<&str>,
+    what: &str,
 ) -> Result<Vec<String>, Failure> {
     if names.is_empty() && role.is_none() {
-        return Err(Failure::usage(
-            "name the nodes to restart, or pick them with --role primary|replica|any",
-        ));
+        return Err(Failure::usage(format!(
+            "name the nodes to {what}, or pick them with --role primary|replica|any"
+        )));
     }
     // A name the cluster does not know is refused by the managers, which
     // say so.
@@ -637,23 +672,50 @@ async fn restart_order(
     Ok(chosen)
 }
 
-/// Ask for a node's restart or re-initialisation, and wait for it unless
-/// `no_wait`.
+/// What `node_action` asks of a node.
+#[derive(Debug, Clone, Copy)]
+enum NodeOp {
+    Restart,
+    Reinit,
+    Reload,
+}
+
+/// `node_action` on each of `names` in turn, each done before the next.
+async fn each_node(
+    global: &GlobalArgs,
+    client: &super::ApiClient,
+    names: &[String],
+    request_for: impl Fn(String) -> (NodeRequest, NodeOp, bool),
+) -> Result<(), Failure> {
+    for name in names {
+        let (req, op, no_wait) = request_for(name.clone());
+        node_action(global, client, req, op, no_wait).await?;
+    }
+    Ok(())
+}
+
+/// Ask for a node's restart, re-initialisation or reload, and wait for it
+/// unless `no_wait`.
 async fn node_action(
     global: &GlobalArgs,
     client: &super::ApiClient,
     req: NodeRequest,
-    reinit: bool,
+    op: NodeOp,
     no_wait: bool,
 ) -> Result<(), Failure> {
+    let failure_before = if no_wait {
+        String::new()
+    } else {
+        super::progress::failure_now(client, &req.cluster, &req.node).await
+    };
     let r = client
         .call(|mut api, t| {
             let req = request(req.clone(), t);
             async move {
-                if reinit {
-                    api.reinit_node(req).await
-                } else {
-                    api.restart_node(req).await
+                match op {
+                    NodeOp::Reinit => api.reinit_node(req).await,
+                    NodeOp::Restart => api.restart_node(req).await,
+                    NodeOp::Reload => api.reload_node(req).await,
                 }
             }
         })
@@ -663,7 +725,10 @@ async fn node_action(
         wait(
             client,
             &cluster,
-            Goal::NodeDone { node: name.clone() },
+            Goal::NodeDone {
+                node: name.clone(),
+                failure_before,
+            },
             global.timeout.unwrap_or(WAIT),
         )
         .await?;

@@ -16,8 +16,12 @@ pub const WAIT: Duration = Duration::from_secs(180);
 pub enum Goal {
     /// A healthy primary in an epoch after `epoch` (and it is `to`, if given).
     NewPrimary { epoch: u64, to: Option<String> },
-    /// `node`'s operator action is carried out and it is healthy again.
-    NodeDone { node: String },
+    /// `node`'s operator action is carried out and it is healthy again;
+    /// a command failure other than `failure_before` ends the wait.
+    NodeDone {
+        node: String,
+        failure_before: String,
+    },
 }
 
 pub async fn status(client: &ApiClient, cluster: &str) -> Result<ClusterStatus, Failure> {
@@ -49,11 +53,40 @@ fn reached(goal: &Goal, s: &ClusterStatus) -> bool {
         Goal::NewPrimary { epoch, to } => {
             s.epoch > *epoch && healthy_primary && to.as_ref().is_none_or(|t| *t == s.primary)
         }
-        Goal::NodeDone { node } => s
+        Goal::NodeDone { node, .. } => s
             .nodes
             .iter()
             .any(|n| n.name == *node && n.pending_action.is_empty() && n.healthy),
     }
+}
+
+/// The node's agent reports a failed command it had not before the
+/// request: said at once instead of after the wait.
+fn new_failure(goal: &Goal, s: &ClusterStatus) -> Option<String> {
+    let Goal::NodeDone {
+        node,
+        failure_before,
+    } = goal
+    else {
+        return None;
+    };
+    let n = s.nodes.iter().find(|n| n.name == *node)?;
+    (!n.last_failure.is_empty() && n.last_failure != *failure_before).then(|| {
+        format!(
+            "{node}: {}; the leader tries again while the request stands (`pgquorum status` shows where it stands)",
+            n.last_failure
+        )
+    })
+}
+
+/// The node's last command failure now ("" when none), to tell a new one.
+pub async fn failure_now(client: &ApiClient, cluster: &str, node: &str) -> String {
+    status(client, cluster)
+        .await
+        .ok()
+        .and_then(|s| s.nodes.into_iter().find(|n| n.name == node))
+        .map(|n| n.last_failure)
+        .unwrap_or_default()
 }
 
 /// Poll the status until `goal` is reached; progress lines on a terminal.
@@ -79,6 +112,9 @@ pub async fn wait(
             }
             if reached(&goal, &s) {
                 return Ok(s);
+            }
+            if let Some(failure) = new_failure(&goal, &s) {
+                return Err(Failure::failed(failure));
             }
         }
         if started.elapsed() > limit {

@@ -391,6 +391,22 @@ impl DynamicConfig {
         }
         if slots_changed {
             next.slots = self.declare_slots(slots)?;
+            // A node still holding the removed slot (its consumer
+            // connected, the node down) would not start with a lower
+            // wal_level: one step at a time.
+            let dropped_logical = self.slots.slots.iter().any(|(name, s)| {
+                matches!(s, PermanentSlot::Logical { .. }) && !next.slots.slots.contains_key(name)
+            });
+            let lowered = self.parameters.get("wal_level") != next.parameters.get("wal_level");
+            if dropped_logical && lowered {
+                return Err(ConfigError::Inconsistent(
+                    "remove the logical slot first and lower wal_level once every node has \
+                     dropped it (SELECT slot_name FROM pg_replication_slots on each): \
+                     PostgreSQL holding a logical slot does not start with a lower wal_level; \
+                     nothing was changed"
+                        .to_string(),
+                ));
+            }
         }
         next.validate()?;
         Ok(next)
@@ -731,7 +747,13 @@ mod tests {
         );
         // Another plugin would be another slot.
         assert!(refused(&c, &[("slots.cdc.plugin", "wal2json")]).contains("cannot change"));
-        // Nor may wal_level go while a logical slot needs it.
+        // Nor may wal_level go while a logical slot needs it, nor in the
+        // change that removes it.
+        assert!(refused(
+            &c,
+            &[("slots.cdc", ""), ("postgresql.parameters.wal_level", "")]
+        )
+        .contains("remove the logical slot first"));
         assert!(
             refused(&c, &[("postgresql.parameters.wal_level", "replica")])
                 .contains("needs postgresql.parameters.wal_level=logical")

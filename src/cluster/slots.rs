@@ -244,6 +244,19 @@ pub fn permanent(input: &SlotInput<'_>, existing: &[Slot]) -> Vec<SlotAction> {
                 _ => {}
             },
             PermanentSlot::Logical { database, plugin } => {
+                // Another database or plugin is another slot (declared
+                // anew after a removal some node had not carried out).
+                let other = local.as_ref().is_some_and(|l| {
+                    l.logical
+                        .as_ref()
+                        .is_some_and(|x| x.database != *database || x.plugin != *plugin)
+                });
+                if other {
+                    if local.as_ref().is_some_and(|l| !l.active) {
+                        actions.push(SlotAction::Drop(name.clone()));
+                    }
+                    continue;
+                }
                 if !input.in_recovery {
                     if local.is_none() {
                         if input.unloaded.contains(name) {
@@ -268,12 +281,18 @@ pub fn permanent(input: &SlotInput<'_>, existing: &[Slot]) -> Vec<SlotAction> {
                 let Some(up) = theirs.logical.as_ref() else {
                     continue;
                 };
-                let up_confirmed = up.confirmed_flush.unwrap_or(Lsn(0));
+                // A slot being created has no confirmed position yet (and
+                // PostgreSQL drops it at start if copied now).
+                let Some(up_confirmed) = up.confirmed_flush else {
+                    continue;
+                };
                 match local {
                     Some(l) if l.active => {}
                     Some(l) => {
                         let mine = l.logical.as_ref().and_then(|x| x.confirmed_flush);
-                        if l.logical.is_none() || mine.is_some_and(|m| m > up_confirmed) {
+                        // Ahead of the primary's, or its WAL gone here:
+                        // copied again.
+                        if l.logical.is_none() || l.lost || mine.is_some_and(|m| m > up_confirmed) {
                             actions.push(SlotAction::Drop(name.clone()));
                         } else if mine.is_some_and(|m| m < up_confirmed)
                             && input.replay_lsn > mine.unwrap_or(Lsn(0))
@@ -520,6 +539,41 @@ mod tests {
                 &[slot("archiver", false, 700), logical("cdc", 400, 650)]
             ),
             vec![SlotAction::Drop("cdc".into())]
+        );
+        // Its WAL gone here (lost): copied again.
+        let lost = Slot {
+            lost: true,
+            ..logical("cdc", 400, 550)
+        };
+        assert_eq!(
+            permanent(&replica, &[slot("archiver", false, 700), lost]),
+            vec![SlotAction::Drop("cdc".into())]
+        );
+        // Another plugin (declared anew): dropped, then copied.
+        let mut other = logical("cdc", 400, 600);
+        if let Some(l) = other.logical.as_mut() {
+            l.plugin = "wal2json".into();
+        }
+        assert_eq!(
+            permanent(&replica, &[slot("archiver", false, 700), other]),
+            vec![SlotAction::Drop("cdc".into())]
+        );
+        // Being created on the primary (no confirmed position yet): not
+        // copied.
+        let mut creating = logical("cdc", 400, 0);
+        if let Some(l) = creating.logical.as_mut() {
+            l.confirmed_flush = None;
+        }
+        let up_creating = [slot("archiver", true, 700), creating];
+        assert_eq!(
+            permanent(
+                &SlotInput {
+                    upstream: Some(&up_creating),
+                    ..replica.clone()
+                },
+                &[slot("archiver", false, 700)]
+            ),
+            vec![]
         );
         // The upstream could not be read: copies stay as they are.
         let blind = SlotInput {

@@ -130,6 +130,8 @@ pub enum NodeActionKind {
     RestartPending,
     /// Wipe the data directory and clone again from the primary.
     Reinit,
+    /// Re-read the agent's configuration file and reload PostgreSQL's.
+    Reload,
 }
 
 /// A planned switchover.

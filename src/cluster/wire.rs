@@ -307,6 +307,9 @@ pub enum Action {
     },
     /// Apply managed settings and reload.
     Configure { settings: ManagedSettings },
+    /// Re-read the agent's configuration file (as on SIGHUP) and reload
+    /// PostgreSQL's (`pgquorum node reload`).
+    Reload { action_id: u64 },
 }
 
 impl Action {
@@ -322,6 +325,7 @@ impl Action {
             Action::Fence { .. } => "fence",
             Action::Restart { .. } => "restart",
             Action::Configure { .. } => "configure",
+            Action::Reload { .. } => "reload",
         }
     }
 }

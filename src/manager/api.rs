@@ -486,6 +486,17 @@ impl PgQuorum for ApiService {
         self.node_action(&r, kind).await
     }
 
+    async fn reload_node(
+        &self,
+        request: Request<NodeRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
+        self.node.guard.write(&request, "node reload")?;
+        forward!(self, request, reload_node);
+        let r = request.into_inner();
+        self.node_action(&r, crate::cluster::state::NodeActionKind::Reload)
+            .await
+    }
+
     async fn reinit_node(
         &self,
         request: Request<NodeRequest>,

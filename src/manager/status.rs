@@ -110,12 +110,19 @@ fn node_status(
             .map(|a| match a.kind {
                 crate::cluster::state::NodeActionKind::Restart => "restart",
                 crate::cluster::state::NodeActionKind::RestartPending => "restart_pending",
+                crate::cluster::state::NodeActionKind::Reload => "reload",
                 crate::cluster::state::NodeActionKind::Reinit => "reinit",
             })
             .unwrap_or_default()
             .to_string(),
         ..NodeStatus::default()
     };
+    if let Some(failed) = last
+        .and_then(|n| n.report.last_command.as_ref())
+        .filter(|c| !c.ok)
+    {
+        status.last_failure = format!("command {} failed: {}", failed.id, failed.message);
+    }
     let Some(soft) = fresh else {
         return status;
     };

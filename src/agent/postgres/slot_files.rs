@@ -16,6 +16,7 @@ use std::fs::File;
 use std::path::Path;
 
 use super::{PgError, Postgres, Upstream};
+use crate::cluster::lsn::Lsn;
 
 /// `SLOT_MAGIC` of `slot.c`.
 const MAGIC: u32 = 0x1051CA1;
@@ -24,8 +25,19 @@ const NOT_CHECKSUMMED: usize = 8;
 /// Magic, checksum, version and length.
 const CONSTANT: usize = 16;
 
-/// Why a state file is not one PostgreSQL would load.
-pub fn check_state(bytes: &[u8]) -> Result<(), String> {
+/// What a state file says about its slot (offsets of PostgreSQL 15's
+/// `ReplicationSlotPersistentData` after the 16-byte header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateInfo {
+    /// `RS_PERSISTENT`: a slot being created is ephemeral, and PostgreSQL
+    /// deletes ephemeral slots when it starts.
+    pub persistent: bool,
+    pub restart_lsn: Lsn,
+    pub confirmed_flush: Lsn,
+}
+
+/// Why a state file is not one PostgreSQL would load; what it says if it is.
+pub fn check_state(bytes: &[u8]) -> Result<StateInfo, String> {
     let word = |at: usize| {
         bytes
             .get(at..at + 4)
@@ -49,22 +61,64 @@ pub fn check_state(bytes: &[u8]) -> Result<(), String> {
     if computed != checksum {
         return Err(format!("checksum {checksum:#x}, computed {computed:#x}"));
     }
-    Ok(())
+    let lsn = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(|b| Lsn(u64::from_le_bytes(b)))
+    };
+    // persistency, restart_lsn, and (after invalidated_at) confirmed_flush.
+    match (word(CONSTANT + 68), lsn(CONSTANT + 80), lsn(CONSTANT + 96)) {
+        (Some(persistency), Some(restart_lsn), Some(confirmed_flush)) => Ok(StateInfo {
+            persistent: persistency == 0,
+            restart_lsn,
+            confirmed_flush,
+        }),
+        _ => Err(format!("{} bytes: too short for a slot", bytes.len())),
+    }
 }
 
 impl Postgres {
     /// Copy logical slot `name` from `up` into this (running, standby)
     /// server's data directory. It is loaded at the next start. Refuses to
-    /// replace a slot directory that exists.
-    pub async fn copy_slot(&self, up: &Upstream, name: &str) -> Result<(), PgError> {
+    /// replace a slot directory that exists, to create `pg_replslot` (a
+    /// data directory being cloned or wiped has none), and a state that is
+    /// not safe here after all: the file is read after the plan looked, so
+    /// it is checked again — a persistent slot (not one being created),
+    /// needing no WAL from before `oldest_wal`, confirmed no further than
+    /// `replayed`.
+    pub async fn copy_slot(
+        &self,
+        up: &Upstream,
+        name: &str,
+        oldest_wal: Lsn,
+        replayed: Lsn,
+    ) -> Result<(), PgError> {
         let bytes = self.slot_state_on(up, name).await?;
-        check_state(&bytes).map_err(|why| PgError::Failed {
+        let refuse = |why: String| PgError::Failed {
             command: format!("copying replication slot {name} from {}", up.node),
-            status: format!("its state file is not usable: {why}"),
+            status: format!("its state file is not usable here yet: {why}"),
             hint: "it is tried again; see the upstream's PostgreSQL log".to_string(),
             tail: Default::default(),
-        })?;
+        };
+        let info = check_state(&bytes).map_err(refuse)?;
+        if !info.persistent {
+            return Err(refuse("the slot is still being created".to_string()));
+        }
+        if info.restart_lsn < oldest_wal || info.confirmed_flush > replayed {
+            return Err(refuse(format!(
+                "it needs WAL from {} and is confirmed up to {}; this replica holds WAL from {} and replayed {}",
+                info.restart_lsn, info.confirmed_flush, oldest_wal, replayed
+            )));
+        }
         let dir = self.cfg.data_dir.join("pg_replslot");
+        if !dir.is_dir() || !self.cfg.data_dir.join("PG_VERSION").is_file() {
+            return Err(PgError::io(
+                "copy a replication slot into",
+                &dir,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
         let done = dir.join(name);
         if done.exists() {
             return Err(PgError::io(
@@ -77,6 +131,7 @@ impl Postgres {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| PgError::io("remove", &tmp, e))?;
         }
+        std::fs::create_dir(&tmp).map_err(|e| PgError::io("create directory", &tmp, e))?;
         self.user.ensure_dir(&tmp, 0o700, true)?;
         self.user.write_atomic(&tmp.join("state"), &bytes, 0o600)?;
         std::fs::rename(&tmp, &done).map_err(|e| PgError::io("rename", &tmp, e))?;
@@ -134,7 +189,14 @@ mod tests {
 
     #[test]
     fn accepts_what_postgres_wrote_and_nothing_damaged() {
-        assert_eq!(check_state(&bytes()), Ok(()));
+        assert_eq!(
+            check_state(&bytes()),
+            Ok(StateInfo {
+                persistent: true,
+                restart_lsn: "0/301FC70".parse().unwrap(),
+                confirmed_flush: "0/301FCA8".parse().unwrap(),
+            })
+        );
         let mut flipped = bytes();
         flipped[40] ^= 1;
         assert!(check_state(&flipped).unwrap_err().contains("checksum"));

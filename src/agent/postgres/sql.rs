@@ -799,7 +799,15 @@ impl Postgres {
             ),
             SlotAction::Copy(_) | SlotAction::DiscardCopy(_) => return Ok(()),
         };
-        self.query_in(Target::Local, database, what, &sql, Duration::from_secs(5))
+        // Creating a logical slot waits for every transaction running then;
+        // advancing one decodes the WAL in between: both may take a while.
+        let budget = match action {
+            SlotAction::CreateLogical { .. } | SlotAction::AdvanceLogical { .. } => {
+                Duration::from_secs(60)
+            }
+            _ => Duration::from_secs(5),
+        };
+        self.query_in(Target::Local, database, what, &sql, budget)
             .await
             .map(|_| ())
     }

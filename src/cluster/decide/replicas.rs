@@ -48,6 +48,9 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
                         action_id: action.id,
                         pending_only: action.kind == NodeActionKind::RestartPending,
                     },
+                    NodeActionKind::Reload => Action::Reload {
+                        action_id: action.id,
+                    },
                 };
                 command(input, d, &m.name, a);
                 continue;
@@ -112,7 +115,7 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
                     settings: replica_settings(cluster),
                 },
             );
-        } else if r.restart_to_load_slots {
+        } else if r.restart_to_load_slots && !restarting_any(input, d) {
             // Copies of the primary's logical slots wait in its data
             // directory; PostgreSQL loads slots only when it starts.
             command(
@@ -128,26 +131,24 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
     }
     if primary_ok {
         if let (Some(o), Some(action)) = (fresh(input, &primary.name), primary.action.as_ref()) {
-            // An operator's restart of the primary (a reinit is refused
-            // when it is requested).
-            let restart = matches!(
-                action.kind,
-                NodeActionKind::Restart | NodeActionKind::RestartPending
-            );
-            if restart
-                && o.report.completed_action != Some(action.id)
-                && !busy(input, &primary.name)
-                && applied_current_config(cluster, action, &o.report)
-            {
-                command(
-                    input,
-                    d,
-                    &primary.name,
-                    Action::Restart {
-                        action_id: action.id,
-                        pending_only: action.kind == NodeActionKind::RestartPending,
-                    },
-                );
+            // An operator's restart or reload of the primary (a reinit is
+            // refused when it is requested).
+            let a = match action.kind {
+                NodeActionKind::Restart | NodeActionKind::RestartPending => Some(Action::Restart {
+                    action_id: action.id,
+                    pending_only: action.kind == NodeActionKind::RestartPending,
+                }),
+                NodeActionKind::Reload => Some(Action::Reload {
+                    action_id: action.id,
+                }),
+                NodeActionKind::Reinit => None,
+            };
+            if let Some(a) = a.filter(|_| {
+                o.report.completed_action != Some(action.id)
+                    && !busy(input, &primary.name)
+                    && applied_current_config(cluster, action, &o.report)
+            }) {
+                command(input, d, &primary.name, a);
                 return;
             }
         }
@@ -183,4 +184,24 @@ fn applied_current_config(
 ) -> bool {
     action.kind != NodeActionKind::RestartPending
         || (r.config_version >= cluster.config_version && !r.wants_config)
+}
+
+/// A restart is under way somewhere in the cluster: replicas load copied
+/// slots one at a time, so that a failover always has candidates.
+fn restarting_any(input: &Input, d: &Decision) -> bool {
+    d.commands
+        .iter()
+        .any(|(_, a)| matches!(a, Action::Restart { .. }))
+        || input.soft.pending.values().any(|p| {
+            p.action == "restart"
+                && p.epoch == input.cluster.epoch
+                && input.now.saturating_sub(p.sent_at) < RESEND_AFTER_MS
+        })
+        || input.soft.nodes.values().any(|o| {
+            matches!(
+                o.report.phase,
+                crate::cluster::wire::AgentPhase::Starting
+                    | crate::cluster::wire::AgentPhase::Stopping
+            ) && input.now.saturating_sub(o.received_at) <= input.cluster.config.ttl_ms
+        })
 }
