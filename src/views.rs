@@ -41,6 +41,13 @@ pub struct NodeJson {
     pub nofailover: bool,
     pub nosync: bool,
     pub priority: i32,
+    /// An operator's action waiting: "restart", "restart_pending",
+    /// "reinit", "reload".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_action: Option<String>,
+    /// When it is scheduled for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_action_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,6 +92,8 @@ impl From<&ClusterStatus> for StatusJson {
                     nofailover: n.nofailover,
                     nosync: n.nosync,
                     priority: n.priority,
+                    pending_action: none_if_empty(&n.pending_action),
+                    pending_action_at: none_if_empty(&n.pending_action_at),
                 })
                 .collect(),
             managers: s

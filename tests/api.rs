@@ -103,6 +103,29 @@ async fn health_reflection_and_bad_requests() {
                 cluster: String::new(),
                 node: "ghost".into(),
                 pending_only: false,
+                ..NodeRequest::default()
+            })
+            .await
+            .map(|r| r.map(|_| ())),
+        ),
+        (
+            "restart scheduled in the past",
+            Code::InvalidArgument,
+            api.restart_node(NodeRequest {
+                node: replica.clone(),
+                at: "2020-01-01T00:00:00Z".into(),
+                ..NodeRequest::default()
+            })
+            .await
+            .map(|r| r.map(|_| ())),
+        ),
+        (
+            "cancel of a restart never scheduled",
+            Code::FailedPrecondition,
+            api.restart_node(NodeRequest {
+                node: replica.clone(),
+                cancel: true,
+                ..NodeRequest::default()
             })
             .await
             .map(|r| r.map(|_| ())),
@@ -193,6 +216,7 @@ async fn health_reflection_and_bad_requests() {
                 cluster: String::new(),
                 node: before.primary.clone(),
                 pending_only: false,
+                ..NodeRequest::default()
             })
             .await
             .map(|r| r.map(|_| ())),

@@ -127,6 +127,45 @@ async fn every_command_in_human_and_json_form() {
         primary.as_str()
     );
 
+    // A scheduled restart: in the past refused; a far one shown in status
+    // and cancelled; a near one carried out when due, not before.
+    let out = d.cli(&["node", "restart", &replica, "--at", "2020-01-01T00:00:00Z"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("in the past"), "{}", stderr(&out));
+    let node_json = |name: &str| {
+        json(&d.cli(&["status", "--json"]))["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    let out = d.cli(&["node", "restart", &replica, "--at", &later]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let n = node_json(&replica);
+    assert_eq!(n["pending_action"], "restart", "{n}");
+    assert!(n["pending_action_at"].as_str().is_some(), "{n}");
+    assert!(stdout(&d.cli(&["status"])).contains("restart at "));
+    let out = d.cli(&["node", "restart", &replica, "--cancel"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(node_json(&replica)["pending_action"].is_null());
+    let replica_host = d.host_of_node(&replica);
+    let started = sql_value(&replica_host.address, "SELECT pg_postmaster_start_time()").await;
+    let soon =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(4))
+            .to_string();
+    let out = d.cli(&["node", "restart", &replica, "--at", &soon]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("the scheduled restart done", LONG, || async {
+        let now_started =
+            sql_value(&replica_host.address, "SELECT pg_postmaster_start_time()").await?;
+        (node_json(&replica)["pending_action"].is_null() && Some(&now_started) != started.as_ref())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        std::time::SystemTime::now() >= humantime::parse_rfc3339(&soon).expect("a time"),
+        "restarted before its time"
+    );
+
     // managers
     assert!(stdout(&d.cli(&["managers", "list"])).contains("leader"));
     assert_eq!(

@@ -154,6 +154,7 @@ pub async fn run(
                     id: command.id,
                     ok: true,
                     message,
+                    action: action.to_string(),
                 }
             }
             Err(e) => {
@@ -166,6 +167,7 @@ pub async fn run(
                     id: command.id,
                     ok: false,
                     message,
+                    action: action.to_string(),
                 }
             }
         };
@@ -349,6 +351,14 @@ async fn ensure_replication_role(node: &Node) -> anyhow::Result<()> {
 /// the agent remembers.
 async fn look(node: &Node) -> Facts {
     let observation = refresh(node).await;
+    // The observer keeps its last picture of the data directory while a
+    // clone or rewind writes it; a command's own look must see what is
+    // there now — a reinit looks right after wiping it, and a stale
+    // "valid" sent it into a rewind of nothing.
+    let data = match observation.postgres {
+        Some(_) => observation.data,
+        None => node.pg.inspect().await,
+    };
     let p = node.persisted();
     Facts {
         epoch: p.epoch,
@@ -357,7 +367,7 @@ async fn look(node: &Node) -> Facts {
         phase: node.phase(),
         running: node.pg.postmaster_pid().is_some(),
         postgres: observation.postgres,
-        data: observation.data,
+        data,
         unsupervised: unsupervised_postmaster(node).is_some(),
         holdoff_ms: node.holdoff_ms(),
         settings: node.settings(),

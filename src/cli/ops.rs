@@ -109,6 +109,13 @@ pub enum NodeCommand {
         /// Return once the restart is requested.
         #[arg(long)]
         no_wait: bool,
+        /// Not before this time (RFC 3339, e.g. 2026-12-24T03:00:00Z): the
+        /// restart is scheduled (shown in `status`), and the command returns.
+        #[arg(long, value_name = "TIME", conflicts_with = "cancel")]
+        at: Option<String>,
+        /// Drop the named nodes' scheduled restarts.
+        #[arg(long)]
+        cancel: bool,
     },
     /// Re-read the agent configuration file on one node or several (as
     /// `kill -HUP` of the agent would: tags, node parameters, callbacks,
@@ -562,6 +569,7 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
                 cluster: cluster.cluster,
                 node: name,
                 pending_only: false,
+                ..NodeRequest::default()
             };
             let r = client
                 .call(|mut api, t| {
@@ -578,14 +586,21 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
             role,
             pending,
             no_wait,
+            at,
+            cancel,
         } => {
             let names =
                 pick_nodes(&client, &cluster.cluster, names, role.as_deref(), "restart").await?;
+            // A scheduled restart is only requested; the leader carries
+            // the due ones out one at a time.
+            let no_wait = no_wait || at.is_some() || cancel;
             return each_node(global, &client, &names, |node| {
                 let req = NodeRequest {
                     cluster: cluster.cluster.clone(),
                     node,
                     pending_only: pending,
+                    at: at.clone().unwrap_or_default(),
+                    cancel,
                 };
                 (req, NodeOp::Restart, no_wait)
             })
@@ -604,6 +619,7 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
                     cluster: cluster.cluster.clone(),
                     node,
                     pending_only: false,
+                    ..NodeRequest::default()
                 };
                 (req, NodeOp::Reload, no_wait)
             })
@@ -623,6 +639,7 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
                 cluster: cluster.cluster,
                 node: name,
                 pending_only: false,
+                ..NodeRequest::default()
             };
             (req, NodeOp::Reinit, no_wait)
         }
@@ -680,6 +697,17 @@ enum NodeOp {
     Reload,
 }
 
+impl NodeOp {
+    /// The agent command that carries it out.
+    fn action(self) -> &'static str {
+        match self {
+            NodeOp::Restart => "restart",
+            NodeOp::Reinit => "reinit",
+            NodeOp::Reload => "reload",
+        }
+    }
+}
+
 /// `node_action` on each of `names` in turn, each done before the next.
 async fn each_node(
     global: &GlobalArgs,
@@ -727,6 +755,7 @@ async fn node_action(
             &cluster,
             Goal::NodeDone {
                 node: name.clone(),
+                action: op.action(),
                 failure_before,
             },
             global.timeout.unwrap_or(WAIT),

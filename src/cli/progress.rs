@@ -17,9 +17,11 @@ pub enum Goal {
     /// A healthy primary in an epoch after `epoch` (and it is `to`, if given).
     NewPrimary { epoch: u64, to: Option<String> },
     /// `node`'s operator action is carried out and it is healthy again;
-    /// a command failure other than `failure_before` ends the wait.
+    /// a failure of the command carrying it out (`action`), other than
+    /// `failure_before`, ends the wait.
     NodeDone {
         node: String,
+        action: &'static str,
         failure_before: String,
     },
 }
@@ -65,13 +67,17 @@ fn reached(goal: &Goal, s: &ClusterStatus) -> bool {
 fn new_failure(goal: &Goal, s: &ClusterStatus) -> Option<String> {
     let Goal::NodeDone {
         node,
+        action,
         failure_before,
     } = goal
     else {
         return None;
     };
     let n = s.nodes.iter().find(|n| n.name == *node)?;
-    (!n.last_failure.is_empty() && n.last_failure != *failure_before).then(|| {
+    // Other commands may fail on the way (and be sent again): only the
+    // operation's own is news.
+    let own = n.last_failure_action == *action;
+    (own && !n.last_failure.is_empty() && n.last_failure != *failure_before).then(|| {
         format!(
             "{node}: {}; the leader tries again while the request stands (`pgquorum status` shows where it stands)",
             n.last_failure

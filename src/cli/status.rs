@@ -68,6 +68,9 @@ pub fn render(s: &ClusterStatus) -> String {
             if n.pending_restart {
                 tags.push("pending restart".to_string());
             }
+            if !n.pending_action_at.is_empty() {
+                tags.push(format!("{} at {}", n.pending_action, n.pending_action_at));
+            }
             vec![
                 n.name.clone(),
                 format!("{}:{}", n.host, n.port),

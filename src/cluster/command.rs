@@ -112,12 +112,17 @@ pub enum ClusterCommand {
         #[serde(default)]
         at_unix_ms: u64,
     },
-    /// Ask a node's agent to restart or re-clone.
+    /// Ask a node's agent to restart, reload or re-clone.
     RequestNodeAction {
         cluster: String,
         node: String,
         kind: NodeActionKind,
+        /// Not before this wall-clock time (a scheduled restart).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_before_unix_ms: Option<u64>,
     },
+    /// Drop a node's scheduled action before it is due.
+    CancelNodeAction { cluster: String, node: String },
     /// The agent carried out action `id`.
     CompleteNodeAction {
         cluster: String,
@@ -290,6 +295,7 @@ impl ClusterCommand {
             | CancelScheduledSwitchover { cluster, .. }
             | RequestNodeAction { cluster, .. }
             | CompleteNodeAction { cluster, .. }
+            | CancelNodeAction { cluster, .. }
             | NoteFence { cluster, .. }
             | RemoveCluster { cluster } => Some(cluster),
             Recover { .. } | RetireManager { .. } | RestoreState { .. } => None,
@@ -636,7 +642,12 @@ impl ClusterCommand {
                     applied(c, "scheduled switchover cancelled")
                 }
             },
-            RequestNodeAction { node, kind, .. } => {
+            RequestNodeAction {
+                node,
+                kind,
+                not_before_unix_ms,
+                ..
+            } => {
                 require_member(c, node)?;
                 if *kind == NodeActionKind::Reinit && c.is_primary(node) {
                     return Err(Rejection::precondition(format!(
@@ -646,12 +657,40 @@ impl ClusterCommand {
                 c.actions += 1;
                 let id = c.actions;
                 if let Some(member) = c.members.get_mut(node) {
-                    member.action = Some(NodeAction { id, kind: *kind });
+                    member.action = Some(NodeAction {
+                        id,
+                        kind: *kind,
+                        not_before_unix_ms: *not_before_unix_ms,
+                    });
                 }
-                applied(
-                    c,
-                    format!("{kind:?} of {node} requested (action {id})").to_lowercase(),
-                )
+                let mut message =
+                    format!("{kind:?} of {node} requested (action {id})").to_lowercase();
+                if let Some(at) = not_before_unix_ms {
+                    message.push_str(&format!(
+                        ", scheduled at {}",
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(*at)
+                        )
+                    ));
+                }
+                applied(c, message)
+            }
+            CancelNodeAction { node, .. } => {
+                require_member(c, node)?;
+                let scheduled = c
+                    .members
+                    .get(node)
+                    .and_then(|m| m.action.as_ref())
+                    .is_some_and(|a| a.not_before_unix_ms.is_some());
+                if !scheduled {
+                    return Err(Rejection::precondition(format!(
+                        "{node} has no scheduled action to cancel"
+                    )));
+                }
+                if let Some(member) = c.members.get_mut(node) {
+                    member.action = None;
+                }
+                applied(c, format!("scheduled action of {node} cancelled"))
             }
             CompleteNodeAction { node, id, .. } => {
                 require_member(c, node)?;

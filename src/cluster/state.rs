@@ -119,6 +119,16 @@ pub struct NodeAction {
     /// Unique in the cluster; the agent reports it back when done.
     pub id: u64,
     pub kind: NodeActionKind,
+    /// Not before this wall-clock time (a scheduled restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_unix_ms: Option<u64>,
+}
+
+impl NodeAction {
+    /// May it be carried out at wall-clock time `now_ms`?
+    pub fn due(&self, now_ms: u64) -> bool {
+        self.not_before_unix_ms.is_none_or(|t| now_ms >= t)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

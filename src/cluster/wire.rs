@@ -221,6 +221,9 @@ pub struct CommandOutcome {
     pub id: u64,
     pub ok: bool,
     pub message: String,
+    /// The command's action ("restart", "follow"…); empty from older agents.
+    #[serde(default)]
+    pub action: String,
 }
 
 /// A PostgreSQL server as other nodes reach it.

@@ -305,30 +305,7 @@ impl PgQuorum for ApiService {
                 .await?;
             return Ok(Response::new(response));
         }
-        let not_before_unix_ms = if r.at.is_empty() {
-            None
-        } else {
-            let at = humantime::parse_rfc3339_weak(&r.at).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "--at {:?}: {e}; use RFC 3339, e.g. 2026-11-27T22:00:00Z",
-                    r.at
-                ))
-            })?;
-            let at_ms = at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            // A little slack for the time the request took to get here.
-            let now = crate::wallclock::unix_ms();
-            if at_ms + 5_000 < now {
-                return Err(Status::invalid_argument(format!(
-                    "--at {}: that is in the past (it is {} now); give a time to come, or leave --at out to switch over now",
-                    r.at,
-                    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                )));
-            }
-            Some(at_ms)
-        };
+        let not_before_unix_ms = scheduled_at(&r.at, "switch over")?;
         let to = (!r.to.is_empty()).then(|| r.to.clone());
         self.control
             .check_switchover(cluster, to.as_deref())
@@ -478,12 +455,24 @@ impl PgQuorum for ApiService {
         self.node.guard.write(&request, "node restart")?;
         forward!(self, request, restart_node);
         let r = request.into_inner();
+        if r.cancel {
+            let state = self.read_state(true).await?;
+            let cluster = pick_cluster(&state, &r.cluster)?;
+            let response = self
+                .propose(ClusterCommand::CancelNodeAction {
+                    cluster: cluster.name.clone(),
+                    node: r.node.clone(),
+                })
+                .await?;
+            return Ok(Response::new(response));
+        }
         let kind = if r.pending_only {
             crate::cluster::state::NodeActionKind::RestartPending
         } else {
             crate::cluster::state::NodeActionKind::Restart
         };
-        self.node_action(&r, kind).await
+        let not_before = scheduled_at(&r.at, "restart")?;
+        self.node_action(&r, kind, not_before).await
     }
 
     async fn reload_node(
@@ -493,7 +482,7 @@ impl PgQuorum for ApiService {
         self.node.guard.write(&request, "node reload")?;
         forward!(self, request, reload_node);
         let r = request.into_inner();
-        self.node_action(&r, crate::cluster::state::NodeActionKind::Reload)
+        self.node_action(&r, crate::cluster::state::NodeActionKind::Reload, None)
             .await
     }
 
@@ -504,7 +493,7 @@ impl PgQuorum for ApiService {
         self.node.guard.write(&request, "node reinit")?;
         forward!(self, request, reinit_node);
         let r = request.into_inner();
-        self.node_action(&r, crate::cluster::state::NodeActionKind::Reinit)
+        self.node_action(&r, crate::cluster::state::NodeActionKind::Reinit, None)
             .await
     }
 
@@ -601,6 +590,7 @@ impl ApiService {
         &self,
         r: &NodeRequest,
         kind: crate::cluster::state::NodeActionKind,
+        not_before_unix_ms: Option<u64>,
     ) -> Result<Response<OperationResponse>, Status> {
         let state = self.read_state(true).await?; // commands re-validate at apply time
         let cluster = pick_cluster(&state, &r.cluster)?;
@@ -609,8 +599,35 @@ impl ApiService {
                 cluster: cluster.name.clone(),
                 node: r.node.clone(),
                 kind,
+                not_before_unix_ms,
             })
             .await?;
         Ok(Response::new(response))
     }
+}
+
+/// `--at TIME` (RFC 3339) of an operation (`what`: "switch over",
+/// "restart") as wall-clock milliseconds; empty: now. A time in the past is
+/// refused.
+fn scheduled_at(at: &str, what: &str) -> Result<Option<u64>, Status> {
+    if at.is_empty() {
+        return Ok(None);
+    }
+    let parsed = humantime::parse_rfc3339_weak(at).map_err(|e| {
+        Status::invalid_argument(format!(
+            "--at {at:?}: {e}; use RFC 3339, e.g. 2026-11-27T22:00:00Z"
+        ))
+    })?;
+    let at_ms = parsed
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    // A little slack for the time the request took to get here.
+    if at_ms + 5_000 < crate::wallclock::unix_ms() {
+        return Err(Status::invalid_argument(format!(
+            "--at {at}: that is in the past (it is {} now); give a time to come, or leave --at out to {what} now",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        )));
+    }
+    Ok(Some(at_ms))
 }

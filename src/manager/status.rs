@@ -115,6 +115,12 @@ fn node_status(
             })
             .unwrap_or_default()
             .to_string(),
+        pending_action_at: member
+            .action
+            .as_ref()
+            .and_then(|a| a.not_before_unix_ms)
+            .map(rfc3339)
+            .unwrap_or_default(),
         ..NodeStatus::default()
     };
     if let Some(failed) = last
@@ -122,6 +128,7 @@ fn node_status(
         .filter(|c| !c.ok)
     {
         status.last_failure = format!("command {} failed: {}", failed.id, failed.message);
+        status.last_failure_action = failed.action.clone();
     }
     let Some(soft) = fresh else {
         return status;

@@ -524,6 +524,7 @@ impl World {
             a.phase = AgentPhase::Idle;
         }
         a.last_command = Some(CommandOutcome {
+            action: String::new(),
             id: cmd.id,
             ok,
             message,

@@ -38,6 +38,7 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
                 && primary_ok
                 && !busy(input, &m.name)
                 && applied_current_config(cluster, action, r)
+                && may_start(input, action, d)
             {
                 let a = match action.kind {
                     NodeActionKind::Reinit => Action::Reinit {
@@ -147,6 +148,8 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
                 o.report.completed_action != Some(action.id)
                     && !busy(input, &primary.name)
                     && applied_current_config(cluster, action, &o.report)
+                    && may_start(input, action, d)
+                    && !(action.not_before_unix_ms.is_some() && replicas_first(input, primary))
             }) {
                 command(input, d, &primary.name, a);
                 return;
@@ -204,4 +207,25 @@ fn restarting_any(input: &Input, d: &Decision) -> bool {
                     | crate::cluster::wire::AgentPhase::Stopping
             ) && input.now.saturating_sub(o.received_at) <= input.cluster.config.ttl_ms
         })
+}
+
+/// An operator's action may start: it is due, and a scheduled one waits
+/// while another node restarts (scheduled restarts of several nodes, due at
+/// the same time, go one at a time).
+fn may_start(input: &Input, action: &crate::cluster::state::NodeAction, d: &Decision) -> bool {
+    action.due(input.wall_ms) && (action.not_before_unix_ms.is_none() || !restarting_any(input, d))
+}
+
+/// A replica has a due scheduled action still to carry out: the primary's
+/// scheduled restart comes after.
+fn replicas_first(input: &Input, primary: &Member) -> bool {
+    input.cluster.members.values().any(|m| {
+        m.name != primary.name
+            && m.action.as_ref().is_some_and(|a| {
+                a.not_before_unix_ms.is_some()
+                    && a.due(input.wall_ms)
+                    && fresh(input, &m.name)
+                        .is_some_and(|o| o.report.completed_action != Some(a.id))
+            })
+    })
 }

@@ -457,6 +457,7 @@ fn a_pending_restart_waits_until_the_node_has_the_current_configuration() {
     c.members.get_mut("n2").unwrap().action = Some(crate::cluster::state::NodeAction {
         id: 7,
         kind: crate::cluster::state::NodeActionKind::RestartPending,
+        not_before_unix_ms: None,
     });
     let at = |version: u64| NodeReport {
         config_version: version,
@@ -551,6 +552,56 @@ fn each_fence_goes_into_the_history_once_and_never_before_other_work() {
         run(&c, &s, 10_000, 0).commit,
         Some(ClusterCommand::NoteFence { fences: 2, .. })
     ));
+}
+
+#[test]
+fn scheduled_restarts_wait_for_their_time_and_go_one_at_a_time_primary_last() {
+    use crate::cluster::state::{NodeAction, NodeActionKind};
+    let mut c = three(&[]);
+    for (node, id) in [("n1", 1), ("n2", 2), ("n3", 3)] {
+        c.members.get_mut(node).unwrap().action = Some(NodeAction {
+            id,
+            kind: NodeActionKind::Restart,
+            not_before_unix_ms: Some(50_000),
+        });
+    }
+    let mut s = soft(
+        &c,
+        vec![
+            (primary("n1", 1_000), 9_900),
+            (replica("n2", 1_000, Some("n1")), 9_900),
+            (replica("n3", 1_000, Some("n1")), 9_900),
+        ],
+    );
+    s.confirmed_at = Some(10_000);
+    // Before the time: nothing.
+    let d = run(&c, &s, 10_000, 49_999);
+    assert!(d.commands.is_empty(), "{d:?}");
+    // Due: one replica, not the primary.
+    let d = run(&c, &s, 10_000, 50_000);
+    assert_eq!(commands_to(&d, "n2"), ["restart"], "{d:?}");
+    assert!(commands_to(&d, "n3").is_empty(), "{d:?}");
+    assert!(commands_to(&d, "n1").is_empty(), "{d:?}");
+    // Both replicas done: the primary.
+    let done = |r: NodeReport, id: u64| NodeReport {
+        completed_action: Some(id),
+        ..r
+    };
+    s.observe(&c, done(replica("n2", 1_000, Some("n1")), 2), 10_100);
+    let d = run(&c, &s, 10_100, 50_100);
+    assert!(matches!(
+        d.commit,
+        Some(ClusterCommand::CompleteNodeAction { id: 2, .. })
+    ));
+    c.members.get_mut("n2").unwrap().action = None;
+    // n3 still to go: not the primary yet.
+    let d = run(&c, &s, 10_100, 50_100);
+    assert_eq!(commands_to(&d, "n3"), ["restart"], "{d:?}");
+    assert!(commands_to(&d, "n1").is_empty(), "{d:?}");
+    s.observe(&c, done(replica("n3", 1_000, Some("n1")), 3), 10_200);
+    c.members.get_mut("n3").unwrap().action = None;
+    let d = run(&c, &s, 10_200, 50_200);
+    assert_eq!(commands_to(&d, "n1"), ["restart"], "{d:?}");
 }
 
 #[test]
@@ -874,6 +925,7 @@ fn a_follow_restarts_the_not_streaming_clock() {
     let id = s.sent("n2", &action, 1, 7_000);
     let done = NodeReport {
         last_command: Some(CommandOutcome {
+            action: String::new(),
             id,
             ok: true,
             message: "following n1".into(),
@@ -1129,6 +1181,7 @@ fn a_replica_busy_with_a_command_is_not_promoted() {
     assert_eq!(promoted(&d), None, "{d:?}");
     let done = NodeReport {
         last_command: Some(CommandOutcome {
+            action: String::new(),
             id,
             ok: true,
             message: String::new(),
