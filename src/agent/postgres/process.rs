@@ -287,17 +287,13 @@ pub async fn run(user: &OsUser, cmd: &Cmd) -> Result<RunOutput, PgError> {
         program: cmd.program.clone(),
         source: e,
     })?;
-    // With its own group, the group's id is the child's pid.
-    let group = cmd.own_group.then(|| child.id()).flatten();
-    let kill_group = || {
-        if let Some(pgid) = group {
-            // Whatever of it still runs; ESRCH when nothing does.
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    };
+    // With its own group, the group's id is the child's pid. Whatever of
+    // the group still runs when this returns — or when the call is dropped
+    // (the agent stopping) — is killed: nothing an operator's program left
+    // behind goes on writing into a data directory the agent has moved on
+    // from.
+    let group = GroupGuard(cmd.own_group.then(|| child.id()).flatten());
+    let kill_group = || group.kill();
     let (out, err) = (child.stdout.take(), child.stderr.take());
     let (mut out_buf, mut err_buf) = (Vec::new(), Vec::new());
     let waited = tokio::time::timeout(cmd.timeout, async {
@@ -342,6 +338,27 @@ pub async fn run(user: &OsUser, cmd: &Cmd) -> Result<RunOutput, PgError> {
             hint: cmd.hint.clone(),
             tail: tail_of(&format!("{}\n{}", output.stdout, output.stderr), 15),
         })
+    }
+}
+
+/// Kills a process group when dropped (see [`run`]).
+struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    fn kill(&self) {
+        if let Some(pgid) = self.0 {
+            // ESRCH when nothing of it runs any more.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
