@@ -141,3 +141,38 @@ impl From<&HistoryEvent> for EventJson {
         }
     }
 }
+
+/// One cluster of `status --json` without `--cluster` when the managers
+/// serve several.
+#[derive(Debug, Serialize)]
+pub struct ClusterSummaryJson {
+    pub cluster: String,
+    pub primary: Option<String>,
+    pub epoch: u64,
+    pub nodes: u32,
+    pub healthy: u32,
+    pub sync: Vec<String>,
+    pub paused: bool,
+    pub worst_lag_bytes: Option<u64>,
+}
+
+impl From<&crate::proto::api::ClusterSummary> for ClusterSummaryJson {
+    fn from(s: &crate::proto::api::ClusterSummary) -> Self {
+        ClusterSummaryJson {
+            cluster: s.cluster.clone(),
+            primary: none_if_empty(&s.primary),
+            epoch: s.epoch,
+            nodes: s.nodes,
+            healthy: s.healthy,
+            sync: s.sync.clone(),
+            paused: s.paused,
+            worst_lag_bytes: s.worst_lag_bytes,
+        }
+    }
+}
+
+/// `status --json` of a fleet.
+#[derive(Debug, Serialize)]
+pub struct FleetJson {
+    pub clusters: Vec<ClusterSummaryJson>,
+}

@@ -4,11 +4,12 @@ use clap::Args;
 use super::client::request;
 use super::output::{print, table, Failure};
 use super::GlobalArgs;
-use crate::proto::api::{ClusterStatus, GetStatusRequest};
+use crate::proto::api::{ClusterStatus, ClusterSummary, GetStatusRequest, ListClustersRequest};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Cluster name (needed only when the managers serve several).
+    /// Cluster name; without it, when the managers serve several
+    /// clusters, one line for each.
     #[arg(long, default_value = "")]
     pub cluster: String,
     /// Keep refreshing in place until interrupted.
@@ -20,7 +21,7 @@ pub struct StatusArgs {
     pub local: bool,
 }
 
-use crate::views::StatusJson;
+use crate::views::{FleetJson, StatusJson};
 
 /// The human form: a header line, the nodes, the managers.
 pub fn render(s: &ClusterStatus) -> String {
@@ -119,12 +120,69 @@ pub fn render(s: &ClusterStatus) -> String {
     out
 }
 
+/// The fleet at a glance: one line per cluster.
+pub fn render_fleet(summaries: &[ClusterSummary]) -> String {
+    table(
+        &[
+            "CLUSTER",
+            "PRIMARY",
+            "EPOCH",
+            "NODES",
+            "HEALTHY",
+            "SYNC",
+            "PAUSED",
+            "WORST LAG",
+        ],
+        summaries
+            .iter()
+            .map(|s| {
+                vec![
+                    s.cluster.clone(),
+                    if s.primary.is_empty() {
+                        "-".into()
+                    } else {
+                        s.primary.clone()
+                    },
+                    s.epoch.to_string(),
+                    s.nodes.to_string(),
+                    s.healthy.to_string(),
+                    if s.sync.is_empty() {
+                        "-".into()
+                    } else {
+                        s.sync.join(",")
+                    },
+                    if s.paused { "yes" } else { "no" }.to_string(),
+                    s.worst_lag_bytes
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect(),
+    )
+}
+
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<(), Failure> {
     let client = super::connect(global)?;
     let req = GetStatusRequest {
         cluster: args.cluster.clone(),
         local: args.local,
     };
+    // No cluster named and several served: the fleet, one line each.
+    if args.cluster.is_empty() && !args.watch {
+        let list = client
+            .call(|mut c, t| {
+                let req = ListClustersRequest { local: args.local };
+                async move { c.list_clusters(request(req, t)).await }
+            })
+            .await?;
+        if list.summaries.len() > 1 {
+            let json = FleetJson {
+                clusters: list.summaries.iter().map(Into::into).collect(),
+            };
+            print(global.json, &json, || render_fleet(&list.summaries));
+            return Ok(());
+        }
+    }
     if !args.watch {
         let status = client
             .call(|mut c, t| {

@@ -220,9 +220,20 @@ impl PgQuorum for ApiService {
         if !request.get_ref().local {
             forward!(self, request, list_clusters);
         }
-        let state = self.read_state(request.get_ref().local).await?;
+        let local = request.get_ref().local;
+        let state = self.read_state(local).await?;
+        let managers = self.managers().await;
+        let summaries = state
+            .clusters
+            .values()
+            .map(|cluster| {
+                let soft = (!local).then(|| self.control.soft_view(&cluster.name));
+                status::summary(&status::build(cluster, soft.as_ref(), managers.clone()))
+            })
+            .collect();
         Ok(Response::new(ListClustersResponse {
             clusters: state.clusters.keys().cloned().collect(),
+            summaries,
         }))
     }
 

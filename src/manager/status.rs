@@ -6,7 +6,7 @@ use super::control::{NodeSoft, SoftView};
 use crate::cluster::state::HistoryEvent as Event;
 use crate::cluster::wire::{AgentPhase, DataDirState};
 use crate::cluster::{Cluster, Member};
-use crate::proto::api::{ClusterStatus, HistoryEvent, ManagerInfo, NodeStatus};
+use crate::proto::api::{ClusterStatus, ClusterSummary, HistoryEvent, ManagerInfo, NodeStatus};
 
 /// A report older than this many heartbeats means the agent is unreachable.
 const STALE_HEARTBEATS: u64 = 4;
@@ -200,5 +200,29 @@ pub fn history_event(e: &Event) -> HistoryEvent {
         lsn: e.lsn.to_string(),
         at_unix_ms: e.at_unix_ms,
         node: e.node.clone().unwrap_or_default(),
+    }
+}
+
+/// One line of the fleet: a cluster's status, summed up.
+pub fn summary(s: &ClusterStatus) -> ClusterSummary {
+    ClusterSummary {
+        cluster: s.cluster.clone(),
+        primary: s.primary.clone(),
+        epoch: s.epoch,
+        nodes: s.nodes.len() as u32,
+        healthy: s.nodes.iter().filter(|n| n.healthy).count() as u32,
+        sync: s
+            .nodes
+            .iter()
+            .filter(|n| n.sync)
+            .map(|n| n.name.clone())
+            .collect(),
+        paused: s.paused,
+        worst_lag_bytes: s
+            .nodes
+            .iter()
+            .filter(|n| n.role == "replica")
+            .filter_map(|n| n.lag_bytes)
+            .max(),
     }
 }
