@@ -90,25 +90,32 @@ pub struct FailoverArgs {
     pub old_primary_stopped: bool,
 }
 
+/// Which nodes a `node restart`/`node reload` concerns.
+#[derive(Debug, clap::Args)]
+pub struct NodePick {
+    #[command(flatten)]
+    cluster: ClusterArg,
+    /// The nodes (or pick them with --role).
+    #[arg(value_name = "NAME")]
+    names: Vec<String>,
+    /// Also every node in this role now: primary, replica or any.
+    #[arg(long, value_parser = ["primary", "replica", "any"])]
+    role: Option<String>,
+    /// Return once it is requested.
+    #[arg(long)]
+    no_wait: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Restart PostgreSQL on one node or several, one at a time (replicas
     /// first, the primary last), each healthy again before the next.
     Restart {
         #[command(flatten)]
-        cluster: ClusterArg,
-        /// The nodes to restart (or pick them with --role).
-        #[arg(value_name = "NAME")]
-        names: Vec<String>,
-        /// Also every node in this role now: primary, replica or any.
-        #[arg(long, value_parser = ["primary", "replica", "any"])]
-        role: Option<String>,
+        pick: NodePick,
         /// Only if a parameter change waits for a restart.
         #[arg(long)]
         pending: bool,
-        /// Return once the restart is requested.
-        #[arg(long)]
-        no_wait: bool,
         /// Not before this time (RFC 3339, e.g. 2026-12-24T03:00:00Z): the
         /// restart is scheduled (shown in `status`), and the command returns.
         #[arg(long, value_name = "TIME", conflicts_with = "cancel")]
@@ -123,16 +130,7 @@ pub enum NodeCommand {
     /// is not restarted.
     Reload {
         #[command(flatten)]
-        cluster: ClusterArg,
-        /// The nodes to reload (or pick them with --role).
-        #[arg(value_name = "NAME")]
-        names: Vec<String>,
-        /// Also every node in this role now: primary, replica or any.
-        #[arg(long, value_parser = ["primary", "replica", "any"])]
-        role: Option<String>,
-        /// Return once the reloads are requested.
-        #[arg(long)]
-        no_wait: bool,
+        pick: NodePick,
     },
     /// Forget a node that is gone (its agent and keeper stopped), so that
     /// a replacement host can use its name. Refused for the primary, for a
@@ -581,22 +579,18 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
             return Ok(());
         }
         NodeCommand::Restart {
-            cluster,
-            names,
-            role,
+            pick,
             pending,
-            no_wait,
             at,
             cancel,
         } => {
-            let names =
-                pick_nodes(&client, &cluster.cluster, names, role.as_deref(), "restart").await?;
+            let names = pick_nodes(&client, &pick, "restart").await?;
             // A scheduled restart is only requested; the leader carries
             // the due ones out one at a time.
-            let no_wait = no_wait || at.is_some() || cancel;
+            let no_wait = pick.no_wait || at.is_some() || cancel;
             return each_node(global, &client, &names, |node| {
                 let req = NodeRequest {
-                    cluster: cluster.cluster.clone(),
+                    cluster: pick.cluster.cluster.clone(),
                     node,
                     pending_only: pending,
                     at: at.clone().unwrap_or_default(),
@@ -606,22 +600,16 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
             })
             .await;
         }
-        NodeCommand::Reload {
-            cluster,
-            names,
-            role,
-            no_wait,
-        } => {
-            let names =
-                pick_nodes(&client, &cluster.cluster, names, role.as_deref(), "reload").await?;
+        NodeCommand::Reload { pick } => {
+            let names = pick_nodes(&client, &pick, "reload").await?;
             return each_node(global, &client, &names, |node| {
                 let req = NodeRequest {
-                    cluster: cluster.cluster.clone(),
+                    cluster: pick.cluster.cluster.clone(),
                     node,
                     pending_only: false,
                     ..NodeRequest::default()
                 };
-                (req, NodeOp::Reload, no_wait)
+                (req, NodeOp::Reload, pick.no_wait)
             })
             .await;
         }
@@ -654,11 +642,14 @@ pub async fn node(global: &GlobalArgs, command: NodeCommand) -> Result<(), Failu
 /// operation, for the message when none is chosen).
 async fn pick_nodes(
     client: &super::ApiClient,
-    cluster: &str,
-    names: Vec<String>,
-    role: Option<&str>,
+    pick: &NodePick,
     what: &str,
 ) -> Result<Vec<String>, Failure> {
+    let (cluster, names, role) = (
+        pick.cluster.cluster.as_str(),
+        pick.names.clone(),
+        pick.role.as_deref(),
+    );
     if names.is_empty() && role.is_none() {
         return Err(Failure::usage(format!(
             "name the nodes to {what}, or pick them with --role primary|replica|any"
