@@ -56,6 +56,12 @@ pub(super) fn replicas(input: &Input, primary: &Member, primary_ok: bool, d: &mu
                 command(input, d, &m.name, a);
                 continue;
             }
+            if !applied_current_config(cluster, action, r) {
+                d.wait(format!(
+                    "{}: its restart waits until it has written configuration version {}",
+                    m.name, cluster.config_version
+                ));
+            }
         }
         if demoting_target.as_deref() == Some(m.name.as_str())
             || !primary_ok
