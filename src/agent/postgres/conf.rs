@@ -434,8 +434,7 @@ mod tests {
         assert!(main.starts_with(patroni) && main.ends_with(&format!("{INCLUDE_LINE}\n")));
         let last = |text: &str, name: &str| {
             text.lines()
-                .filter(|l| setting_name(l).as_deref() == Some(name))
-                .last()
+                .rfind(|l| setting_name(l).as_deref() == Some(name))
                 .map(str::to_string)
         };
         let up = Upstream {
