@@ -133,6 +133,42 @@ impl Deployment {
         d
     }
 
+    /// A deployment on `net` with nothing started yet: its hosts'
+    /// directories exist (for data directories prepared beforehand); start
+    /// its managers and agents with `start_manager` and `start_agent`.
+    pub fn unstarted(
+        net: &Network,
+        agent_top: &str,
+        agent_postgresql: &str,
+        agent_tables: &str,
+    ) -> Deployment {
+        let d = Deployment {
+            dir: traversable_tempdir(),
+            hosts: net.hosts.clone(),
+            subnet: net.subnet.clone(),
+            managers: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            peers: net
+                .hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| format!("{}={}:{MANAGER_PORT}", i + 1, h.address))
+                .collect::<Vec<_>>()
+                .join(","),
+            agent_top: agent_top.to_string(),
+            agent_postgresql: agent_postgresql.to_string(),
+            agent_tables: agent_tables.to_string(),
+            agent_env: Vec::new(),
+        };
+        for h in &net.hosts {
+            let dir = d.host_dir(h);
+            std::fs::create_dir_all(&dir).expect("host dir");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        d
+    }
+
     pub fn host_dir(&self, host: &Host) -> PathBuf {
         self.dir.path().join(&host.name)
     }

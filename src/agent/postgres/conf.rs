@@ -2,7 +2,10 @@
 //!
 //! * `pgquorum.conf` in the data directory, rewritten whole on every change
 //!   and included from the end of `postgresql.conf`, so it wins over that
-//!   file. Operators' own `postgresql.conf` edits survive.
+//!   file. Operators' own `postgresql.conf` edits survive; every name
+//!   pgquorum owns is set there, empty if need be, so that none set in
+//!   `postgresql.conf` (a taken-over Patroni node's upstream and slot) stays
+//!   in force.
 //! * The `# BEGIN pgquorum` … `# END pgquorum` region at the top of
 //!   `pg_hba.conf` (first match wins, so ours take precedence).
 //! * Settings pgquorum must decide alone (where to listen, whom to follow,
@@ -187,15 +190,20 @@ pub(crate) fn render_pgquorum_conf(
     // Always present (a primary ignores it): it can only change with a
     // restart, so toggling it with the role would flag `pending_restart`.
     line("recovery_target_timeline", "latest")?;
-    if let Some(up) = upstream {
-        line("primary_conninfo", &primary_conninfo(cfg, up))?;
-        if settings.use_slots == Some(true) {
-            line(
-                "primary_slot_name",
-                &crate::cluster::slots::slot_name(&cfg.node_name),
-            )?;
+    // Always set, empty when there is nothing to follow (or no slot to
+    // use): `postgresql.conf` may set them too — Patroni's does, on a
+    // taken-over replica — and an unset name here would leave that value in
+    // force, streaming from whatever it names (a detached replica would
+    // keep acknowledging the old primary).
+    let conninfo = upstream.map(|up| primary_conninfo(cfg, up));
+    line("primary_conninfo", conninfo.as_deref().unwrap_or(""))?;
+    let slot = match upstream {
+        Some(_) if settings.use_slots == Some(true) => {
+            crate::cluster::slots::slot_name(&cfg.node_name)
         }
-    }
+        _ => String::new(),
+    };
+    line("primary_slot_name", &slot)?;
     Ok(out)
 }
 
@@ -283,9 +291,10 @@ fn read(path: &Path) -> Result<String, PgError> {
 }
 
 impl Postgres {
-    /// Write pgquorum's configuration: `pgquorum.conf` (settings, and
-    /// `primary_conninfo` + `recovery_target_timeline='latest'` when
-    /// `upstream` is given), the include line in `postgresql.conf`, the
+    /// Write pgquorum's configuration: `pgquorum.conf` (settings,
+    /// `recovery_target_timeline='latest'`, and `primary_conninfo` /
+    /// `primary_slot_name` for `upstream` — empty without one, overriding
+    /// any in `postgresql.conf`), the include line in `postgresql.conf`, the
     /// managed region of `pg_hba.conf`, and owned names out of
     /// `postgresql.auto.conf`. Every file is replaced atomically and owned
     /// by the OS user. Takes effect at the next reload or start; a changed
@@ -401,15 +410,62 @@ mod tests {
         );
         assert!(text.contains("archive_command = 'test ! -f ''/arch/''%f && cp %p ''/arch/''%f'"));
         assert!(text.contains("recovery_target_timeline = 'latest'"));
-        assert!(!text.contains("primary_slot_name"), "{text}");
+        assert!(text.contains("primary_slot_name = ''\n"), "{text}");
         s.use_slots = Some(true);
         let text = render_pgquorum_conf(&c, &s, Some(&up)).unwrap();
         assert!(text.contains("primary_slot_name = 'pgq_n1'\n"), "{text}");
         let text = render_pgquorum_conf(&c, &s, None).unwrap();
-        assert!(!text.contains("primary_slot_name"), "{text}");
+        assert!(text.contains("primary_slot_name = ''\n"), "{text}");
+        assert!(text.contains("primary_conninfo = ''\n"), "{text}");
 
         s.parameters.insert("bad\nname".into(), "x".into());
         assert!(render_pgquorum_conf(&c, &s, None).is_err());
+    }
+
+    /// A taken-over Patroni replica's `postgresql.conf` names the old
+    /// upstream and Patroni's slot; `pgquorum.conf`, included after it,
+    /// overrides both whatever the role — also with nothing to follow.
+    #[test]
+    fn overrides_a_foreign_upstream_and_slot_in_postgresql_conf() {
+        let patroni = "include 'postgresql.base.conf'\nport = '5432'\n\n# recovery.conf\n\
+                       primary_conninfo = 'host=10.0.0.9 port=5432 user=replicator'\n\
+                       primary_slot_name = 'postgresql1'\n";
+        let main = with_include(patroni).unwrap();
+        assert!(main.starts_with(patroni) && main.ends_with(&format!("{INCLUDE_LINE}\n")));
+        let last = |text: &str, name: &str| {
+            text.lines()
+                .rfind(|l| setting_name(l).as_deref() == Some(name))
+                .map(str::to_string)
+        };
+        let up = Upstream {
+            node: "n0".into(),
+            host: "10.0.0.1".into(),
+            port: 5433,
+        };
+        for (use_slots, upstream, slot) in [
+            (Some(true), Some(&up), "'pgq_n1'"),
+            (Some(false), Some(&up), "''"),
+            (Some(true), None, "''"),
+            (None, None, "''"),
+        ] {
+            let s = ManagedSettings {
+                use_slots,
+                ..Default::default()
+            };
+            let ours = render_pgquorum_conf(&cfg(), &s, upstream).unwrap();
+            // What PostgreSQL ends up with: the last of each name.
+            let all = format!("{main}{ours}");
+            assert_eq!(
+                last(&all, "primary_slot_name"),
+                Some(format!("primary_slot_name = {slot}")),
+                "{all}"
+            );
+            let conninfo = last(&all, "primary_conninfo").unwrap();
+            match upstream {
+                Some(_) => assert!(conninfo.contains("10.0.0.1"), "{conninfo}"),
+                None => assert_eq!(conninfo, "primary_conninfo = ''"),
+            }
+        }
     }
 
     #[test]
