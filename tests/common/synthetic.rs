@@ -80,8 +80,11 @@ pub struct Received {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub reports: AtomicU64,
+    /// Lease messages received (answering a report this agent sent).
+    pub lease_messages: AtomicU64,
+    /// Reports answered by a grant (each counted once).
     pub grants: AtomicU64,
-    /// Report sent → grant for it received, in microseconds.
+    /// Report sent → first grant for it received, in microseconds.
     pub grant_delays_us: Mutex<Vec<u32>>,
     pub commands: Mutex<Vec<Received>>,
 }
@@ -279,6 +282,8 @@ struct Agent {
     floor_seq: u64,
     lease_until: Option<Instant>,
     lease_seq: u64,
+    /// The latest report a grant answered (measurements).
+    answered_seq: u64,
     last_grant: Option<Instant>,
     waiting: Option<(AgentCommand, Becoming, Instant)>,
     interval: Duration,
@@ -320,6 +325,7 @@ impl Agent {
             floor_seq: 0,
             lease_until: None,
             lease_seq: 0,
+            answered_seq: 0,
             last_grant: None,
             waiting: None,
             interval: Duration::from_millis(250),
@@ -512,13 +518,19 @@ impl Agent {
         else {
             return false;
         };
-        self.stats.grants.fetch_add(1, Ordering::Relaxed);
-        let delay = now.saturating_duration_since(sent_at).as_micros();
-        self.stats
-            .grant_delays_us
-            .lock()
-            .unwrap()
-            .push(delay.min(u128::from(u32::MAX)) as u32);
+        self.stats.lease_messages.fetch_add(1, Ordering::Relaxed);
+        if g.seq > self.answered_seq {
+            // The first grant answering this report (the leader repeats
+            // the latest one).
+            self.answered_seq = g.seq;
+            self.stats.grants.fetch_add(1, Ordering::Relaxed);
+            let delay = now.saturating_duration_since(sent_at).as_micros();
+            self.stats
+                .grant_delays_us
+                .lock()
+                .unwrap()
+                .push(delay.min(u128::from(u32::MAX)) as u32);
+        }
         if g.session != self.session || g.epoch != self.epoch || g.seq <= self.floor_seq {
             return false;
         }
