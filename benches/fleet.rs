@@ -176,6 +176,13 @@ async fn shape(clusters: usize, nodes: usize, steady: Duration) -> Vec<(String, 
         Duration::from_secs(600),
         || async {
             let leased = fleet.leased_primaries().len();
+            let refused = fleet.stats.refused.lock().unwrap().clone();
+            assert!(
+                refused.is_empty(),
+                "{} registrations refused, first: {}",
+                refused.len(),
+                refused[0]
+            );
             if start.elapsed().as_secs() % 10 == 0 {
                 eprintln!(
                     "  {:.0}s: {leased} of {clusters} primaries leased",

@@ -87,6 +87,9 @@ pub struct Stats {
     /// Report sent → first grant for it received, in microseconds.
     pub grant_delays_us: Mutex<Vec<u32>>,
     pub commands: Mutex<Vec<Received>>,
+    /// Registrations the managers refused ("cluster/node: message"); such
+    /// an agent stops, as a real one does.
+    pub refused: Mutex<Vec<String>>,
 }
 
 impl Stats {
@@ -333,7 +336,9 @@ impl Agent {
     }
 
     async fn run(mut self) {
-        self.register().await;
+        if !self.register().await {
+            return;
+        }
         let mut hint: Option<String> = None;
         loop {
             let address = match hint.take() {
@@ -345,15 +350,16 @@ impl Agent {
                     hint = Some(h);
                     continue;
                 }
-                if status.code() == tonic::Code::NotFound {
-                    self.register().await;
+                if status.code() == tonic::Code::NotFound && !self.register().await {
+                    return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    async fn register(&self) {
+    /// Register (retried until a leader answers); false when refused.
+    async fn register(&self) -> bool {
         let registration = Registration {
             cluster: self.cluster.clone(),
             node: self.node.clone(),
@@ -375,7 +381,23 @@ impl Agent {
                 let mut request = tonic::Request::new(envelope.clone());
                 request.set_timeout(Duration::from_secs(10));
                 match api.register(request).await {
-                    Ok(_) => return,
+                    Ok(_) => return true,
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::FailedPrecondition
+                                | tonic::Code::InvalidArgument
+                                | tonic::Code::Unauthenticated
+                        ) =>
+                    {
+                        self.stats.refused.lock().unwrap().push(format!(
+                            "{}/{}: {}",
+                            self.cluster,
+                            self.node,
+                            status.message()
+                        ));
+                        return false;
+                    }
                     Err(status) => {
                         if let Some(h) = leader_hint(&status) {
                             hint = Some(h);
