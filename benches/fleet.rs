@@ -118,6 +118,13 @@ fn settled(managers: &str, clusters: usize, nodes: usize) -> bool {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
         return false;
     };
+    // One cluster: `status` shows that cluster itself.
+    if clusters == 1 {
+        return v["primary"].is_string()
+            && v["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == nodes && n.iter().all(|n| n["healthy"] == true));
+    }
     v["clusters"].as_array().is_some_and(|list| {
         list.len() == clusters
             && list
