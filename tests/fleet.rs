@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 fn json(out: &std::process::Output) -> serde_json::Value {
@@ -108,4 +110,142 @@ async fn status_sums_up_the_fleet_and_commands_name_their_cluster() {
             .is_some_and(|h| h.iter().all(|e| e["kind"] != "pause")),
         "{history}"
     );
+}
+
+/// `pgquorum --json ARGS…` against `managers`, off the runtime's workers
+/// (the synthetic agents run there); `None` unless it succeeds.
+fn json_of(managers: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let out = tokio::task::block_in_place(|| {
+        let mut full = vec!["--managers", managers, "--json"];
+        full.extend(args);
+        cli(&full)
+    });
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Every cluster's primary and epoch from the fleet summary, once each
+/// cluster has one and all its nodes are healthy.
+fn settled_fleet(
+    managers: &str,
+    clusters: usize,
+    nodes: u64,
+) -> Option<Vec<(String, String, u64)>> {
+    let fleet = json_of(managers, &["status"])?;
+    let list = fleet["clusters"].as_array()?;
+    if list.len() != clusters {
+        return None;
+    }
+    list.iter()
+        .map(|c| {
+            let primary = c["primary"].as_str()?.to_string();
+            (c["healthy"].as_u64()? == nodes).then_some(())?;
+            Some((
+                c["cluster"].as_str()?.to_string(),
+                primary,
+                c["epoch"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_synthetic_agents_fails_over_one_cluster_alone() {
+    const CLUSTERS: usize = 20;
+    let m = Managers::start(3);
+    m.leader(&[1, 2, 3]).await;
+    let managers: Vec<String> = (1..=3).map(|id| m.address(id)).collect();
+    let names: Vec<String> = (1..=CLUSTERS).map(|i| format!("c{i:02}")).collect();
+    let mut fleet = synthetic::Fleet::start(&managers, &names, 3);
+    let a = m.addresses();
+
+    // Every cluster bootstraps: a primary holding its lease, two replicas
+    // streaming from it.
+    let before = wait_for(
+        "every cluster with a primary and healthy replicas",
+        Duration::from_secs(120),
+        || async { settled_fleet(&a, CLUSTERS, 3) },
+    )
+    .await;
+    let leased = wait_for(
+        "every primary holding its lease",
+        Duration::from_secs(30),
+        || async {
+            let leased = fleet.leased_primaries();
+            (leased.len() == CLUSTERS).then_some(leased)
+        },
+    )
+    .await;
+    for (cluster, primary, epoch) in &before {
+        assert_eq!(
+            leased.get(cluster),
+            Some(&(primary.clone(), *epoch)),
+            "{cluster}: the leader's primary and epoch are the agents' ({leased:?})"
+        );
+    }
+
+    // One cluster's primary goes silent: a replica of that cluster is
+    // promoted in a new epoch.
+    let (victim, old_primary, old_epoch) = before[0].clone();
+    fleet.silence(&victim, &old_primary);
+    let (new_primary, new_epoch) = wait_for(
+        "a new primary in the silenced cluster",
+        Duration::from_secs(60),
+        || async {
+            let s = json_of(&a, &["status", "--cluster", &victim])?;
+            let primary = s["primary"].as_str()?.to_string();
+            let epoch = s["epoch"].as_u64()?;
+            (primary != old_primary && epoch > old_epoch).then_some((primary, epoch))
+        },
+    )
+    .await;
+    wait_for(
+        "the new primary holding its lease",
+        Duration::from_secs(30),
+        || async {
+            (fleet.leased_primary(&victim) == Some((new_primary.clone(), new_epoch))).then_some(())
+        },
+    )
+    .await;
+
+    // Nobody else moved: same primaries, same epochs, leases still held.
+    let fleet_now = json_of(&a, &["status"]).expect("fleet status");
+    let list = fleet_now["clusters"].as_array().expect("clusters");
+    assert_eq!(list.len(), CLUSTERS, "{fleet_now}");
+    let leased = fleet.leased_primaries();
+    for (cluster, primary, epoch) in before.iter().skip(1) {
+        let row = list
+            .iter()
+            .find(|c| c["cluster"] == cluster.as_str())
+            .unwrap_or_else(|| panic!("{cluster} missing from {fleet_now}"));
+        assert_eq!(row["primary"], primary.as_str(), "{cluster}: {fleet_now}");
+        assert_eq!(row["epoch"], *epoch, "{cluster}: {fleet_now}");
+        assert_eq!(
+            leased.get(cluster),
+            Some(&(primary.clone(), *epoch)),
+            "{cluster} lost its leased primary: {leased:?}"
+        );
+    }
+    let promoted_elsewhere: Vec<_> = fleet
+        .stats
+        .commands
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.action == "promote" && c.cluster != victim)
+        .map(|c| format!("{}/{}", c.cluster, c.node))
+        .collect();
+    assert!(promoted_elsewhere.is_empty(), "{promoted_elsewhere:?}");
+    // The fleet summary lists every cluster, the failed-over one with its
+    // new primary.
+    let row = list
+        .iter()
+        .find(|c| c["cluster"] == victim.as_str())
+        .expect("victim listed");
+    assert_eq!(row["primary"], new_primary.as_str(), "{fleet_now}");
+
+    fleet.stop();
+    drop(m);
 }

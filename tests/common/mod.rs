@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod haproxy;
 pub mod netns;
 pub mod sandbox;
+pub mod synthetic;
 
 use std::collections::BTreeMap;
 use std::future::Future;
