@@ -355,9 +355,18 @@ async fn look(node: &Node) -> Facts {
     // clone or rewind writes it; a command's own look must see what is
     // there now — a reinit looks right after wiping it, and a stale
     // "valid" sent it into a rewind of nothing.
-    let data = match observation.postgres {
-        Some(_) => observation.data,
-        None => node.pg.inspect().await,
+    // (Only then: inspecting runs pg_controldata, which the observer just
+    // did otherwise, and every look with the server down — a rejoin, a
+    // restart — would pay for it twice.)
+    let kept = observation.postgres.is_none()
+        && matches!(
+            node.phase(),
+            AgentPhase::Cloning | AgentPhase::Rewinding | AgentPhase::Bootstrapping
+        );
+    let data = if kept {
+        node.pg.inspect().await
+    } else {
+        observation.data
     };
     let p = node.persisted();
     Facts {
