@@ -167,30 +167,35 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<(), Failure> {
         cluster: args.cluster.clone(),
         local: args.local,
     };
-    // No cluster named and several served: the fleet, one line each.
-    if args.cluster.is_empty() && !args.watch {
+    if !args.watch {
+        let answer = client
+            .call(|mut c, t| {
+                let req = req.clone();
+                async move { c.get_status(request(req, t)).await }
+            })
+            .await;
+        // No cluster named and several served (the one reason an empty
+        // name is refused as an argument): the fleet, one line each. A
+        // single cluster costs one call, as before.
+        let several = matches!(
+            &answer,
+            Err(e) if args.cluster.is_empty() && e.code() == Some(tonic::Code::InvalidArgument)
+        );
+        if !several {
+            let status = answer?;
+            print(global.json, &StatusJson::from(&status), || render(&status));
+            return Ok(());
+        }
         let list = client
             .call(|mut c, t| {
                 let req = ListClustersRequest { local: args.local };
                 async move { c.list_clusters(request(req, t)).await }
             })
             .await?;
-        if list.summaries.len() > 1 {
-            let json = FleetJson {
-                clusters: list.summaries.iter().map(Into::into).collect(),
-            };
-            print(global.json, &json, || render_fleet(&list.summaries));
-            return Ok(());
-        }
-    }
-    if !args.watch {
-        let status = client
-            .call(|mut c, t| {
-                let req = req.clone();
-                async move { c.get_status(request(req, t)).await }
-            })
-            .await?;
-        print(global.json, &StatusJson::from(&status), || render(&status));
+        let json = FleetJson {
+            clusters: list.summaries.iter().map(Into::into).collect(),
+        };
+        print(global.json, &json, || render_fleet(&list.summaries));
         return Ok(());
     }
     // --watch: follow the server's stream; reconnect when it breaks.
