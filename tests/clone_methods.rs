@@ -18,21 +18,11 @@ use std::time::Duration;
 
 use common::deploy::{Deployment, PG_PORT};
 use common::netns::Network;
+use common::pg_owner;
 use common::sandbox::{poll, psql, PG_BIN};
 use common::{free_port, stderr, stdout};
 
 const LONG: Duration = Duration::from_secs(180);
-
-/// The `postgres` OS user's uid and gid (programs run as it when root).
-fn pg_owner() -> Option<(u32, u32)> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    let u = nix::unistd::User::from_name("postgres")
-        .expect("look up the postgres user")
-        .expect("a postgres OS user");
-    Some((u.uid.as_raw(), u.gid.as_raw()))
-}
 
 /// A directory the PostgreSQL OS user owns.
 fn pg_dir(path: &Path) -> PathBuf {

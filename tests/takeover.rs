@@ -49,22 +49,11 @@ use std::time::Duration;
 use common::deploy::{Deployment, PG_PORT};
 use common::netns::{Host, Network};
 use common::sandbox::{poll, psql, PG_BIN};
-use common::{stderr, stdout, wait_for};
+use common::{pg_owner, stderr, stdout, wait_for};
 
 const LONG: Duration = Duration::from_secs(180);
 const REPLICATOR_PASSWORD: &str = "rep-secret";
 const SUPERUSER_PASSWORD: &str = "su-secret";
-
-/// The `postgres` OS user's uid and gid (programs run as it when root).
-fn pg_owner() -> Option<(u32, u32)> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    let u = nix::unistd::User::from_name("postgres")
-        .expect("look up the postgres user")
-        .expect("a postgres OS user");
-    Some((u.uid.as_raw(), u.gid.as_raw()))
-}
 
 fn chown_pg(path: &Path) {
     if let Some((uid, gid)) = pg_owner() {

@@ -377,3 +377,14 @@ pub fn root_test_can_run(ok: bool, test: &str, needs: &str) -> bool {
     eprintln!("SKIPPED {test}: needs {needs}");
     false
 }
+
+/// The `postgres` OS user's uid and gid (programs run as it when root).
+pub fn pg_owner() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let u = nix::unistd::User::from_name("postgres")
+        .expect("look up the postgres user")
+        .expect("a postgres OS user");
+    Some((u.uid.as_raw(), u.gid.as_raw()))
+}
