@@ -198,7 +198,12 @@ async fn execute(
                     "{e:#}; the running configuration stays: fix the file and reload again"
                 )),
             },
-            step => perform(node, &step).await,
+            step => {
+                let started = std::time::Instant::now();
+                let outcome = perform(node, &step).await;
+                tracing::debug!(?step, ?outcome, elapsed = ?started.elapsed(), "step");
+                outcome
+            }
         };
         execution.outcome(outcome);
     }
@@ -214,19 +219,21 @@ async fn perform(node: &Node, step: &Step) -> Outcome {
     let yes_no = |b: bool| if b { Outcome::Yes } else { Outcome::No };
     match step {
         Step::Look => Outcome::Looked(Box::new(look(node).await)),
-        Step::Persist(change) => done(
-            node.update(|p| {
+        Step::Persist(change) => {
+            let r = node.update(|p| {
                 if let Change::Epoch(epoch) = change {
                     tracing::info!(epoch, "new epoch");
                 }
                 change.clone().apply(p);
-            })
-            .map_err(Into::into),
-        ),
+            });
+            if r.is_ok() && matches!(change, Change::Epoch(_)) {
+                node.apply_early_grant().await;
+            }
+            done(r.map_err(Into::into))
+        }
         Step::ClaimLease => {
-            // Reports want the lease from now on; the grant sent along with
-            // the command may have arrived before this agent took on the
-            // command's epoch, and is then void.
+            // Reports want the lease from now on, and one goes at once: the
+            // leader may not have sent a grant along with the command.
             let r = if node.intent() != Intent::Primary {
                 node.update(|p| p.intent = Intent::Primary)
             } else {

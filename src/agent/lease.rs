@@ -39,6 +39,9 @@ pub struct Lease {
     /// What the keeper confirmed last, and the report whose grant it came
     /// from (0 when not from a grant of this process).
     held: Mutex<(Held, u64)>,
+    /// A grant for an epoch this agent has not taken on yet (see
+    /// [`Lease::keep_early`]).
+    early: Mutex<Option<LeaseGrant>>,
 }
 
 impl Lease {
@@ -49,6 +52,7 @@ impl Lease {
             session,
             sent: Mutex::new(Sent::default()),
             held: Mutex::new((held, 0)),
+            early: Mutex::new(None),
         }
     }
 
@@ -106,6 +110,39 @@ impl Lease {
                 None
             }
             _ => Some(next),
+        }
+    }
+
+    /// Keep `g` if it is for this process but an epoch newer than
+    /// `current_epoch`: the leader sends a new primary's first grant right
+    /// behind the command that starts the epoch, and the agent's session
+    /// may read it before the command has been taken on. Dropping it would
+    /// make the promotion wait a whole report and confirmation round for
+    /// the next one — on the write outage's path. Only the newest is kept;
+    /// true when `g` is such a grant (it counts for nothing yet).
+    pub fn keep_early(&self, g: &LeaseGrant, current_epoch: u64) -> bool {
+        if g.session != self.session || g.epoch <= current_epoch {
+            return false;
+        }
+        let mut early = lock(&self.early);
+        if early.is_none_or(|k| (k.epoch, k.seq) < (g.epoch, g.seq)) {
+            *early = Some(*g);
+        }
+        true
+    }
+
+    /// The kept grant for `epoch`, now that the agent has taken it on (it
+    /// is then checked like any other: [`Lease::grant`]). A kept grant for
+    /// a later epoch stays; one for an earlier epoch is dropped.
+    pub fn take_early(&self, epoch: u64) -> Option<LeaseGrant> {
+        let mut early = lock(&self.early);
+        match *early {
+            Some(g) if g.epoch == epoch => early.take(),
+            Some(g) if g.epoch > epoch => None,
+            _ => {
+                *early = None;
+                None
+            }
         }
     }
 
@@ -220,6 +257,38 @@ mod tests {
             lease.grant(&grant(2, 3, 7), 3),
             Some(Held::Until { epoch: 3, .. })
         ));
+    }
+
+    #[test]
+    fn a_grant_ahead_of_its_epoch_counts_once_the_epoch_is_taken_on() {
+        let lease = Lease::new(7, Held::None);
+        lease.sent(1);
+        lease.sent(2);
+        // The agent is still in epoch 2: the grant for 3 is void now…
+        assert_eq!(lease.grant(&grant(1, 3, 7), 2), None);
+        assert!(lease.keep_early(&grant(1, 3, 7), 2));
+        assert!(lease.keep_early(&grant(2, 3, 7), 2));
+        assert!(!lease.keep_early(&grant(2, 2, 7), 2), "current epoch");
+        assert!(!lease.keep_early(&grant(2, 4, 8), 2), "other session");
+        // …not yet in epoch 2, kept for 3 (the newest report's)…
+        assert_eq!(lease.take_early(2), None);
+        let kept = lease.take_early(3).expect("kept");
+        assert_eq!((kept.epoch, kept.seq), (3, 2));
+        // …and checked like any grant once the agent is in epoch 3.
+        assert!(matches!(
+            lease.grant(&kept, 3),
+            Some(Held::Until { epoch: 3, .. })
+        ));
+        assert_eq!(lease.take_early(3), None, "taken once");
+        // A release in between voids it as it voids any older grant.
+        assert!(lease.keep_early(&grant(2, 4, 7), 3));
+        lease.release(2);
+        let kept = lease.take_early(4).expect("kept");
+        assert_eq!(lease.grant(&kept, 4), None);
+        // One for an epoch that was skipped is dropped.
+        assert!(lease.keep_early(&grant(2, 5, 7), 4));
+        assert_eq!(lease.take_early(6), None);
+        assert_eq!(lease.take_early(5), None);
     }
 
     #[test]

@@ -307,12 +307,23 @@ impl Node {
     pub async fn apply_grant(&self, grant: &LeaseGrant) {
         let _io = self.lease_io.lock().await;
         self.lease_ttl_ms.store(grant.ttl_ms, Ordering::Relaxed);
+        if self.lease.keep_early(grant, self.epoch()) {
+            return;
+        }
         if let Some(next) = self.lease.grant(grant, self.epoch()) {
             if let Some(state) = self.push_lease(next).await {
                 if state.lease == next {
                     self.lease.confirm_grant(next, grant.seq);
                 }
             }
+        }
+    }
+
+    /// Apply the grant that came ahead of the epoch just taken on (see
+    /// [`Lease::keep_early`]).
+    pub async fn apply_early_grant(&self) {
+        if let Some(grant) = self.lease.take_early(self.epoch()) {
+            self.apply_grant(&grant).await;
         }
     }
 
