@@ -146,6 +146,14 @@ impl StopMode {
             StopMode::Immediate => "immediate",
         }
     }
+
+    /// The postmaster's signal for this shutdown mode.
+    fn signal(self) -> nix::sys::signal::Signal {
+        match self {
+            StopMode::Fast => nix::sys::signal::Signal::SIGINT,
+            StopMode::Immediate => nix::sys::signal::Signal::SIGQUIT,
+        }
+    }
 }
 
 /// What [`Postgres::rewind`] did.
