@@ -501,13 +501,15 @@ impl Execution {
                     // parent-death signal: restart it under the keeper.
                     then!(self, 4, Some(Step::StopFast));
                 }
-                self.pc = 4;
+                // Nothing changed since the look: no second one (each is a
+                // connection to PostgreSQL, on the write outage's path).
+                self.pc = 5;
                 None
             }
             4 => then!(self, 5, Some(Step::Look)),
             5 => {
                 if self.facts.running {
-                    self.pc = 8;
+                    self.pc = 9;
                     return None;
                 }
                 then!(

@@ -144,6 +144,10 @@ fn promotion_waits_for_the_lease_and_sets_sync_names_first() {
     assert!(written < reload && reload < promote, "{steps:?}");
     assert_eq!(steps[promote - 1], Step::AwaitLease, "{steps:?}");
     assert_eq!(steps[2], Step::AwaitLease, "{steps:?}");
+    // A running, supervised standby: one look at the start of the command,
+    // one after the lease — each costs a connection during the outage.
+    let looks = steps.iter().filter(|s| **s == Step::Look).count();
+    assert_eq!(looks, 2, "{steps:?}");
     // No lease: nothing after the refusal.
     let (steps, r) = run(
         Execution::new(command(2, Action::Promote { settings })),
