@@ -232,8 +232,8 @@ pub fn decide(input: &Input) -> Decision {
     replicas(input, primary, primary_ok, &mut d);
     // Last: a history entry never delays a promotion or a lease (the
     // commands of this pass are decided again after the commit).
-    if let Some(c) = note_fences(input) {
-        d.commit = Some(c);
+    if d.commit.is_none() {
+        d.commit = note_fences(input);
     }
     d
 }

@@ -552,6 +552,17 @@ fn each_fence_goes_into_the_history_once_and_never_before_other_work() {
         run(&c, &s, 10_000, 0).commit,
         Some(ClusterCommand::NoteFence { fences: 2, .. })
     ));
+    // Also when the first report the leader reads of it is from the rejoin
+    // that followed at once (the fenced phase lasted one report).
+    let rejoining = NodeReport {
+        phase: AgentPhase::Rewinding,
+        ..fenced(3)
+    };
+    s.observe(&c, rejoining, 10_000);
+    assert!(matches!(
+        run(&c, &s, 10_000, 0).commit,
+        Some(ClusterCommand::NoteFence { fences: 3, .. })
+    ));
 }
 
 #[test]
