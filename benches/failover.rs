@@ -17,7 +17,10 @@
 //! A writer inserts a row every 20 ms through the multi-host connection
 //! string. Figures only, no pass/fail. Run with `scripts/bench-failover`.
 //! `BENCH_RUNS` (default 5) sets the runs per scenario; `BENCH_ONLY=d,e`
-//! runs only the named scenarios.
+//! runs only the named scenarios; `BENCH_TRACE=1` shows what the writer met
+//! during a switchover's longest gap and what the agents and managers logged
+//! meanwhile (with `RUST_LOG=info,pgquorum::agent::executor=debug`, each
+//! step of the agents' commands and its duration).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -363,6 +366,7 @@ async fn crash_and_switchover(runs: usize, through_haproxy: bool) {
         })
         .await;
         let asked = Instant::now();
+        let asked_wall = std::time::SystemTime::now();
         sb.run(&["switchover", "--to", &target, "--force"]);
         let (_, port, _) = wait_for("the switchover", LONG, || async {
             sb.primary().filter(|p| p.0 == target)
@@ -384,15 +388,16 @@ async fn crash_and_switchover(runs: usize, through_haproxy: bool) {
         })
         .await;
         rejoin_sw.push(asked.elapsed().as_secs_f64());
+        let errors = w.errors();
         let acks = w.stop().await;
         let libpq = libpq_writer.map(|l| l.stop());
         let mut times: Vec<Instant> = acks.iter().map(|a| a.acked).collect();
         times.sort();
-        let gap = times
-            .windows(2)
-            .map(|p| p[1] - p[0])
-            .max()
-            .unwrap_or_default();
+        let worst = times.windows(2).max_by_key(|p| p[1] - p[0]);
+        let gap = worst.map(|p| p[1] - p[0]).unwrap_or_default();
+        if let (Some(p), true) = (worst, std::env::var_os("BENCH_TRACE").is_some()) {
+            trace_gap(&sb.path(), (asked, asked_wall), p[0], p[1], &errors);
+        }
         gaps.push(gap.as_secs_f64());
         let libpq_gap = libpq.map(longest_gap);
         if let Some(g) = libpq_gap {
@@ -844,6 +849,56 @@ async fn manager_faults(runs: usize) {
             stats("SIGTERM → manager exited", "s", exits);
         }
         println!("  runs where the primary was fenced or replaced: {fenced}");
+    }
+}
+
+/// `BENCH_TRACE=1`: what the writer met in its longest gap, and what the
+/// agents and managers logged from the request to the gap's end, in ms from
+/// the switchover request — where the time goes.
+fn trace_gap(
+    sandbox: &std::path::Path,
+    (asked, asked_wall): (Instant, std::time::SystemTime),
+    from: Instant,
+    to: Instant,
+    errors: &[(Instant, String)],
+) {
+    let ms = |t: Instant| t.saturating_duration_since(asked).as_millis();
+    eprintln!(
+        "  gap from {} ms to {} ms after the request",
+        ms(from),
+        ms(to)
+    );
+    let mut lines: Vec<(u128, String)> = errors
+        .iter()
+        .filter(|(at, _)| *at >= from && *at <= to)
+        .map(|(at, why)| (ms(*at), format!("writer: {why}")))
+        .collect();
+    let end = ms(to);
+    let logs = std::fs::read_dir(sandbox.join("logs"))
+        .into_iter()
+        .flatten();
+    for file in logs.flatten() {
+        let name = file.file_name().to_string_lossy().replace(".log", "");
+        let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+        for line in text.lines() {
+            let Some((stamp, rest)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(at) = humantime::parse_rfc3339(stamp) else {
+                continue;
+            };
+            let Ok(after) = at.duration_since(asked_wall) else {
+                continue;
+            };
+            if after.as_millis() <= end {
+                let rest: String = rest.trim_start().chars().take(150).collect();
+                lines.push((after.as_millis(), format!("{name}: {rest}")));
+            }
+        }
+    }
+    lines.sort();
+    for (at, line) in lines {
+        eprintln!("  {at:>6} ms  {line}");
     }
 }
 
