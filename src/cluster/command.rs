@@ -17,9 +17,12 @@ use super::state::{
     SwitchoverPhase, Tags,
 };
 
-/// Largest number of clusters or members accepted, a guard against a runaway
+/// Largest number of members of one cluster, a guard against a runaway
 /// client filling the state.
 const MAX_MEMBERS: usize = 64;
+/// Largest number of clusters one manager group serves (the fleet bench
+/// carries 333 clusters of 3 nodes on 3 managers; see docs/architecture.md).
+pub const MAX_CLUSTERS: usize = 1000;
 
 /// A change to the committed state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -754,8 +757,11 @@ fn register(
             "node {name} needs the host and port its PostgreSQL listens on"
         )));
     }
-    if !state.clusters.contains_key(cluster) && state.clusters.len() >= MAX_MEMBERS {
-        return Err(Rejection::precondition("too many clusters"));
+    if !state.clusters.contains_key(cluster) && state.clusters.len() >= MAX_CLUSTERS {
+        return Err(Rejection::precondition(format!(
+            "this manager group already serves {MAX_CLUSTERS} clusters, its limit: remove one \
+             that is gone (`pgquorum cluster remove`) or run another manager group"
+        )));
     }
     let c = state
         .clusters
@@ -784,7 +790,10 @@ fn register(
         )));
     }
     if c.members.len() >= MAX_MEMBERS {
-        return Err(Rejection::precondition("too many nodes in this cluster"));
+        return Err(Rejection::precondition(format!(
+            "cluster {cluster:?} already has {MAX_MEMBERS} nodes, its limit: remove one that \
+             is gone (`pgquorum node remove`)"
+        )));
     }
     c.registrations += 1;
     let member = Member {
@@ -859,6 +868,35 @@ mod tests {
             lsn: Lsn(0),
             at_unix_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_fleet_of_clusters_fits_and_the_limits_name_what_to_do() {
+        let mut s = ClusterState::default();
+        let node_of = |cluster: usize, node: usize| ClusterCommand::RegisterNode {
+            cluster: format!("c{cluster}"),
+            name: format!("n{node}"),
+            host: format!("10.0.{}.{}", cluster / 200, cluster % 200),
+            port: 5432 + node as u16,
+            http: "127.0.0.1:8008".into(),
+            tags: Tags::default(),
+        };
+        // More clusters than members per cluster: the two limits are apart.
+        for c in 0..MAX_CLUSTERS {
+            node_of(c, 0).apply(&mut s).expect("within the limit");
+        }
+        let e = node_of(MAX_CLUSTERS, 0).apply(&mut s).unwrap_err();
+        assert_eq!(e.kind, RejectionKind::FailedPrecondition);
+        assert!(e.message.contains("cluster remove"), "{}", e.message);
+        // Another node of an existing cluster still registers.
+        node_of(0, 1).apply(&mut s).expect("a member of a known cluster");
+        for n in 1..MAX_MEMBERS {
+            node_of(1, n).apply(&mut s).expect("within the limit");
+        }
+        node_of(1, 0).apply(&mut s).expect("registered again");
+        let e = node_of(1, MAX_MEMBERS).apply(&mut s).unwrap_err();
+        assert!(e.message.contains("node remove"), "{}", e.message);
+        assert_eq!(s.clusters.len(), MAX_CLUSTERS);
     }
 
     #[test]
