@@ -414,10 +414,14 @@ async fn main() {
         }
         table.push((format!("{c}×{n}"), rows));
     }
-    let labels: Vec<String> = table
-        .first()
-        .map(|(_, rows)| rows.iter().map(|(k, _)| k.clone()).collect())
-        .unwrap_or_default();
+    // Every shape's rows, in order of first appearance (a one-cluster shape
+    // has no "10 at once" row).
+    let mut labels: Vec<String> = Vec::new();
+    for (k, _) in table.iter().flat_map(|(_, rows)| rows) {
+        if !labels.contains(k) {
+            labels.push(k.clone());
+        }
+    }
     let width = labels.iter().map(|l| l.len()).max().unwrap_or(0);
     print!("{:width$}", "", width = width);
     for (shape, _) in &table {

@@ -889,7 +889,9 @@ mod tests {
         assert_eq!(e.kind, RejectionKind::FailedPrecondition);
         assert!(e.message.contains("cluster remove"), "{}", e.message);
         // Another node of an existing cluster still registers.
-        node_of(0, 1).apply(&mut s).expect("a member of a known cluster");
+        node_of(0, 1)
+            .apply(&mut s)
+            .expect("a member of a known cluster");
         for n in 1..MAX_MEMBERS {
             node_of(1, n).apply(&mut s).expect("within the limit");
         }

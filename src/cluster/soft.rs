@@ -81,6 +81,9 @@ pub struct Soft {
     /// one, no open grant can still arrive (a session delivers in order,
     /// and a new open grant clears this).
     pub bounding: Option<(u64, u64)>,
+    /// The last grant sent: a pass decides again for every cluster now and
+    /// then, and the same grant is not sent twice.
+    pub last_grant: Option<LeaseGrant>,
     /// Next command id.
     pub next_command: u64,
     /// The parameter catalog each node's server reported last (sent once
@@ -113,6 +116,7 @@ impl Soft {
             sync_names_since: None,
             catch_up_since: None,
             bounding: None,
+            last_grant: None,
             next_command: 1,
             settings: BTreeMap::new(),
         }
@@ -224,8 +228,9 @@ impl Soft {
     /// Book a lease grant answering `node`'s latest report: the agent's
     /// lease ends at the report's send time + ttl, so no later than its
     /// receive time + ttl on the leader's clock. False when there is no
-    /// report to answer (nothing may be sent then). A bounded grant to a
-    /// primary whose lease may still be open is remembered as `bounding`.
+    /// report to answer, or this very grant was sent already (nothing is to
+    /// be sent then). A bounded grant to a primary whose lease may still be
+    /// open is remembered as `bounding`.
     pub fn book_lease(&mut self, cluster: &Cluster, node: &str, grant: &LeaseGrant) -> bool {
         let Some(o) = self.nodes.get(node) else {
             return false;
@@ -252,6 +257,10 @@ impl Soft {
                 })
             }
         }
+        if self.last_grant == Some(*grant) {
+            return false;
+        }
+        self.last_grant = Some(*grant);
         true
     }
 

@@ -7,7 +7,7 @@
 //! lease grants down the agents' sessions. A manager that is not the leader
 //! keeps no soft state and no sessions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,8 +22,13 @@ use crate::cluster::state::EventKind;
 use crate::cluster::wire::{AgentCommand, ManagerMessage, NodeReport};
 use crate::cluster::{Applied, Cluster, ClusterCommand, Lsn};
 
-/// The loop runs at least this often.
+/// The loop runs at least this often, and decides for every cluster at
+/// least this often (timeouts: a silent primary, a lease running out).
 const TICK: Duration = Duration::from_millis(100);
+/// Passes start at least this far apart: reports that arrive meanwhile are
+/// answered by one pass and one quorum round, not one each (a fleet of 300
+/// agents sends over a thousand reports a second).
+const PASS_GAP: Duration = Duration::from_millis(5);
 /// How long an operator's failover may wait for leases to run out.
 const MANUAL_FAILOVER_WAIT: Duration = Duration::from_secs(60);
 /// At most this many commits per cluster and pass (then the next pass).
@@ -81,6 +86,13 @@ struct Leadership {
     /// Per cluster, the (registrations, config version) the agents were
     /// last told the members and failsafe setting for.
     announced: BTreeMap<String, (u64, usize, u64)>,
+    /// Clusters with news (a report, a session) since they were last
+    /// decided for: a pass decides for these only, unless a full one is due.
+    dirty: BTreeSet<String>,
+    /// When every cluster was last decided for, and the last applied log
+    /// index then (a commit — an operator's request, a new cluster — makes
+    /// the next pass a full one).
+    full_pass: Option<(u64, Option<u64>)>,
 }
 
 /// Counters for the manager's `/metrics`.
@@ -140,8 +152,14 @@ impl Control {
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let control = self.clone();
         tokio::spawn(async move {
+            let mut last = Instant::now();
             loop {
                 let _ = tokio::time::timeout(TICK, control.inner.wake.notified()).await;
+                let since = last.elapsed();
+                if since < PASS_GAP {
+                    tokio::time::sleep(PASS_GAP - since).await;
+                }
+                last = Instant::now();
                 if let Err(e) = control.pass().await {
                     tracing::debug!(error = %e, "control pass ended early");
                 }
@@ -206,28 +224,42 @@ impl Control {
         true
     }
 
-    /// One pass: confirm leadership, then decide and act for every cluster.
+    /// One pass: confirm leadership, then decide and act for every cluster
+    /// with news — or for all of them, every [`TICK`] and after a commit.
     async fn pass(&self) -> Result<(), NodeError> {
         if !self.track_leadership() {
             return Ok(());
         }
         let confirm_started = self.now();
-        self.inner.node.linearizable_state().await?;
+        let applied = self.inner.node.local_state();
+        let index = applied.last_applied.map(|id| id.index);
+        // The clusters to decide for are taken before the quorum round: a
+        // report arriving during the round cannot be answered with a lease
+        // by this pass (it came after the round started), so its cluster
+        // stays marked for the next one.
+        let names: Vec<String> = {
+            let mut l = self.lock();
+            let full = l.full_pass.is_none_or(|(at, seen)| {
+                confirm_started.saturating_sub(at) >= TICK.as_millis() as u64 || seen != index
+            });
+            if full {
+                l.full_pass = Some((confirm_started, index));
+                l.dirty.clear();
+                applied.state.clusters.keys().cloned().collect()
+            } else {
+                std::mem::take(&mut l.dirty).into_iter().collect()
+            }
+        };
+        if let Err(e) = self.inner.node.linearizable_state().await {
+            self.lock().dirty.extend(names);
+            return Err(e);
+        }
         {
             let mut l = self.lock();
             for soft in l.clusters.values_mut() {
                 soft.confirmed_at = Some(confirm_started);
             }
         }
-        let names: Vec<String> = self
-            .inner
-            .node
-            .local_state()
-            .state
-            .clusters
-            .keys()
-            .cloned()
-            .collect();
         for name in names {
             self.drive(&name).await?;
         }
@@ -439,6 +471,7 @@ impl Control {
         let id = l.next_session;
         l.sessions
             .insert((cluster.to_string(), node.to_string()), Session { id, tx });
+        l.dirty.insert(cluster.to_string());
         self.inner.wake.notify_one();
         Some(id)
     }
@@ -483,6 +516,7 @@ impl Control {
                 .last_primary_lsn
                 .map(|(lsn, _)| lsn)
                 .unwrap_or_default();
+            l.dirty.insert(cluster.name.clone());
             ReportAnswer {
                 primary_lsn,
                 quorum,

@@ -221,6 +221,9 @@ fn paused_grants_hold_open_and_resume_waits_until_the_agent_bounds_the_lease() {
     assert!(!g.hold, "{g:?}");
     assert!(s.book_lease(&c, &node, &g));
     assert_eq!(s.bounding, Some((1, 5)));
+    // Decided again (a full pass) before the next report: nothing to send.
+    assert!(!s.book_lease(&c, &node, &g), "the same grant sent twice");
+    assert_eq!(s.bounding, Some((1, 5)));
     // A report still showing an older grant's lease changes nothing...
     s.observe(
         &c,
