@@ -14,7 +14,8 @@
 //!
 //! Figures only, no pass/fail. Run with `scripts/bench-fleet`.
 //! `FLEET_SHAPES` (default `100x3`; e.g. `100x3,100x10,333x3`),
-//! `FLEET_STEADY` (seconds of steady state measured, default 30).
+//! `FLEET_STEADY` (seconds of steady state measured, default 30),
+//! `FLEET_LOGS=DIR` (keep the managers' logs of each shape there).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -390,6 +391,17 @@ async fn shape(clusters: usize, nodes: usize, steady: Duration) -> Vec<(String, 
     row("clusters without a leased primary then", lost.to_string());
 
     fleet.stop();
+    if let Some(dir) = std::env::var_os("FLEET_LOGS") {
+        // For a post-mortem: the managers' logs of this shape.
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for id in 1..=3 {
+            let _ = std::fs::copy(
+                m.log(id),
+                dir.join(format!("{clusters}x{nodes}-manager-{id}.log")),
+            );
+        }
+    }
     drop(m);
     rows
 }

@@ -260,88 +260,116 @@ impl Control {
                 soft.confirmed_at = Some(confirm_started);
             }
         }
-        for name in names {
-            self.drive(&name).await?;
-        }
+        self.drive_all(names).await?;
         self.changed();
         Ok(())
     }
 
-    /// Decide and act for one cluster until nothing more is to be committed.
-    async fn drive(&self, name: &str) -> Result<(), NodeError> {
+    /// Decide and act for `names` until nothing more is to be committed:
+    /// each round decides for every cluster left — sending the commands and
+    /// grants of those with nothing to commit at once — then proposes the
+    /// others' commits together and decides for those clusters again. A
+    /// cluster's lease never waits behind another cluster's commit (one at a
+    /// time, a fleet starting or failing over at once took longer than a
+    /// lease: primaries were fenced in clusters nothing was wrong with).
+    async fn drive_all(&self, mut names: Vec<String>) -> Result<(), NodeError> {
         for _ in 0..COMMITS_PER_PASS {
-            let applied = self.inner.node.local_state();
-            let Some(cluster) = applied.state.clusters.get(name) else {
+            let commits: Vec<(String, ClusterCommand)> = names
+                .iter()
+                .filter_map(|name| Some((name.clone(), self.decide_for(name)?)))
+                .collect();
+            if commits.is_empty() {
                 return Ok(());
-            };
-            let now = self.now();
-            let decision = {
-                let mut l = self.lock();
-                let since = l.since;
-                let soft = l
-                    .clusters
-                    .entry(name.to_string())
-                    .or_insert_with(|| new_soft(since));
-                let d = decide::decide(&Input {
-                    cluster,
-                    soft,
-                    now,
-                    wall_ms: crate::wallclock::unix_ms(),
-                });
-                soft.record(d.catching_up, now);
-                l.waiting.insert(name.to_string(), d.waiting.clone());
-                d
-            };
-            if let Some(commit) = decision.commit {
-                let promotes = matches!(commit, ClusterCommand::Promote { .. });
-                let counters = &self.inner.counters;
-                counters.decisions.fetch_add(1, Ordering::Relaxed);
-                if let ClusterCommand::Promote { kind, .. } = &commit {
-                    match kind {
-                        EventKind::Switchover => {
-                            counters.switchovers.fetch_add(1, Ordering::Relaxed)
-                        }
-                        _ => counters.failovers.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-                tracing::info!(cluster = name, command = ?commit, "committing decision");
-                let proposed_at = self.now();
-                match self.inner.node.propose(commit).await {
-                    Ok(_) => {
-                        // A commit is a quorum round too: whoever reported
-                        // before the entry was appended may get a lease.
-                        if let Some(soft) = self.lock().clusters.get_mut(name) {
-                            soft.confirmed_at = soft.confirmed_at.max(Some(proposed_at));
-                        }
-                        if promotes {
-                            if let Some(soft) = self.lock().clusters.get_mut(name) {
-                                soft.epoch_changed();
-                            }
-                        }
-                    }
-                    Err(NodeError::Rejected(r)) => {
-                        tracing::warn!(cluster = name, reason = %r, "decision refused by the state machine");
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e),
-                }
-                continue;
             }
-            let counters = &self.inner.counters;
-            counters
-                .commands
-                .fetch_add(decision.commands.len() as u64, Ordering::Relaxed);
-            if decision.grant.is_some() {
-                counters.lease_grants.fetch_add(1, Ordering::Relaxed);
-            } else if self.primary_wants_lease(cluster) {
-                counters.lease_denials.fetch_add(1, Ordering::Relaxed);
+            let results = futures::future::join_all(
+                commits
+                    .into_iter()
+                    .map(|(name, commit)| async move { (self.commit(&name, commit).await, name) }),
+            )
+            .await;
+            names = Vec::new();
+            for (result, name) in results {
+                if result? {
+                    names.push(name);
+                }
             }
-            self.poll(cluster, &decision.poll);
-            self.announce_members(cluster);
-            self.send(cluster, decision.commands, decision.grant, now);
-            return Ok(());
         }
         Ok(())
+    }
+
+    /// Decide for one cluster: its commit if it has one, or else its
+    /// commands and lease grant, sent.
+    fn decide_for(&self, name: &str) -> Option<ClusterCommand> {
+        let applied = self.inner.node.local_state();
+        let cluster = applied.state.clusters.get(name)?;
+        let now = self.now();
+        let decision = {
+            let mut l = self.lock();
+            let since = l.since;
+            let soft = l
+                .clusters
+                .entry(name.to_string())
+                .or_insert_with(|| new_soft(since));
+            let d = decide::decide(&Input {
+                cluster,
+                soft,
+                now,
+                wall_ms: crate::wallclock::unix_ms(),
+            });
+            soft.record(d.catching_up, now);
+            l.waiting.insert(name.to_string(), d.waiting.clone());
+            d
+        };
+        if decision.commit.is_some() {
+            return decision.commit;
+        }
+        let counters = &self.inner.counters;
+        counters
+            .commands
+            .fetch_add(decision.commands.len() as u64, Ordering::Relaxed);
+        if decision.grant.is_some() {
+            counters.lease_grants.fetch_add(1, Ordering::Relaxed);
+        } else if self.primary_wants_lease(cluster) {
+            counters.lease_denials.fetch_add(1, Ordering::Relaxed);
+        }
+        self.poll(cluster, &decision.poll);
+        self.announce_members(cluster);
+        self.send(cluster, decision.commands, decision.grant, now);
+        None
+    }
+
+    /// Commit one cluster's decision. True when committed (decide for the
+    /// cluster again), false when the state machine refused it.
+    async fn commit(&self, name: &str, commit: ClusterCommand) -> Result<bool, NodeError> {
+        let promotes = matches!(commit, ClusterCommand::Promote { .. });
+        let counters = &self.inner.counters;
+        counters.decisions.fetch_add(1, Ordering::Relaxed);
+        if let ClusterCommand::Promote { kind, .. } = &commit {
+            match kind {
+                EventKind::Switchover => counters.switchovers.fetch_add(1, Ordering::Relaxed),
+                _ => counters.failovers.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        tracing::info!(cluster = name, command = ?commit, "committing decision");
+        let proposed_at = self.now();
+        match self.inner.node.propose(commit).await {
+            Ok(_) => {
+                // A commit is a quorum round too: whoever reported before
+                // the entry was appended may get a lease.
+                if let Some(soft) = self.lock().clusters.get_mut(name) {
+                    soft.confirmed_at = soft.confirmed_at.max(Some(proposed_at));
+                    if promotes {
+                        soft.epoch_changed();
+                    }
+                }
+                Ok(true)
+            }
+            Err(NodeError::Rejected(r)) => {
+                tracing::warn!(cluster = name, reason = %r, "decision refused by the state machine");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Tell every agent of `cluster` its members and the failsafe setting
