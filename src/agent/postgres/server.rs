@@ -254,9 +254,12 @@ impl Postgres {
             return Ok(());
         };
         // What `pg_ctl stop -m MODE -w` does, without its 100 ms polls: the
-        // signal for the mode, then wait until the postmaster is gone (it
-        // removes postmaster.pid last). Every stop of a switchover or
-        // restart is a write outage; a poll quantum would add ~50 ms to it.
+        // signal for the mode, then wait until the postmaster is gone. Every
+        // stop of a switchover or restart is a write outage; a poll quantum
+        // would add ~50 ms to it. Gone means exited, not only its
+        // postmaster.pid removed: that happens a moment before the exit, and
+        // a start right then was refused by the keeper ("already runs").
+        // (A zombie has exited: the keeper reaps it before a start.)
         let t0 = Instant::now();
         match kill(Pid::from_raw(pid), mode.signal()) {
             // It went away on its own meanwhile.
@@ -270,7 +273,7 @@ impl Postgres {
             }
             Ok(()) => {}
         }
-        while self.postmaster_pid() == Some(pid) {
+        while self.postmaster_pid() == Some(pid) || crate::process::alive(pid) {
             if t0.elapsed() >= timeout {
                 return Err(self.with_log(PgError::Timeout {
                     command: format!("stop ({} mode, pid {pid})", mode.as_arg()),

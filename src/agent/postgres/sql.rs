@@ -343,6 +343,26 @@ impl Postgres {
         self.query_in(target, "postgres", what, query, budget).await
     }
 
+    /// `query` on an open connection to `target`, its result sets.
+    async fn run_on(
+        &self,
+        client: &Client,
+        target: Target<'_>,
+        what: &str,
+        query: &str,
+    ) -> Result<Vec<Vec<tokio_postgres::SimpleQueryRow>>, PgError> {
+        client
+            .simple_query(query)
+            .await
+            .map(result_sets)
+            .map_err(|e| PgError::Sql {
+                what: what.to_string(),
+                target: self.target_name(target),
+                source: e,
+                hint: "see the PostgreSQL log",
+            })
+    }
+
     /// [`Postgres::query_on`] in `database`.
     pub(crate) async fn query_in(
         &self,
@@ -361,16 +381,7 @@ impl Postgres {
                     Some(budget),
                 )
                 .await?;
-            client
-                .simple_query(query)
-                .await
-                .map(result_sets)
-                .map_err(|e| PgError::Sql {
-                    what: what.to_string(),
-                    target: self.target_name(target),
-                    source: e,
-                    hint: "see the PostgreSQL log",
-                })
+            self.run_on(&client, target, what, query).await
         };
         tokio::time::timeout(budget + Duration::from_secs(1), work)
             .await
@@ -453,19 +464,7 @@ impl Postgres {
             )
             .await?;
         let ask = |query: &'static str, what: &'static str| {
-            let client = &client;
-            async move {
-                client
-                    .simple_query(query)
-                    .await
-                    .map(result_sets)
-                    .map_err(|e| PgError::Sql {
-                        what: what.to_string(),
-                        target: self.target_name(Target::Local),
-                        source: e,
-                        hint: "see the PostgreSQL log",
-                    })
-            }
+            self.run_on(&client, Target::Local, what, query)
         };
         let signalled = ask(
             "SELECT CASE WHEN pg_is_in_recovery() THEN pg_promote(false) ELSE false END",
