@@ -13,7 +13,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::deploy::{Deployment, PG_PORT};
@@ -34,28 +33,9 @@ fn pg_dir(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
-/// Run `program args` as the PostgreSQL OS user (bounded); panics on failure.
+/// Run `program args` as the PostgreSQL OS user: [`common::as_pg`].
 fn as_pg(program: &Path, args: &[&str]) -> String {
-    let mut cmd = Command::new("timeout");
-    cmd.arg("120");
-    if pg_owner().is_some() {
-        cmd.args(["runuser", "-u", "postgres", "--"]);
-    }
-    let out = cmd
-        .arg(program)
-        .args(args)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run a PostgreSQL program");
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed: {}{}",
-        program.display(),
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
+    common::as_pg(program, args, &[])
 }
 
 /// An executable script owned by root, readable by everybody.

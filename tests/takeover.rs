@@ -43,13 +43,12 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::deploy::{Deployment, PG_PORT};
 use common::netns::{Host, Network};
 use common::sandbox::{poll, psql, PG_BIN};
-use common::{pg_owner, stderr, stdout, wait_for};
+use common::{pg_owner, wait_for};
 
 const LONG: Duration = Duration::from_secs(180);
 const REPLICATOR_PASSWORD: &str = "rep-secret";
@@ -76,29 +75,10 @@ fn pg_file(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
-/// Run a PostgreSQL program as the PostgreSQL OS user (bounded); its
-/// output, or a panic.
+/// Run a PostgreSQL server program (from `PG_BIN`) as the PostgreSQL OS
+/// user: [`common::as_pg`].
 fn as_pg(program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new("timeout");
-    cmd.arg("120");
-    if pg_owner().is_some() {
-        cmd.args(["runuser", "-u", "postgres", "--"]);
-    }
-    let out = cmd
-        .arg(Path::new(PG_BIN).join(program))
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run a PostgreSQL program");
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
+    common::as_pg(&Path::new(PG_BIN).join(program), args, env)
 }
 
 /// One field of `pg_controldata`.

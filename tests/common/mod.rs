@@ -378,6 +378,33 @@ pub fn root_test_can_run(ok: bool, test: &str, needs: &str) -> bool {
     false
 }
 
+/// Run `program args` (with `env`) as the PostgreSQL OS user when root,
+/// bounded to 120 s; its standard output, or a panic naming the program
+/// and its output.
+pub fn as_pg(program: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("120");
+    if pg_owner().is_some() {
+        cmd.args(["runuser", "-u", "postgres", "--"]);
+    }
+    let out = cmd
+        .arg(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a PostgreSQL program");
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}{}",
+        program.display(),
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
 /// The `postgres` OS user's uid and gid (programs run as it when root).
 pub fn pg_owner() -> Option<(u32, u32)> {
     if !nix::unistd::geteuid().is_root() {
