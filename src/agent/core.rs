@@ -636,8 +636,8 @@ impl Execution {
             6 => {
                 if self.previous_upstream.as_ref() == Some(&upstream) {
                     // Same upstream, not streaming: perhaps its timeline
-                    // diverged. Rejoin the thorough way.
-                    self.pc = 9;
+                    // diverged, perhaps the upstream is down.
+                    self.pc = 12;
                     return None;
                 }
                 then!(self, 7, Some(Step::Reload))
@@ -652,7 +652,7 @@ impl Execution {
                         Some(Step::Callback(Event::RoleChange, "replica"))
                     );
                 }
-                self.pc = 9;
+                self.pc = 12;
                 None
             }
             9 => then!(self, 10, Some(Step::Phase(AgentPhase::Stopping))),
@@ -661,13 +661,30 @@ impl Execution {
                 self.jump(Program::Rejoin, 0);
                 None
             }
+            // Not streaming. Only an upstream that answers can show a
+            // diverged timeline, and only one that answers can rewind or
+            // re-clone this node: stopping the server for an upstream
+            // that is down would leave the cluster one candidate short
+            // when that upstream turns out to have failed for good.
+            12 => then!(self, 13, Some(Step::IsReachable(upstream))),
+            13 => {
+                if self.last == Some(Outcome::Yes) {
+                    self.pc = 9;
+                    return None;
+                }
+                Some(Step::Done(Ok(format!(
+                    "left running as a replica of {}, which is out of reach now",
+                    upstream.node
+                ))))
+            }
             _ => Some(Step::Done(Ok(self.message.clone()))),
         }
     }
 
     /// A stopped node becomes a replica: clone when empty, rewind when it
     /// diverged (re-clone when that fails, re-cloning is on, and the source
-    /// is reachable).
+    /// is reachable; when the source is out of reach a replica's copy runs
+    /// again as a standby, a former primary's stays down).
     fn rejoin(&mut self) -> Option<Step> {
         let upstream = match &self.command.action {
             Action::Follow { upstream, .. } | Action::Reinit { upstream, .. } => upstream.clone(),
@@ -711,25 +728,44 @@ impl Execution {
                     self.pc = 20;
                     None
                 }
-                Some(Outcome::Failed(e)) if self.rejoin_reclone => {
+                Some(Outcome::Failed(e)) => {
                     self.message = e;
                     then!(self, 7, Some(Step::IsReachable(upstream)))
                 }
-                Some(Outcome::Failed(e)) => Some(Step::Done(Err(format!(
-                    "rewind (re-cloning is off): {e}"
-                )))),
                 _ => Some(Step::Done(Err("internal: rewind without an outcome".into()))),
             },
             7 => {
-                if self.last != Some(Outcome::Yes) {
-                    // Never wipe a valid copy when the source is merely out
-                    // of reach: a clone could not replace it anyway.
-                    return Some(Step::Done(Err(format!(
-                        "{}: rewind failed and {} is unreachable: keeping the data directory",
-                        self.message, upstream.node
-                    ))));
+                if self.last == Some(Outcome::Yes) {
+                    if !self.rejoin_reclone {
+                        return Some(Step::Done(Err(format!(
+                            "rewind (re-cloning is off): {}",
+                            self.message
+                        ))));
+                    }
+                    then!(self, 8, Some(Step::Phase(AgentPhase::Cloning)))
                 }
-                then!(self, 8, Some(Step::Phase(AgentPhase::Cloning)))
+                // Never wipe a valid copy when the source is merely out of
+                // reach: a clone could not replace it anyway.
+                if matches!(self.facts.data, DataDirState::Valid { standby: true, .. }) {
+                    // A replica's copy holds only what it streamed, so it
+                    // may run again as a standby: down, it could never be
+                    // promoted should its upstream be gone for good; up,
+                    // it streams when the upstream answers again (or is
+                    // followed the thorough way once that shows it
+                    // diverged).
+                    self.message = format!(
+                        "kept its data and runs as a replica waiting for {} ({}: rewind failed and {} is unreachable)",
+                        upstream.node, self.message, upstream.node
+                    );
+                    self.pc = 20;
+                    return None;
+                }
+                // A former primary's copy may hold writes past where the
+                // cluster went on: it stays down until it can be rewound.
+                Some(Step::Done(Err(format!(
+                    "{}: rewind failed and {} is unreachable: keeping the data directory",
+                    self.message, upstream.node
+                ))))
             }
             8 => then!(self, 9, Some(Step::Wipe)),
             9 => {

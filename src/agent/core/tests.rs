@@ -220,15 +220,41 @@ fn a_valid_copy_is_never_wiped_when_the_source_is_unreachable() {
             _ => Outcome::Ok,
         }
     };
-    let (steps, r) = run(
-        Execution::new(command(2, follow(true))),
-        &facts,
-        rewind_fails(false),
-    );
-    assert!(r
-        .unwrap_err()
-        .contains("unreachable: keeping the data directory"));
-    assert!(!steps.contains(&Step::Wipe), "{steps:?}");
+    // A former primary's copy (no standby.signal) stays down.
+    let primary_copy = Facts {
+        data: valid(true, false),
+        ..facts.clone()
+    };
+    for reclone in [true, false] {
+        let (steps, r) = run(
+            Execution::new(command(2, follow(reclone))),
+            &primary_copy,
+            rewind_fails(false),
+        );
+        assert!(r
+            .unwrap_err()
+            .contains("unreachable: keeping the data directory"));
+        assert!(!steps.contains(&Step::Wipe), "{steps:?}");
+        assert!(!steps.contains(&Step::Start), "{steps:?}");
+    }
+    // A replica's copy runs again as a standby of the unreachable source,
+    // so that it stays a candidate should the source be gone for good.
+    for reclone in [true, false] {
+        let (steps, r) = run(
+            Execution::new(command(2, follow(reclone))),
+            &facts,
+            rewind_fails(false),
+        );
+        assert!(
+            r.as_ref()
+                .is_ok_and(|m| m.contains("runs as a replica waiting for n2")),
+            "{r:?}"
+        );
+        assert!(!steps.contains(&Step::Wipe), "{steps:?}");
+        let standby = position(&steps, |s| *s == Step::SetStandby(true));
+        let start = position(&steps, |s| *s == Step::Start);
+        assert!(standby < start, "{steps:?}");
+    }
     // Reachable: wiped and cloned again.
     let (steps, r) = run(
         Execution::new(command(2, follow(true))),
@@ -304,6 +330,50 @@ fn a_replica_is_re_pointed_by_a_reload_when_it_can() {
     );
     assert_eq!(r, Ok("re-pointed to n3".into()));
     assert!(!steps.contains(&Step::StopFast));
+    // Not streaming from a reachable upstream: stopped and rejoined the
+    // thorough way (its timeline may have diverged).
+    let not_streaming = Facts {
+        postgres: Some(pg(true, None)),
+        data: valid(true, true),
+        ..facts.clone()
+    };
+    let answer = |reachable: bool| {
+        move |s: &Step| match s {
+            Step::WaitStreaming(_) => Outcome::No,
+            Step::IsReachable(_) if reachable => Outcome::Yes,
+            Step::IsReachable(_) => Outcome::No,
+            Step::Rewind(_) => Outcome::Rewound(RewindOutcome::NotNeeded),
+            _ => Outcome::Ok,
+        }
+    };
+    for to in ["n1", "n3"] {
+        let (steps, r) = run(
+            Execution::new(command(2, follow(to))),
+            &not_streaming,
+            answer(true),
+        );
+        assert_eq!(r, Ok(format!("following {to}")), "{steps:?}");
+        let stop = position(&steps, |s| *s == Step::StopFast);
+        let start = position(&steps, |s| *s == Step::Start);
+        assert!(stop < start, "{steps:?}");
+        // Its upstream down: left running (found by tests/recovery.rs: a
+        // primary crashed while both replicas were told to follow it
+        // again, they stopped, could not rewind, and the cluster stayed
+        // without a candidate).
+        let (steps, r) = run(
+            Execution::new(command(2, follow(to))),
+            &not_streaming,
+            answer(false),
+        );
+        assert_eq!(
+            r,
+            Ok(format!(
+                "left running as a replica of {to}, which is out of reach now"
+            )),
+            "{steps:?}"
+        );
+        assert!(!steps.contains(&Step::StopFast), "{steps:?}");
+    }
     // Already streaming from its upstream: nothing to do.
     let (_, r) = run(Execution::new(command(2, follow("n1"))), &facts, ok);
     assert_eq!(r, Ok("already streaming from n1".into()));
