@@ -308,16 +308,21 @@ impl Deployment {
             limit,
             || async {
                 let s = self.status().await?;
+                // In the cluster's epoch: a node still in an older one is
+                // about to be told to follow (again).
+                let current = |n: &&NodeStatus| n.healthy && n.epoch == s.epoch;
                 let healthy_primary = s
                     .nodes
                     .iter()
-                    .filter(|n| n.role == "primary" && n.healthy)
+                    .filter(|n| n.role == "primary")
+                    .filter(current)
                     .count()
                     == 1;
                 let streaming = s
                     .nodes
                     .iter()
-                    .filter(|n| n.role == "replica" && n.healthy)
+                    .filter(|n| n.role == "replica")
+                    .filter(current)
                     .count()
                     == nodes - 1;
                 (s.nodes.len() == nodes && healthy_primary && streaming).then_some(s)
@@ -725,6 +730,29 @@ impl Deployment {
     }
 }
 
+impl Deployment {
+    /// The end of every manager's and agent's log, host by host.
+    fn print_logs(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        let mut hosts: Vec<std::path::PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        hosts.sort();
+        for host in hosts {
+            for log in ["manager.log", "agent.log"] {
+                let p = host.join(log);
+                if p.exists() {
+                    eprintln!(
+                        "----- {} (tail) -----\n{}",
+                        p.display(),
+                        super::sandbox::tail(&p, 60)
+                    );
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Deployment {
     /// Agents and managers are killed by their `Proc` guards; keepers and
     /// PostgreSQL servers outlive agents and are killed here.
@@ -733,6 +761,11 @@ impl Drop for Deployment {
             p.kill9();
         }
         super::kill_processes_under(self.dir.path());
+        if std::thread::panicking() {
+            // The directory goes with the test: what a CI failure needs is
+            // printed here.
+            self.print_logs();
+        }
     }
 }
 
