@@ -235,9 +235,25 @@ async fn shape(clusters: usize, nodes: usize, steady: Duration) -> Vec<(String, 
     let (l0, f0, b0) = (cpu_seconds(lpid), cpu_seconds(fpid), cpu_seconds(me));
     let t0 = Instant::now();
     let mut rss = (0.0f64, 0.0f64);
+    // A long steady run also shows the managers' storage staying bounded
+    // (log purged behind snapshots): sampled six times along the way.
+    let sample_every = (steady >= Duration::from_secs(240)).then(|| steady / 6);
+    let mut samples = vec![storage_sample(&m, leader, Duration::ZERO).await];
     while t0.elapsed() < steady {
         tokio::time::sleep(Duration::from_secs(1)).await;
         rss = (rss.0.max(rss_mb(lpid)), rss.1.max(rss_mb(fpid)));
+        if let Some(every) = sample_every {
+            if t0.elapsed() >= every * samples.len() as u32 {
+                samples.push(storage_sample(&m, leader, t0.elapsed()).await);
+                eprintln!("  storage: {}", samples[samples.len() - 1]);
+            }
+        }
+    }
+    if sample_every.is_some() {
+        row(
+            "storage in steady state (time: Raft index, MB per manager)",
+            samples.join(" · "),
+        );
     }
     let secs = t0.elapsed().as_secs_f64();
     let pct = |a: f64, b: f64| format!("{:.1}", (b - a) / secs * 100.0);
@@ -357,19 +373,11 @@ async fn shape(clusters: usize, nodes: usize, steady: Duration) -> Vec<(String, 
     }
 
     // Storage after the run.
-    let applied = m
-        .view(leader)
-        .await
-        .and_then(|v| v.iter().find(|i| i.id == leader).map(|i| i.last_applied))
-        .unwrap_or(0);
-    row("Raft log index (entries)", applied.to_string());
     row(
-        "data dir per manager (MB)",
-        (1..=3)
-            .map(|id| format!("{:.1}", du(&m.data_dir(id)) as f64 / 1e6))
-            .collect::<Vec<_>>()
-            .join(" / "),
+        "Raft log index (entries)",
+        applied_index(&m, leader).await.to_string(),
     );
+    row("data dir per manager (MB)", data_dirs_mb(&m));
 
     // The leader restarts: until every cluster's primary holds a fresh lease.
     let t0 = Instant::now();
@@ -404,6 +412,32 @@ async fn shape(clusters: usize, nodes: usize, steady: Duration) -> Vec<(String, 
     }
     drop(m);
     rows
+}
+
+/// The leader's last applied Raft index.
+async fn applied_index(m: &Managers, leader: u64) -> u64 {
+    m.view(leader)
+        .await
+        .and_then(|v| v.iter().find(|i| i.id == leader).map(|i| i.last_applied))
+        .unwrap_or(0)
+}
+
+/// Every manager's data directory (Raft log, snapshots and sled), in MB.
+fn data_dirs_mb(m: &Managers) -> String {
+    (1..=3)
+        .map(|id| format!("{:.1}", du(&m.data_dir(id)) as f64 / 1e6))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// One point of the storage series: `at` into the steady state.
+async fn storage_sample(m: &Managers, leader: u64, at: Duration) -> String {
+    format!(
+        "{:.0} min: {}, {}",
+        at.as_secs_f64() / 60.0,
+        applied_index(m, leader).await,
+        data_dirs_mb(m)
+    )
 }
 
 #[tokio::main]

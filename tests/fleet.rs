@@ -246,6 +246,88 @@ async fn a_fleet_of_synthetic_agents_fails_over_one_cluster_alone() {
         .expect("victim listed");
     assert_eq!(row["primary"], new_primary.as_str(), "{fleet_now}");
 
+    // The leader's /metrics labels every cluster's epoch and primary.
+    let leader = m.leader(&[1, 2, 3]).await;
+    let metrics = metrics_of(&m, leader);
+    let current: Vec<(String, String, u64)> = before
+        .iter()
+        .map(|(c, p, e)| {
+            if *c == victim {
+                (c.clone(), new_primary.clone(), new_epoch)
+            } else {
+                (c.clone(), p.clone(), *e)
+            }
+        })
+        .collect();
+    for (cluster, primary, epoch) in &current {
+        let l = format!("manager=\"{leader}\",cluster=\"{cluster}\"");
+        assert!(
+            metrics.contains(&format!("pgquorum_cluster_epoch{{{l}}} {epoch}\n")),
+            "{cluster} epoch {epoch} missing from the metrics:\n{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!(
+                "pgquorum_node_is_primary{{{l},node=\"{primary}\"}} 1\n"
+            )),
+            "{cluster} primary {primary} missing from the metrics:\n{metrics}"
+        );
+    }
+
+    // A cluster that goes away costs nothing any more: refused while it
+    // runs; once all its agents are gone it is removed, and leaves the
+    // status and the metrics; the others are untouched.
+    let (gone, _, _) = before[1].clone();
+    let out = tokio::task::block_in_place(|| {
+        cli(&["--managers", &a, "cluster", "remove", &gone, "--force"])
+    });
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("still runs"), "{}", stderr(&out));
+    for node in ["n1", "n2", "n3"] {
+        fleet.silence(&gone, node);
+    }
+    wait_for(
+        "the silent cluster to be removable",
+        Duration::from_secs(60),
+        || async {
+            tokio::task::block_in_place(|| {
+                cli(&["--managers", &a, "cluster", "remove", &gone, "--force"])
+            })
+            .status
+            .success()
+            .then_some(())
+        },
+    )
+    .await;
+    let fleet_after = json_of(&a, &["status"]).expect("fleet status");
+    let list = fleet_after["clusters"].as_array().expect("clusters");
+    assert_eq!(list.len(), CLUSTERS - 1, "{fleet_after}");
+    assert!(
+        list.iter().all(|c| c["cluster"] != gone.as_str()),
+        "{fleet_after}"
+    );
+    let metrics = metrics_of(&m, leader);
+    assert!(
+        !metrics.contains(&format!("cluster=\"{gone}\"")),
+        "{gone} still in the metrics:\n{metrics}"
+    );
+    let leased = fleet.leased_primaries();
+    for (cluster, primary, epoch) in current.iter().filter(|(c, _, _)| *c != gone) {
+        assert_eq!(
+            leased.get(cluster),
+            Some(&(primary.clone(), *epoch)),
+            "{cluster} moved when {gone} was removed: {leased:?}"
+        );
+    }
+
     fleet.stop();
     drop(m);
+}
+
+/// Manager `id`'s Prometheus metrics text.
+fn metrics_of(m: &Managers, id: u64) -> String {
+    let address = m.metrics_address(id);
+    let (code, body) = tokio::task::block_in_place(|| sandbox::http_get(&address, "/metrics"))
+        .expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    body
 }

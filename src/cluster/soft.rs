@@ -122,6 +122,16 @@ impl Soft {
         }
     }
 
+    /// A removed member's reports and timers go with it (its name may be
+    /// registered again by a replacement host, which starts afresh).
+    pub fn forget(&mut self, node: &str) {
+        self.nodes.remove(node);
+        self.pending.remove(node);
+        self.sync_absent_since.remove(node);
+        self.not_streaming_since.remove(node);
+        self.settings.remove(node);
+    }
+
     /// Take in a report that arrived at `now`.
     pub fn observe(&mut self, cluster: &Cluster, mut report: NodeReport, now: u64) {
         let node = report.node.clone();

@@ -521,7 +521,9 @@ impl PgQuorum for ApiService {
             .control
             .check_node_removal(cluster, &r.node)
             .map_err(status_of)?;
+        let name = cluster.name.clone();
         let response = self.propose(command).await?;
+        self.control.forget_node(&name, &r.node);
         Ok(Response::new(response))
     }
 
@@ -543,7 +545,9 @@ impl PgQuorum for ApiService {
             .control
             .check_cluster_removal(cluster)
             .map_err(status_of)?;
+        let name = cluster.name.clone();
         let response = self.propose(command).await?;
+        self.control.forget_cluster(&name);
         Ok(Response::new(response))
     }
 

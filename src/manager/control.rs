@@ -637,6 +637,25 @@ impl Control {
             .map_err(NodeError::Rejected)
     }
 
+    /// A removed cluster's reports, waits and announcements go with it
+    /// (called once its removal is committed; a later leader starts
+    /// without them anyway).
+    pub fn forget_cluster(&self, name: &str) {
+        let mut l = self.lock();
+        l.clusters.remove(name);
+        l.waiting.remove(name);
+        l.announced.remove(name);
+        l.dirty.remove(name);
+    }
+
+    /// A removed node's reports and timers go with it (called once its
+    /// removal is committed).
+    pub fn forget_node(&self, cluster: &str, node: &str) {
+        if let Some(soft) = self.lock().clusters.get_mut(cluster) {
+            soft.forget(node);
+        }
+    }
+
     /// Refuse to forget a cluster that still runs
     /// (`decide::check_cluster_removal`); the command that forgets it.
     pub fn check_cluster_removal(

@@ -157,6 +157,8 @@ impl Drop for Proc {
 pub struct Managers {
     pub dir: tempfile::TempDir,
     pub ports: BTreeMap<u64, u16>,
+    /// Each manager's Prometheus `/metrics` port.
+    pub metrics_ports: BTreeMap<u64, u16>,
     pub procs: BTreeMap<u64, Proc>,
     pub initial: Vec<u64>,
 }
@@ -166,9 +168,11 @@ impl Managers {
     pub fn start(n: u64) -> Managers {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: BTreeMap<u64, u16> = (1..=n).map(|id| (id, free_port())).collect();
+        let metrics_ports = (1..=n).map(|id| (id, free_port())).collect();
         let mut m = Managers {
             dir,
             ports,
+            metrics_ports,
             procs: BTreeMap::new(),
             initial: (1..=n).collect(),
         };
@@ -180,6 +184,11 @@ impl Managers {
 
     pub fn address(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.ports[&id])
+    }
+
+    /// Manager `id`'s metrics address (HOST:PORT).
+    pub fn metrics_address(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.metrics_ports[&id])
     }
 
     pub fn addresses(&self) -> String {
@@ -208,6 +217,7 @@ impl Managers {
 
     /// (Re)start manager `id` as one of the initial voters.
     pub fn spawn(&mut self, id: u64) {
+        self.metrics_ports.entry(id).or_insert_with(free_port);
         let mut cmd = Command::new(bin());
         cmd.args([
             "manager",
@@ -215,6 +225,8 @@ impl Managers {
             &id.to_string(),
             "--peers",
             &self.peers(),
+            "--metrics-listen",
+            &self.metrics_address(id),
             "--data-dir",
         ])
         .arg(self.data_dir(id));
