@@ -15,6 +15,8 @@
 //! Figures only, no pass/fail. Run with `scripts/bench-fleet`.
 //! `FLEET_SHAPES` (default `100x3`; e.g. `100x3,100x10,333x3`),
 //! `FLEET_STEADY` (seconds of steady state measured, default 30),
+//! `FLEET_CHURN` (pause/resume commits after the failovers, to show the
+//! Raft log kept bounded by snapshots; default 0),
 //! `FLEET_LOGS=DIR` (keep the managers' logs of each shape there).
 
 #[path = "../tests/common/mod.rs"]
@@ -26,7 +28,12 @@ use std::time::{Duration, Instant};
 
 use common::synthetic::Fleet;
 use common::{bin, wait_for, Managers};
-use pgquorum::proto::api::{GetStatusRequest, ListClustersRequest};
+use pgquorum::proto::api::{ClusterRequest, GetStatusRequest, ListClustersRequest};
+
+/// Concurrent clients of the churn phase.
+const CHURN_CLIENTS: usize = 8;
+/// The churn phase's storage is sampled after each of these rounds.
+const CHURN_ROUNDS: usize = 4;
 
 /// CPU time of a process so far, in seconds (utime + stime).
 fn cpu_seconds(pid: i32) -> f64 {
@@ -169,7 +176,12 @@ async fn failover(fleet: &mut Fleet, clusters: &[String]) -> Vec<f64> {
 }
 
 /// One shape's figures, as (label, value) rows.
-async fn shape(clusters: usize, nodes: usize, steady: Duration) -> Vec<(String, String)> {
+async fn shape(
+    clusters: usize,
+    nodes: usize,
+    steady: Duration,
+    churn: usize,
+) -> Vec<(String, String)> {
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
     let mut m = Managers::start(3);
@@ -379,6 +391,53 @@ async fn shape(clusters: usize, nodes: usize, steady: Duration) -> Vec<(String, 
     );
     row("data dir per manager (MB)", data_dirs_mb(&m));
 
+    // Churn: a steady fleet commits nothing (reports and leases are soft
+    // state), so what keeps the log bounded — snapshots, and the log
+    // purged behind them — shows only under commits: pause and resume
+    // pairs, round the clusters, from a few clients at once.
+    if churn > 0 {
+        let t = Instant::now();
+        let per_client = churn.div_ceil(2 * CHURN_CLIENTS * CHURN_ROUNDS);
+        let mut after = Vec::new();
+        for round in 0..CHURN_ROUNDS {
+            let clients = (0..CHURN_CLIENTS).map(|c| {
+                let names = &names;
+                let m = &m;
+                async move {
+                    let mut api = m.client(leader).await;
+                    for i in 0..per_client {
+                        let at = c + (round * per_client + i) * CHURN_CLIENTS;
+                        let request = || ClusterRequest {
+                            cluster: names[at % names.len()].clone(),
+                            local: false,
+                        };
+                        api.pause(request()).await.expect("pause");
+                        api.resume(request()).await.expect("resume");
+                    }
+                }
+            });
+            futures::future::join_all(clients).await;
+            after.push(format!(
+                "{}: {}, {}",
+                (round + 1) * per_client * 2 * CHURN_CLIENTS,
+                applied_index(&m, leader).await,
+                data_dirs_mb(&m)
+            ));
+        }
+        let commits = per_client * 2 * CHURN_CLIENTS * CHURN_ROUNDS;
+        row(
+            "churn: pause/resume commits, rate (/s)",
+            format!(
+                "{commits}, {:.0}",
+                commits as f64 / t.elapsed().as_secs_f64()
+            ),
+        );
+        row(
+            "after N commits: Raft index, MB per manager",
+            after.join(" · "),
+        );
+    }
+
     // The leader restarts: until every cluster's primary holds a fresh lease.
     let t0 = Instant::now();
     if let Some(p) = m.procs.get_mut(&leader) {
@@ -449,12 +508,16 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(30),
     );
+    let churn: usize = std::env::var("FLEET_CHURN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut table: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for s in shapes.split(',').filter(|s| !s.is_empty()) {
         let (c, n) = s.split_once('x').expect("shape CLUSTERSxNODES");
         let (c, n): (usize, usize) = (c.parse().expect("clusters"), n.parse().expect("nodes"));
         eprintln!("fleet {c} × {n}: running ({steady:?} steady state)…");
-        let rows = shape(c, n, steady).await;
+        let rows = shape(c, n, steady, churn).await;
         for (k, v) in &rows {
             eprintln!("  {k}: {v}");
         }
