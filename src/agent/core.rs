@@ -19,6 +19,9 @@
 //!   up;
 //! * a rewind that fails is replaced by a clone only when re-cloning is on
 //!   and the source is reachable: a valid copy is never wiped for nothing;
+//! * a replica is stopped to rejoin only when its upstream answers, and a
+//!   stopped replica's copy whose source is out of reach runs again as a
+//!   standby, untouched (only a running replica can be promoted);
 //! * the primary's sync names are in place (and reloaded) before
 //!   `pg_promote()`.
 
@@ -606,6 +609,14 @@ impl Execution {
                                 upstream.node
                             ))));
                         }
+                        if same {
+                            // Not streaming from the upstream it has:
+                            // perhaps its timeline diverged, perhaps the
+                            // upstream is down (step 12). Not busy while
+                            // that is found out: it stays a candidate.
+                            self.pc = 12;
+                            return None;
+                        }
                         // Busy until it streams from the new upstream, so
                         // that nobody takes it for an idle replica.
                         then!(self, 5, Some(Step::Phase(AgentPhase::Starting)))
@@ -633,15 +644,7 @@ impl Execution {
                     upstream: Some(upstream)
                 })
             ),
-            6 => {
-                if self.previous_upstream.as_ref() == Some(&upstream) {
-                    // Same upstream, not streaming: perhaps its timeline
-                    // diverged, perhaps the upstream is down.
-                    self.pc = 12;
-                    return None;
-                }
-                then!(self, 7, Some(Step::Reload))
-            }
+            6 => then!(self, 7, Some(Step::Reload)),
             7 => then!(self, 8, Some(Step::WaitStreaming(upstream))),
             8 => {
                 if self.last == Some(Outcome::Yes) {
@@ -683,8 +686,8 @@ impl Execution {
 
     /// A stopped node becomes a replica: clone when empty, rewind when it
     /// diverged (re-clone when that fails, re-cloning is on, and the source
-    /// is reachable; when the source is out of reach a replica's copy runs
-    /// again as a standby, a former primary's stays down).
+    /// is reachable). A replica's copy whose source is out of reach runs
+    /// again as a standby, untouched; a former primary's stays down.
     fn rejoin(&mut self) -> Option<Step> {
         let upstream = match &self.command.action {
             Action::Follow { upstream, .. } | Action::Reinit { upstream, .. } => upstream.clone(),
@@ -700,13 +703,50 @@ impl Execution {
                     self.message = format!("cloned from {}", upstream.node);
                     then!(self, 2, Some(Step::Phase(AgentPhase::Cloning)))
                 }
-                DataDirState::Valid { clean_shutdown, .. } => {
+                DataDirState::Valid { standby, .. } => {
                     self.message = format!("following {}", upstream.node);
-                    self.pc = if clean_shutdown { 5 } else { 4 };
-                    Some(Step::Phase(AgentPhase::Rewinding))
+                    if standby {
+                        then!(self, 3, Some(Step::IsReachable(upstream)))
+                    }
+                    self.pc = 30;
+                    None
                 }
             },
             2 => then!(self, 20, Some(Step::Clone(upstream))),
+            // A replica's copy (standby.signal) whose source is out of
+            // reach runs again as a standby of it, untouched: down, it
+            // could never be promoted should the source be gone for good;
+            // up, it streams once the source answers (or is rejoined the
+            // thorough way if that shows it diverged). Only before anything
+            // touched it: a rewind that failed half-way leaves a directory
+            // that must not run, and crash recovery is PostgreSQL's own job
+            // in standby mode.
+            3 => {
+                if self.last == Some(Outcome::Yes) {
+                    self.pc = 30;
+                    return None;
+                }
+                self.message = format!(
+                    "kept its data and runs as a replica waiting for {}, which is out of reach",
+                    upstream.node
+                );
+                self.pc = 20;
+                None
+            }
+            30 => {
+                let clean = matches!(
+                    self.facts.data,
+                    DataDirState::Valid {
+                        clean_shutdown: true,
+                        ..
+                    }
+                );
+                then!(
+                    self,
+                    if clean { 5 } else { 4 },
+                    Some(Step::Phase(AgentPhase::Rewinding))
+                )
+            }
             // A crash-recovery failure counts as a failed rewind.
             4 => then_tolerant!(self, 41, Some(Step::CrashRecover)),
             41 => {
@@ -728,44 +768,27 @@ impl Execution {
                     self.pc = 20;
                     None
                 }
-                Some(Outcome::Failed(e)) => {
+                Some(Outcome::Failed(e)) if self.rejoin_reclone => {
                     self.message = e;
                     then!(self, 7, Some(Step::IsReachable(upstream)))
                 }
+                Some(Outcome::Failed(e)) => Some(Step::Done(Err(format!(
+                    "rewind (re-cloning is off): {e}"
+                )))),
                 _ => Some(Step::Done(Err("internal: rewind without an outcome".into()))),
             },
             7 => {
-                if self.last == Some(Outcome::Yes) {
-                    if !self.rejoin_reclone {
-                        return Some(Step::Done(Err(format!(
-                            "rewind (re-cloning is off): {}",
-                            self.message
-                        ))));
-                    }
-                    then!(self, 8, Some(Step::Phase(AgentPhase::Cloning)))
+                if self.last != Some(Outcome::Yes) {
+                    // Never wipe a valid copy when the source is merely out
+                    // of reach: a clone could not replace it anyway. Nor
+                    // start it: the failed rewind may have left it half
+                    // done.
+                    return Some(Step::Done(Err(format!(
+                        "{}: rewind failed and {} is unreachable: keeping the data directory",
+                        self.message, upstream.node
+                    ))));
                 }
-                // Never wipe a valid copy when the source is merely out of
-                // reach: a clone could not replace it anyway.
-                if matches!(self.facts.data, DataDirState::Valid { standby: true, .. }) {
-                    // A replica's copy holds only what it streamed, so it
-                    // may run again as a standby: down, it could never be
-                    // promoted should its upstream be gone for good; up,
-                    // it streams when the upstream answers again (or is
-                    // followed the thorough way once that shows it
-                    // diverged).
-                    self.message = format!(
-                        "kept its data and runs as a replica waiting for {} ({}: rewind failed and {} is unreachable)",
-                        upstream.node, self.message, upstream.node
-                    );
-                    self.pc = 20;
-                    return None;
-                }
-                // A former primary's copy may hold writes past where the
-                // cluster went on: it stays down until it can be rewound.
-                Some(Step::Done(Err(format!(
-                    "{}: rewind failed and {} is unreachable: keeping the data directory",
-                    self.message, upstream.node
-                ))))
+                then!(self, 8, Some(Step::Phase(AgentPhase::Cloning)))
             }
             8 => then!(self, 9, Some(Step::Wipe)),
             9 => {

@@ -231,18 +231,25 @@ fn a_valid_copy_is_never_wiped_when_the_source_is_unreachable() {
             &primary_copy,
             rewind_fails(false),
         );
-        assert!(r
-            .unwrap_err()
-            .contains("unreachable: keeping the data directory"));
+        assert!(r.unwrap_err().contains(if reclone {
+            "unreachable: keeping the data directory"
+        } else {
+            "re-cloning is off"
+        }));
         assert!(!steps.contains(&Step::Wipe), "{steps:?}");
         assert!(!steps.contains(&Step::Start), "{steps:?}");
     }
-    // A replica's copy runs again as a standby of the unreachable source,
-    // so that it stays a candidate should the source be gone for good.
-    for reclone in [true, false] {
+    // A replica's copy whose source is out of reach runs again as a
+    // standby of it, untouched (no rewind, no crash recovery), so that it
+    // stays a candidate should the source be gone for good.
+    for clean in [true, false] {
+        let replica_copy = Facts {
+            data: valid(clean, true),
+            ..facts.clone()
+        };
         let (steps, r) = run(
-            Execution::new(command(2, follow(reclone))),
-            &facts,
+            Execution::new(command(2, follow(true))),
+            &replica_copy,
             rewind_fails(false),
         );
         assert!(
@@ -250,11 +257,41 @@ fn a_valid_copy_is_never_wiped_when_the_source_is_unreachable() {
                 .is_ok_and(|m| m.contains("runs as a replica waiting for n2")),
             "{r:?}"
         );
-        assert!(!steps.contains(&Step::Wipe), "{steps:?}");
+        assert!(
+            !steps
+                .iter()
+                .any(|s| matches!(s, Step::Rewind(_) | Step::CrashRecover | Step::Wipe)),
+            "{steps:?}"
+        );
         let standby = position(&steps, |s| *s == Step::SetStandby(true));
         let start = position(&steps, |s| *s == Step::Start);
         assert!(standby < start, "{steps:?}");
     }
+    // Reachable when asked, gone once the rewind failed: the rewind may
+    // have stopped half-way, so the copy stays down (never started, never
+    // wiped).
+    let mut asked = 0;
+    let (steps, r) = run(
+        Execution::new(command(2, follow(true))),
+        &facts,
+        |s: &Step| match s {
+            Step::Rewind(_) => Outcome::Failed("source went away".into()),
+            Step::IsReachable(_) => {
+                asked += 1;
+                if asked == 1 {
+                    Outcome::Yes
+                } else {
+                    Outcome::No
+                }
+            }
+            _ => Outcome::Ok,
+        },
+    );
+    assert!(r
+        .unwrap_err()
+        .contains("unreachable: keeping the data directory"));
+    assert!(!steps.contains(&Step::Start), "{steps:?}");
+    assert!(!steps.contains(&Step::Wipe), "{steps:?}");
     // Reachable: wiped and cloned again.
     let (steps, r) = run(
         Execution::new(command(2, follow(true))),
@@ -295,6 +332,7 @@ fn a_server_that_runs_but_does_not_answer_is_stopped_before_rejoining() {
     };
     let (steps, r) = run(Execution::new(command(2, follow)), &facts, |s| match s {
         Step::Rewind(_) => Outcome::Rewound(RewindOutcome::NotNeeded),
+        Step::IsReachable(_) => Outcome::Yes,
         _ => Outcome::Ok,
     });
     assert_eq!(r, Ok("following n1".into()));
@@ -373,6 +411,14 @@ fn a_replica_is_re_pointed_by_a_reload_when_it_can() {
             "{steps:?}"
         );
         assert!(!steps.contains(&Step::StopFast), "{steps:?}");
+        if to == "n1" {
+            // Its own upstream: not marked busy while that is found out,
+            // so it stays a candidate meanwhile.
+            assert!(
+                !steps.contains(&Step::Phase(AgentPhase::Starting)),
+                "{steps:?}"
+            );
+        }
     }
     // Already streaming from its upstream: nothing to do.
     let (_, r) = run(Execution::new(command(2, follow("n1"))), &facts, ok);
