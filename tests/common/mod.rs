@@ -168,11 +168,11 @@ impl Managers {
     pub fn start(n: u64) -> Managers {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: BTreeMap<u64, u16> = (1..=n).map(|id| (id, free_port())).collect();
-        let metrics_ports = (1..=n).map(|id| (id, free_port())).collect();
         let mut m = Managers {
             dir,
             ports,
-            metrics_ports,
+            // Filled by `spawn`, which gives every manager one.
+            metrics_ports: BTreeMap::new(),
             procs: BTreeMap::new(),
             initial: (1..=n).collect(),
         };
